@@ -1,1 +1,51 @@
-//! placeholder
+//! Schema migrations for both stores, and the one entry point that applies
+//! them: [`migrate`].
+//!
+//! PostgreSQL migrations are `sqlx::migrate!` files in `migrations/postgres`.
+//! ClickHouse has no migration tool that works on 18.16 and on current
+//! servers alike, so [`clickhouse`] is a small runner of our own over
+//! versioned SQL files in `migrations/clickhouse`. Applied migrations are
+//! never edited: both runners refuse a file whose checksum changed.
+
+pub mod clickhouse;
+pub mod postgres;
+
+use sqlx::PgPool;
+use tally_ops::ChSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("PostgreSQL migration failed: {0}")]
+    Postgres(#[from] sqlx::migrate::MigrateError),
+    #[error("PostgreSQL error while migrating: {0}")]
+    PostgresLock(#[from] sqlx::Error),
+    #[error(transparent)]
+    ClickHouse(#[from] clickhouse::ChMigrateError),
+}
+
+/// Lock key for `pg_advisory_lock`: only one process migrates at a time,
+/// including the ClickHouse half, which has no locks of its own.
+const MIGRATION_LOCK: i64 = 0x7A11_0001;
+
+/// Applies every pending migration to both stores. Safe to call from many
+/// processes at once: they take turns, and the later ones find nothing to do.
+pub async fn migrate(pg: &PgPool, ch: &ChSettings) -> Result<(), MigrateError> {
+    let mut conn = pg.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    let result = async {
+        postgres::run(pg).await?;
+        clickhouse::run(ch).await?;
+        Ok::<(), MigrateError>(())
+    }
+    .await;
+    let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await;
+    result?;
+    unlock?;
+    Ok(())
+}

@@ -1,1 +1,236 @@
-//! placeholder
+//! Local PostgreSQL and ClickHouse servers as child processes, for
+//! `tally up` and for the test suite.
+//!
+//! This is what makes "no configuration" work: given only a data directory,
+//! [`LocalStack::start`] initialises (once) and starts both servers on free
+//! loopback ports, waits until they answer, and hands back their URLs.
+//! Production never uses it: there `DATABASE_URL` and `CLICKHOUSE_URL` point
+//! at real servers.
+//!
+//! Children are started in their own process group (a terminal's Ctrl-C
+//! reaches only `tally`, which then stops them in order) and with a
+//! parent-death signal, so they cannot outlive a `tally` that was killed.
+
+mod child;
+mod clickhouse_server;
+mod lock;
+mod postgres_server;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tally_ops::ChSettings;
+
+pub use child::ChildServer;
+pub use clickhouse_server::READER_USER;
+pub use lock::DataDirLock;
+pub use postgres_server::find_bin_dir as find_postgres_bin_dir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error("{0}")]
+    Missing(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{server} did not start: {reason}\n--- last lines of {log} ---\n{tail}")]
+    Start {
+        server: &'static str,
+        reason: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error(
+        "another tally is already running on data directory {dir} (pid {pid}). \
+         Stop it (Ctrl-C in its terminal, or `kill {pid}`), or pass a different --data-dir"
+    )]
+    Locked { dir: PathBuf, pid: String },
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl StackError {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StackError {
+        let what = what.into();
+        move |source| StackError::Io { what, source }
+    }
+}
+
+/// Where the stack keeps its files, and how big to make PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct StackConfig {
+    pub data_dir: PathBuf,
+    /// PostgreSQL `max_connections`; the test suite needs more than a
+    /// developer's `tally up`.
+    pub pg_max_connections: u32,
+    /// `false` turns off fsync for test servers: a killed process still
+    /// loses nothing, only a crashed machine would.
+    pub durable: bool,
+}
+
+impl StackConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StackConfig {
+            data_dir: data_dir.into(),
+            pg_max_connections: 200,
+            durable: true,
+        }
+    }
+}
+
+/// Running local servers. Dropping it does not stop them; call
+/// [`LocalStack::stop`] (or let the process exit: the parent-death signal
+/// stops them).
+pub struct LocalStack {
+    pub postgres_url: String,
+    /// Admin access to ClickHouse (migrations, ingest).
+    pub clickhouse: ChSettings,
+    /// The read-only ClickHouse user the dashboards use.
+    pub clickhouse_reader: ChSettings,
+    postgres: ChildServer,
+    clickhouse_server: ChildServer,
+}
+
+impl LocalStack {
+    /// Initialises (first time only) and starts PostgreSQL and ClickHouse
+    /// under `config.data_dir`, and waits until both answer.
+    pub async fn start(config: &StackConfig) -> Result<LocalStack, StackError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(StackError::io(format!(
+            "creating {}",
+            config.data_dir.display()
+        )))?;
+        let data_dir = std::fs::canonicalize(&config.data_dir).map_err(StackError::io(format!(
+            "resolving {}",
+            config.data_dir.display()
+        )))?;
+        let (pg, ch) = tokio::join!(
+            postgres_server::start(&data_dir, config.pg_max_connections, config.durable),
+            clickhouse_server::start(&data_dir),
+        );
+        let (postgres, postgres_url) = match (pg, &ch) {
+            (Ok(pg), _) => pg,
+            (Err(e), Ok((ch, _, _))) => {
+                ch.stop().await;
+                return Err(e);
+            }
+            (Err(e), Err(_)) => return Err(e),
+        };
+        let (clickhouse_server, clickhouse, clickhouse_reader) = match ch {
+            Ok(ch) => ch,
+            Err(e) => {
+                postgres.stop().await;
+                return Err(e);
+            }
+        };
+        Ok(LocalStack {
+            postgres_url,
+            clickhouse,
+            clickhouse_reader,
+            postgres,
+            clickhouse_server,
+        })
+    }
+
+    /// Stops both servers gracefully (PostgreSQL fast shutdown, ClickHouse
+    /// SIGTERM), escalating to SIGKILL after a timeout.
+    pub async fn stop(self) {
+        tokio::join!(self.postgres.stop(), self.clickhouse_server.stop());
+    }
+
+    /// PostgreSQL URL of another database on the same server.
+    pub fn postgres_url_for(&self, database: &str) -> String {
+        replace_database(&self.postgres_url, database)
+    }
+}
+
+/// Replaces the database path segment of a `postgres://` URL.
+pub fn replace_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+/// `<data dir>/stack.json`: how scripts, the load generator and operators
+/// find a running `tally up`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StackFile {
+    pub pid: u32,
+    pub api_url: String,
+    pub dashboards_url: String,
+    pub api_key: String,
+    pub database_url: String,
+    pub clickhouse_url: String,
+    /// Whether `tally up` started the servers itself.
+    pub embedded: bool,
+}
+
+impl StackFile {
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("stack.json")
+    }
+
+    pub fn write(&self, data_dir: &Path) -> Result<(), StackError> {
+        let path = Self::path(data_dir);
+        let tmp = path.with_extension("json.tmp");
+        let json = serde_json::to_vec_pretty(self).map_err(|e| StackError::Setup(e.to_string()))?;
+        std::fs::write(&tmp, json).map_err(StackError::io(format!("writing {}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(StackError::io(format!("writing {}", path.display())))
+    }
+
+    pub fn read(data_dir: &Path) -> Result<StackFile, StackError> {
+        let path = Self::path(data_dir);
+        let bytes = std::fs::read(&path).map_err(StackError::io(format!(
+            "reading {} (is `tally up` running?)",
+            path.display()
+        )))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| StackError::Setup(format!("{}: {e}", path.display())))
+    }
+
+    pub fn remove(data_dir: &Path) {
+        let _ = std::fs::remove_file(Self::path(data_dir));
+    }
+}
+
+/// Asks the kernel for a free loopback port. Another process may take it
+/// before the server binds; the servers then fail to start and say so.
+pub fn free_port() -> Result<u16, StackError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(StackError::io("finding a free port"))?;
+    Ok(l.local_addr()
+        .map_err(StackError::io("finding a free port"))?
+        .port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacing_the_database_of_a_url() {
+        assert_eq!(
+            replace_database("postgres://u@h:5/db", "x"),
+            "postgres://u@h:5/x"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h:5", "x"),
+            "postgres://u@h:5/x"
+        );
+        assert_eq!(
+            replace_database("postgres://u:p@h/db?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+    }
+}

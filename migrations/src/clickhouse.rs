@@ -1,0 +1,212 @@
+//! A versioned-SQL-file migration runner for ClickHouse.
+//!
+//! Each file is a list of statements separated by `;` at the end of a line.
+//! Applied versions are recorded, with the file's SHA-256, in the table
+//! `schema_migrations` of the target database. A file that changed after it
+//! was applied is refused, not re-run: write a new migration instead.
+//!
+//! ClickHouse DDL is not transactional, so statements are written to be
+//! re-runnable (`IF NOT EXISTS`): a run that dies halfway is finished by the
+//! next one. Callers serialise runs with a PostgreSQL advisory lock.
+
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tally_ops::ChSettings;
+
+/// One migration file, embedded at compile time.
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in order. `tests::every_file_is_listed` keeps this in
+/// step with the directory.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_projections.sql",
+    sql: include_str!("../clickhouse/0001_projections.sql"),
+}];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChMigrateError {
+    #[error("ClickHouse is unreachable or refused a query: {0}")]
+    Client(#[from] clickhouse::error::Error),
+    #[error(
+        "ClickHouse migration {version} ({name}) was changed after it was applied \
+         (recorded checksum {recorded}, file checksum {current}). Applied migrations must \
+         not be edited: restore the file and add a new migration instead"
+    )]
+    Changed {
+        version: u32,
+        name: String,
+        recorded: String,
+        current: String,
+    },
+    #[error("ClickHouse migration {version} ({name}) failed at statement {statement}: {source}")]
+    Statement {
+        version: u32,
+        name: &'static str,
+        statement: usize,
+        source: clickhouse::error::Error,
+    },
+    #[error(
+        "database {0:?} has ClickHouse migration {1}, which this build does not know: run a newer tally"
+    )]
+    Unknown(String, u32),
+}
+
+#[derive(Row, Serialize, Deserialize)]
+struct Applied {
+    version: u32,
+    name: String,
+    checksum: String,
+}
+
+pub fn checksum(sql: &str) -> String {
+    hex::encode(Sha256::digest(sql.as_bytes()))
+}
+
+/// Splits a file into statements: `;` at the end of a line ends one.
+/// `--` comment lines are dropped.
+pub fn statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in sql.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("--") || trimmed.is_empty() {
+            continue;
+        }
+        cur.push_str(line);
+        cur.push('\n');
+        if trimmed.ends_with(';') {
+            let stmt = cur.trim().trim_end_matches(';').trim().to_owned();
+            if !stmt.is_empty() {
+                out.push(stmt);
+            }
+            cur.clear();
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_owned());
+    }
+    out
+}
+
+/// Creates the database if needed and applies pending migrations.
+pub async fn run(settings: &ChSettings) -> Result<(), ChMigrateError> {
+    let server = settings.server_client();
+    let db = &settings.database;
+    server
+        .query(&format!(
+            "CREATE DATABASE IF NOT EXISTS {}",
+            quote_ident(db)
+        ))
+        .execute()
+        .await?;
+    let client = settings.client();
+    client
+        .query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version UInt32, name String, checksum String, applied_at DateTime('UTC')
+            ) ENGINE = MergeTree() ORDER BY version",
+        )
+        .execute()
+        .await?;
+    let applied: Vec<Applied> = client
+        .query("SELECT version, name, checksum FROM schema_migrations ORDER BY version")
+        .fetch_all()
+        .await?;
+
+    for a in &applied {
+        match MIGRATIONS.iter().find(|m| m.version == a.version) {
+            None => return Err(ChMigrateError::Unknown(db.clone(), a.version)),
+            Some(m) if checksum(m.sql) != a.checksum => {
+                return Err(ChMigrateError::Changed {
+                    version: a.version,
+                    name: a.name.clone(),
+                    recorded: a.checksum.clone(),
+                    current: checksum(m.sql),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    for m in MIGRATIONS {
+        if applied.iter().any(|a| a.version == m.version) {
+            continue;
+        }
+        for (i, stmt) in statements(m.sql).iter().enumerate() {
+            client
+                .query(stmt)
+                .execute()
+                .await
+                .map_err(|source| ChMigrateError::Statement {
+                    version: m.version,
+                    name: m.name,
+                    statement: i + 1,
+                    source,
+                })?;
+        }
+        client
+            .query("INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, now())")
+            .bind(m.version)
+            .bind(m.name)
+            .bind(checksum(m.sql))
+            .execute()
+            .await?;
+        tracing::info!(version = m.version, name = m.name, database = %db, "applied ClickHouse migration");
+    }
+    Ok(())
+}
+
+/// Whether every migration this build knows is applied.
+pub async fn is_up_to_date(settings: &ChSettings) -> Result<bool, clickhouse::error::Error> {
+    let n: u64 = settings
+        .client()
+        .query("SELECT count() FROM schema_migrations")
+        .fetch_one()
+        .await?;
+    Ok(n >= MIGRATIONS.len() as u64)
+}
+
+/// Back-quotes an identifier for ClickHouse.
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_is_listed_in_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/clickhouse");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|f| f.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
+        assert_eq!(files, listed, "add new ClickHouse migrations to MIGRATIONS");
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1);
+            assert!(m.name.starts_with(&format!("{:04}_", m.version)));
+        }
+    }
+
+    #[test]
+    fn statements_split_on_line_end_semicolons_and_drop_comments() {
+        let sql = "-- c\nCREATE TABLE a (x String DEFAULT ';')\nENGINE = Memory;\n\nSELECT 1;\n";
+        assert_eq!(
+            statements(sql),
+            vec![
+                "CREATE TABLE a (x String DEFAULT ';')\nENGINE = Memory",
+                "SELECT 1"
+            ]
+        );
+        assert_eq!(statements(MIGRATIONS[0].sql).len(), 3);
+    }
+}

@@ -1,0 +1,246 @@
+//! A local ClickHouse server from a config file of our own: own data
+//! directory, own loopback ports, an admin user and a read-only user.
+//!
+//! The config uses only settings ClickHouse 18.16 understands, and current
+//! servers still accept (`<yandex>` root, users in users.xml).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tally_ops::ChSettings;
+
+use crate::child::{ChildServer, spawn};
+use crate::{StackError, free_port};
+
+/// The read-only user the dashboards connect as.
+pub const READER_USER: &str = "tally_reader";
+
+/// Finds the server: `$TALLY_CLICKHOUSE_SERVER`, `clickhouse-server` (Debian
+/// installs it in /usr/sbin, often not on a user's PATH), or `clickhouse
+/// server` from the single-binary distribution.
+fn find_server() -> Result<(PathBuf, Option<&'static str>), StackError> {
+    if let Ok(p) = std::env::var("TALLY_CLICKHOUSE_SERVER") {
+        return Ok((PathBuf::from(p), None));
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/usr/bin", "/usr/local/bin"].map(PathBuf::from));
+    for dir in &dirs {
+        if dir.join("clickhouse-server").exists() {
+            return Ok((dir.join("clickhouse-server"), None));
+        }
+    }
+    for dir in &dirs {
+        if dir.join("clickhouse").exists() {
+            return Ok((dir.join("clickhouse"), Some("server")));
+        }
+    }
+    Err(StackError::Missing(
+        "ClickHouse is not installed. Install it (`apt-get install -y clickhouse-server \
+         clickhouse-client`, or run ./scripts/setup), set TALLY_CLICKHOUSE_SERVER to the \
+         server binary, or set CLICKHOUSE_URL to use an existing server"
+            .into(),
+    ))
+}
+
+pub(crate) async fn start(
+    data_dir: &Path,
+) -> Result<(ChildServer, ChSettings, ChSettings), StackError> {
+    let (bin, subcommand) = find_server()?;
+    let dir = data_dir.join("clickhouse");
+    for sub in ["data", "data/tmp", "data/user_files", "data/format_schemas"] {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).map_err(StackError::io(format!("creating {}", d.display())))?;
+    }
+    let reader_password = reader_password(&dir)?;
+    let log = data_dir.join("clickhouse.log");
+
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let http_port = free_port()?;
+        let tcp_port = free_port()?;
+        write_config(&dir, http_port, tcp_port, &reader_password)?;
+        let mut cmd = Command::new(&bin);
+        if let Some(s) = subcommand {
+            cmd.arg(s);
+        }
+        cmd.arg(format!(
+            "--config-file={}",
+            dir.join("config.xml").display()
+        ));
+        cmd.current_dir(&dir);
+        let child = spawn(cmd, &log, Signal::SIGTERM)?;
+        let server = ChildServer::new("clickhouse", child, log.clone(), Signal::SIGTERM);
+        match wait_ready(&server, http_port).await {
+            Ok(()) => {
+                let url = format!("http://127.0.0.1:{http_port}");
+                let admin = ChSettings::new(&url, "tally");
+                let reader = ChSettings {
+                    user: READER_USER.into(),
+                    password: reader_password.clone(),
+                    ..admin.clone()
+                };
+                return Ok((server, admin, reader));
+            }
+            Err(e) if attempt < 10 && server.exited().is_some() => {
+                // Typically: the previous server on this directory still
+                // holds its lock while it shuts down.
+                tracing::info!(attempt, error = %e, "ClickHouse exited during start-up; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                server.stop().await;
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn reader_password(dir: &Path) -> Result<String, StackError> {
+    let path = dir.join("reader.password");
+    if let Ok(p) = std::fs::read_to_string(&path) {
+        if !p.trim().is_empty() {
+            return Ok(p.trim().to_owned());
+        }
+    }
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(StackError::io("reading /dev/urandom"))?;
+    let pw: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, &pw).map_err(StackError::io(format!("writing {}", path.display())))?;
+    Ok(pw)
+}
+
+fn write_config(
+    dir: &Path,
+    http_port: u16,
+    tcp_port: u16,
+    reader_password: &str,
+) -> Result<(), StackError> {
+    let d = dir.display();
+    let config = format!(
+        r#"<?xml version="1.0"?>
+<!-- Written by tally on every start; edits are overwritten. -->
+<yandex>
+    <logger>
+        <level>warning</level>
+        <log>{d}/server.log</log>
+        <errorlog>{d}/server.err.log</errorlog>
+        <size>100M</size>
+        <count>3</count>
+    </logger>
+    <http_port>{http_port}</http_port>
+    <tcp_port>{tcp_port}</tcp_port>
+    <listen_host>127.0.0.1</listen_host>
+    <max_connections>1024</max_connections>
+    <keep_alive_timeout>10</keep_alive_timeout>
+    <max_concurrent_queries>200</max_concurrent_queries>
+    <uncompressed_cache_size>268435456</uncompressed_cache_size>
+    <mark_cache_size>268435456</mark_cache_size>
+    <path>{d}/data/</path>
+    <tmp_path>{d}/data/tmp/</tmp_path>
+    <user_files_path>{d}/data/user_files/</user_files_path>
+    <format_schema_path>{d}/data/format_schemas/</format_schema_path>
+    <users_config>{d}/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mlock_executable>false</mlock_executable>
+    <builtin_dictionaries_reload_interval>3600</builtin_dictionaries_reload_interval>
+</yandex>
+"#
+    );
+    let users = format!(
+        r#"<?xml version="1.0"?>
+<!-- Written by tally on every start; edits are overwritten. -->
+<yandex>
+    <profiles>
+        <default>
+            <max_memory_usage>4000000000</max_memory_usage>
+            <load_balancing>random</load_balancing>
+        </default>
+        <readonly>
+            <readonly>1</readonly>
+            <max_memory_usage>2000000000</max_memory_usage>
+        </readonly>
+    </profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+        <{READER_USER}>
+            <password>{reader_password}</password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>readonly</profile>
+            <quota>default</quota>
+        </{READER_USER}>
+    </users>
+    <quotas>
+        <default>
+            <interval>
+                <duration>3600</duration>
+                <queries>0</queries>
+                <errors>0</errors>
+                <result_rows>0</result_rows>
+                <read_rows>0</read_rows>
+                <execution_time>0</execution_time>
+            </interval>
+        </default>
+    </quotas>
+</yandex>
+"#
+    );
+    for (name, text) in [("config.xml", config), ("users.xml", users)] {
+        let p = dir.join(name);
+        std::fs::write(&p, text).map_err(StackError::io(format!("writing {}", p.display())))?;
+    }
+    Ok(())
+}
+
+/// Polls `GET /ping` until the server answers `Ok.`.
+async fn wait_ready(server: &ChildServer, port: u16) -> Result<(), StackError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = server.exited() {
+            return Err(StackError::Start {
+                server: "ClickHouse",
+                reason: format!("exited with {status}"),
+                log: server.log.clone(),
+                tail: server.log_tail(20),
+            });
+        }
+        if ping(port).is_ok_and(|ok| ok) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(StackError::Start {
+                server: "ClickHouse",
+                reason: "did not answer /ping within 60 s".into(),
+                log: server.log.clone(),
+                tail: server.log_tail(20),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ping(port: u16) -> std::io::Result<bool> {
+    let mut s = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(500),
+    )?;
+    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+    s.write_all(b"GET /ping HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    Ok(buf.ends_with("Ok.\n"))
+}

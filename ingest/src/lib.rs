@@ -1,1 +1,255 @@
-//! placeholder
+//! The ingest worker: drains the PostgreSQL outbox into the ClickHouse
+//! projections (`order_facts`, `daily_revenue`) and publishes the freshness
+//! watermark.
+//!
+//! Exactly-once comes from where the state lives, not from ClickHouse:
+//! running totals are kept in PostgreSQL and changed in the same
+//! transaction that consumes the outbox rows, and ClickHouse only ever
+//! receives whole rows tagged with a version (`batch.rs` has the protocol,
+//! ARCHITECTURE.md the argument). Any number of workers may run at once.
+//!
+//! The worker sleeps on `LISTEN tally_outbox` (the outbox's insert trigger
+//! notifies), never polls an idle database faster than `idle_poll`, and
+//! backs off with jitter while a store is down.
+
+mod batch;
+pub mod metrics;
+pub mod rows;
+pub mod watermark;
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tally_ops::Shutdown;
+use time::OffsetDateTime;
+
+pub use batch::BatchOutcome;
+pub use metrics::Metrics;
+pub use rows::{DailyRow, FactRow, WatermarkRow};
+
+/// The NOTIFY channel the outbox trigger signals.
+pub const CHANNEL: &str = "tally_outbox";
+/// The stream name under which the watermark is recorded in ClickHouse.
+pub const STREAM: &str = "orders";
+
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// Most outbox rows claimed, projected and committed together.
+    pub batch_size: i64,
+    /// Safety net: how often an idle worker looks at the outbox even
+    /// without a notification (a lost LISTEN connection, say).
+    pub idle_poll: Duration,
+    /// How long a pending push may sit before another worker re-pushes it.
+    pub pending_grace: Duration,
+    /// Longest pause between retries while a store is unavailable.
+    pub max_backoff: Duration,
+    /// Least time between two watermark measurements while busy.
+    pub watermark_interval: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            batch_size: 10_000,
+            idle_poll: Duration::from_secs(5),
+            pending_grace: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(10),
+            watermark_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("ClickHouse insert into {0} failed: {1}")]
+    ClickHouse(String, #[source] clickhouse::error::Error),
+    #[error("ClickHouse insert into {0} timed out")]
+    Timeout(String),
+    #[error("ClickHouse: {0}")]
+    ClickHouseQuery(#[from] clickhouse::error::Error),
+}
+
+/// One ingest worker.
+pub struct Worker {
+    pool: PgPool,
+    ch: clickhouse::Client,
+    config: IngestConfig,
+    metrics: Metrics,
+    published_watermark_us: i64,
+    last_measured: Option<Instant>,
+}
+
+/// Totals of a [`Worker::drain`] call.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DrainOutcome {
+    pub batches: usize,
+    pub claimed: usize,
+    pub projected: usize,
+    pub dead_lettered: usize,
+}
+
+impl Worker {
+    pub fn new(
+        pool: PgPool,
+        ch: clickhouse::Client,
+        config: IngestConfig,
+        metrics: Metrics,
+    ) -> Self {
+        Worker {
+            pool,
+            ch,
+            config,
+            metrics,
+            published_watermark_us: i64::MIN,
+            last_measured: None,
+        }
+    }
+
+    /// Processes batches until the outbox is empty and no push is pending,
+    /// then publishes the watermark. Tests call this instead of sleeping.
+    pub async fn drain(&mut self) -> Result<DrainOutcome, IngestError> {
+        let mut total = DrainOutcome::default();
+        batch::recover_pending(&self.pool, &self.ch, Duration::ZERO).await?;
+        loop {
+            let b = batch::run_batch(&self.pool, &self.ch, self.config.batch_size, &self.metrics)
+                .await?;
+            if b.claimed == 0 {
+                break;
+            }
+            total.batches += 1;
+            total.claimed += b.claimed;
+            total.projected += b.projected;
+            total.dead_lettered += b.dead_lettered;
+        }
+        self.publish_watermark(true).await?;
+        Ok(total)
+    }
+
+    /// Runs until `shutdown` fires. A batch in progress is finished first
+    /// (it is one short transaction plus two inserts); a batch that fails
+    /// is rolled back and its events are claimed again.
+    pub async fn run(mut self, shutdown: Shutdown) -> Result<(), IngestError> {
+        let mut listener = None;
+        let mut backoff = Duration::ZERO;
+        tracing::info!(batch_size = self.config.batch_size, "ingest worker started");
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            match self.cycle().await {
+                Ok(claimed_full_batch) => {
+                    backoff = Duration::ZERO;
+                    if claimed_full_batch {
+                        continue; // more is waiting: no sleep
+                    }
+                }
+                Err(e) => {
+                    backoff =
+                        (backoff * 2).clamp(Duration::from_millis(100), self.config.max_backoff);
+                    let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+                    tracing::warn!(error = %e, retry_in_ms = jittered.as_millis() as u64, "ingest cycle failed; backing off");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(jittered) => {}
+                    }
+                    continue;
+                }
+            }
+            // Idle: wait for a notification, the safety-net poll, or shutdown.
+            let wait = async {
+                match listener.as_mut() {
+                    Some(l) => {
+                        if let Err(e) = l.recv().await {
+                            tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                            return false;
+                        }
+                        // Collapse notifications that queued up meanwhile.
+                        while l.next_buffered().is_some() {}
+                        true
+                    }
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        true
+                    }
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(self.config.idle_poll) => {}
+                ok = wait => if !ok { listener = None; },
+            }
+        }
+        tracing::info!("ingest worker stopped");
+        Ok(())
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let attempt = async {
+            let mut l = PgListener::connect_with(&self.pool).await?;
+            l.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        match attempt.await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for outbox notifications; polling instead");
+                None
+            }
+        }
+    }
+
+    /// One batch plus housekeeping. `Ok(true)` if the batch was full.
+    async fn cycle(&mut self) -> Result<bool, IngestError> {
+        batch::recover_pending(&self.pool, &self.ch, self.config.pending_grace).await?;
+        let b =
+            batch::run_batch(&self.pool, &self.ch, self.config.batch_size, &self.metrics).await?;
+        let full = b.claimed as i64 >= self.config.batch_size;
+        self.publish_watermark(!full).await?;
+        Ok(full)
+    }
+
+    /// Measures the watermark (at most every `watermark_interval` unless
+    /// `force`) and records it in ClickHouse when it moved forward.
+    async fn publish_watermark(&mut self, force: bool) -> Result<(), IngestError> {
+        if !force
+            && self
+                .last_measured
+                .is_some_and(|t| t.elapsed() < self.config.watermark_interval)
+        {
+            return Ok(());
+        }
+        self.last_measured = Some(Instant::now());
+        let f = watermark::measure(&self.pool).await?;
+        let secs =
+            |t: Option<OffsetDateTime>| t.map_or(0.0, |t| (f.now - t).as_seconds_f64().max(0.0));
+        self.metrics.backlog_rows.set(f.backlog_rows);
+        self.metrics
+            .backlog_oldest_seconds
+            .set(secs(f.oldest_backlog));
+        self.metrics
+            .oldest_transaction_seconds
+            .set(secs(f.oldest_transaction));
+        self.metrics
+            .freshness_lag_seconds
+            .set(secs(Some(f.watermark)));
+        self.metrics.dead_letter_rows.set(f.dead_letters);
+        let us = i64::try_from(f.watermark.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
+        if us > self.published_watermark_us {
+            let row = WatermarkRow {
+                stream: STREAM.into(),
+                watermark_us: us,
+                recorded_at: f.now,
+            };
+            batch::insert_rows(&self.ch, "ingest_watermark", std::slice::from_ref(&row)).await?;
+            self.published_watermark_us = us;
+        }
+        Ok(())
+    }
+}

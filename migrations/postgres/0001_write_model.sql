@@ -82,6 +82,9 @@ CREATE TABLE outbox (
     payload           jsonb NOT NULL,
     created_at        timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+-- min(created_at) bounds the freshness watermark; ids do not, because
+-- identity values commit out of order.
+CREATE INDEX outbox_created_at ON outbox (created_at);
 
 -- Wake ingest workers once per writing statement; NOTIFY is delivered at
 -- commit and collapsed within a transaction, so it costs one message per

@@ -1,0 +1,376 @@
+//! One batch through the pipeline, in the order that makes it exactly-once:
+//!
+//! 1. In a PostgreSQL transaction, claim and delete up to `batch_size`
+//!    outbox rows (`FOR UPDATE SKIP LOCKED`: concurrent workers take
+//!    disjoint rows and never wait for each other). Rows that cannot be
+//!    decoded go to `ingest_dead_letters` in the same transaction.
+//! 2. Insert the orders' fact rows into ClickHouse. They are whole states
+//!    keyed by (order, version), so inserting them again after a crash
+//!    changes nothing.
+//! 3. Still in the transaction, add the batch's deltas to
+//!    `ingest_daily_totals` (new absolute values, new versions) and record
+//!    the touched cells in `ingest_pending_pushes`. Commit.
+//! 4. Push the cells' absolute totals to ClickHouse, then delete the
+//!    pending record. A crash before that leaves the record, and any worker
+//!    pushes those cells' *current* totals later: again harmless.
+//!
+//! A crash before the commit undoes step 1 and 3 (the events are claimed
+//! again later); after it, every event is counted in PostgreSQL exactly
+//! once and ClickHouse only ever receives versioned absolute values.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use sqlx::{PgPool, Postgres, Transaction};
+use tally_domain::{DailyMeasures, EventEnvelope, EventId, OrderId};
+use time::{Date, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::IngestError;
+use crate::metrics::{EventTypeLabel, Metrics};
+use crate::rows::{CellKey, DailyRow, currency_bytes, project};
+
+/// Time allowed for one ClickHouse insert before the batch is abandoned
+/// (and retried from PostgreSQL).
+const INSERT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    event_id: Uuid,
+    aggregate_id: Uuid,
+    aggregate_version: i32,
+    event_type: String,
+    schema_version: i16,
+    occurred_at: OffsetDateTime,
+    payload: String,
+    created_at: OffsetDateTime,
+}
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub claimed: usize,
+    pub projected: usize,
+    pub dead_lettered: usize,
+    pub cells: usize,
+}
+
+pub(crate) async fn run_batch(
+    pool: &PgPool,
+    ch: &clickhouse::Client,
+    batch_size: i64,
+    metrics: &Metrics,
+) -> Result<BatchOutcome, IngestError> {
+    let started = Instant::now();
+    let mut tx = pool.begin().await?;
+    let rows: Vec<OutboxRow> = sqlx::query_as(
+        "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+         )
+         RETURNING id, event_id, aggregate_id, aggregate_version, event_type, schema_version,
+                   occurred_at, payload::text AS payload, created_at",
+    )
+    .bind(batch_size)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(BatchOutcome::default());
+    }
+
+    let mut events = Vec::with_capacity(rows.len());
+    let mut dead = 0;
+    let mut oldest_created = rows[0].created_at;
+    for r in &rows {
+        oldest_created = oldest_created.min(r.created_at);
+        let decoded = EventEnvelope::decode(
+            EventId::from_uuid(r.event_id),
+            OrderId::from_uuid(r.aggregate_id),
+            i64::from(r.aggregate_version),
+            &r.event_type,
+            r.schema_version,
+            r.occurred_at,
+            r.payload.as_bytes(),
+        );
+        match decoded {
+            Ok(e) => events.push(e),
+            Err(err) => {
+                dead_letter(&mut tx, r, &err.to_string()).await?;
+                tracing::warn!(outbox_id = r.id, event_id = %r.event_id, error = %err, "event moved to dead letters");
+                dead += 1;
+            }
+        }
+    }
+
+    let (facts, cells) = project(&events);
+    if !facts.is_empty() {
+        insert_rows(ch, "order_facts", &facts)
+            .await
+            .inspect_err(|_| {
+                metrics.insert_errors.inc();
+            })?;
+    }
+    let pending = if cells.is_empty() {
+        None
+    } else {
+        let totals = add_to_totals(&mut tx, &cells).await?;
+        Some((
+            record_pending(&mut tx, &cells, oldest_created).await?,
+            totals,
+        ))
+    };
+    tx.commit().await?;
+
+    if let Some((batch_id, rows)) = pending {
+        push_cells(pool, ch, batch_id, &rows)
+            .await
+            .inspect_err(|_| {
+                metrics.insert_errors.inc();
+            })?;
+    }
+
+    for e in &events {
+        metrics
+            .events
+            .get_or_create(&EventTypeLabel {
+                event_type: e.event_type(),
+            })
+            .inc();
+    }
+    metrics.dead_letters.inc_by(dead as u64);
+    metrics.batch_size.observe(rows.len() as f64);
+    metrics
+        .batch_duration
+        .observe(started.elapsed().as_secs_f64());
+    Ok(BatchOutcome {
+        claimed: rows.len(),
+        projected: events.len(),
+        dead_lettered: dead,
+        cells: cells.len(),
+    })
+}
+
+async fn dead_letter(
+    tx: &mut Transaction<'_, Postgres>,
+    r: &OutboxRow,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO ingest_dead_letters (outbox_id, event_id, aggregate_id, aggregate_version, event_type,
+                                          schema_version, occurred_at, payload, created_at, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10)
+         ON CONFLICT (outbox_id) DO UPDATE SET error = excluded.error, failed_at = now()",
+    )
+    .bind(r.id)
+    .bind(r.event_id)
+    .bind(r.aggregate_id)
+    .bind(r.aggregate_version)
+    .bind(&r.event_type)
+    .bind(r.schema_version)
+    .bind(r.occurred_at)
+    .bind(&r.payload)
+    .bind(r.created_at)
+    .bind(error)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct TotalsRow {
+    day: Date,
+    merchant_id: String,
+    currency: String,
+    orders_placed: i64,
+    gross_minor: i64,
+    captured_minor: i64,
+    refunded_minor: i64,
+    orders_cancelled: i64,
+    items_sold: i64,
+    version: i64,
+}
+
+impl From<TotalsRow> for DailyRow {
+    fn from(t: TotalsRow) -> DailyRow {
+        DailyRow {
+            day: t.day,
+            merchant_id: t.merchant_id,
+            currency: currency_bytes(&t.currency),
+            orders_placed: t.orders_placed,
+            gross_minor: t.gross_minor,
+            captured_minor: t.captured_minor,
+            refunded_minor: t.refunded_minor,
+            orders_cancelled: t.orders_cancelled,
+            items_sold: t.items_sold,
+            version: u64::try_from(t.version).unwrap_or(0),
+        }
+    }
+}
+
+const TOTALS_COLUMNS: &str = "day, merchant_id, currency, orders_placed, gross_minor, captured_minor, \
+                              refunded_minor, orders_cancelled, items_sold, version";
+
+/// Adds the deltas and returns the cells' new absolute totals. Cells are
+/// locked in key order, so concurrent workers cannot deadlock, and each
+/// version is drawn while its row lock is held, so versions follow the
+/// order in which states were written.
+async fn add_to_totals(
+    tx: &mut Transaction<'_, Postgres>,
+    cells: &BTreeMap<CellKey, DailyMeasures>,
+) -> Result<Vec<DailyRow>, sqlx::Error> {
+    let mut days = Vec::with_capacity(cells.len());
+    let mut merchants = Vec::with_capacity(cells.len());
+    let mut currencies = Vec::with_capacity(cells.len());
+    let mut m: [Vec<i64>; 6] = Default::default();
+    for ((day, merchant, currency), d) in cells {
+        days.push(*day);
+        merchants.push(merchant.as_str());
+        currencies.push(currency.as_str());
+        for (col, v) in m.iter_mut().zip([
+            d.orders_placed,
+            d.gross_minor,
+            d.captured_minor,
+            d.refunded_minor,
+            d.orders_cancelled,
+            d.items_sold,
+        ]) {
+            col.push(v);
+        }
+    }
+    let rows: Vec<TotalsRow> = sqlx::query_as(&format!(
+        "INSERT INTO ingest_daily_totals AS t ({TOTALS_COLUMNS})
+         SELECT u.*, nextval('ingest_version_seq')
+         FROM unnest($1::date[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
+                     $7::int8[], $8::int8[], $9::int8[])
+              AS u(day, merchant_id, currency, orders_placed, gross_minor, captured_minor,
+                   refunded_minor, orders_cancelled, items_sold)
+         ORDER BY 1, 2, 3
+         ON CONFLICT (day, merchant_id, currency) DO UPDATE SET
+             orders_placed    = t.orders_placed    + excluded.orders_placed,
+             gross_minor      = t.gross_minor      + excluded.gross_minor,
+             captured_minor   = t.captured_minor   + excluded.captured_minor,
+             refunded_minor   = t.refunded_minor   + excluded.refunded_minor,
+             orders_cancelled = t.orders_cancelled + excluded.orders_cancelled,
+             items_sold       = t.items_sold       + excluded.items_sold,
+             version          = nextval('ingest_version_seq')
+         RETURNING {TOTALS_COLUMNS}"
+    ))
+    .bind(&days)
+    .bind(&merchants)
+    .bind(&currencies)
+    .bind(&m[0])
+    .bind(&m[1])
+    .bind(&m[2])
+    .bind(&m[3])
+    .bind(&m[4])
+    .bind(&m[5])
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(DailyRow::from).collect())
+}
+
+async fn record_pending(
+    tx: &mut Transaction<'_, Postgres>,
+    cells: &BTreeMap<CellKey, DailyMeasures>,
+    oldest_created: OffsetDateTime,
+) -> Result<Uuid, sqlx::Error> {
+    let batch_id = Uuid::now_v7();
+    let days: Vec<Date> = cells.keys().map(|k| k.0).collect();
+    let merchants: Vec<&str> = cells.keys().map(|k| k.1.as_str()).collect();
+    let currencies: Vec<&str> = cells.keys().map(|k| k.2.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO ingest_pending_pushes (batch_id, days, merchant_ids, currencies, oldest_created_at)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(batch_id)
+    .bind(&days)
+    .bind(&merchants)
+    .bind(&currencies)
+    .bind(oldest_created)
+    .execute(&mut **tx)
+    .await?;
+    Ok(batch_id)
+}
+
+/// Pushes absolute totals and clears the pending record.
+async fn push_cells(
+    pool: &PgPool,
+    ch: &clickhouse::Client,
+    batch_id: Uuid,
+    rows: &[DailyRow],
+) -> Result<(), IngestError> {
+    insert_rows(ch, "daily_revenue", rows).await?;
+    sqlx::query("DELETE FROM ingest_pending_pushes WHERE batch_id = $1")
+        .bind(batch_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Re-pushes cells whose pending record is older than `min_age`: left by a
+/// worker that crashed, or whose push failed. Returns how many records it
+/// cleared.
+pub(crate) async fn recover_pending(
+    pool: &PgPool,
+    ch: &clickhouse::Client,
+    min_age: Duration,
+) -> Result<usize, IngestError> {
+    let mut tx = pool.begin().await?;
+    let pending: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT batch_id FROM ingest_pending_pushes
+         WHERE created_at <= clock_timestamp() - make_interval(secs => $1)
+         ORDER BY created_at LIMIT 100 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(min_age.as_secs_f64())
+    .fetch_all(&mut *tx)
+    .await?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = pending.into_iter().map(|(id,)| id).collect();
+    let rows: Vec<TotalsRow> = sqlx::query_as(&format!(
+        "SELECT DISTINCT {cols} FROM ingest_daily_totals t
+         JOIN (SELECT unnest(days) AS day, unnest(merchant_ids) AS merchant_id, unnest(currencies) AS currency
+               FROM ingest_pending_pushes WHERE batch_id = ANY($1)) p
+           USING (day, merchant_id, currency)",
+        cols = TOTALS_COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let rows: Vec<DailyRow> = rows.into_iter().map(DailyRow::from).collect();
+    insert_rows(ch, "daily_revenue", &rows).await?;
+    sqlx::query("DELETE FROM ingest_pending_pushes WHERE batch_id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(
+        records = ids.len(),
+        cells = rows.len(),
+        "re-pushed pending daily totals"
+    );
+    Ok(ids.len())
+}
+
+/// One INSERT of all `rows` (a single block: atomic in ClickHouse).
+pub(crate) async fn insert_rows<T>(
+    ch: &clickhouse::Client,
+    table: &str,
+    rows: &[T],
+) -> Result<(), IngestError>
+where
+    T: clickhouse::RowOwned + clickhouse::RowWrite,
+{
+    let work = async {
+        let mut insert = ch.insert::<T>(table).await?;
+        for r in rows {
+            insert.write(r).await?;
+        }
+        insert.end().await
+    };
+    match tokio::time::timeout(INSERT_TIMEOUT, work).await {
+        Ok(r) => r.map_err(|e| IngestError::ClickHouse(table.to_owned(), e)),
+        Err(_) => Err(IngestError::Timeout(table.to_owned())),
+    }
+}

@@ -1,0 +1,98 @@
+//! The ingest worker's Prometheus metrics.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventTypeLabel {
+    pub event_type: &'static str,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub events: Family<EventTypeLabel, Counter>,
+    pub batch_size: Histogram,
+    pub batch_duration: Histogram,
+    pub insert_errors: Counter,
+    pub dead_letters: Counter,
+    pub backlog_rows: Gauge,
+    pub backlog_oldest_seconds: Gauge<f64, AtomicU64>,
+    pub oldest_transaction_seconds: Gauge<f64, AtomicU64>,
+    pub freshness_lag_seconds: Gauge<f64, AtomicU64>,
+    pub dead_letter_rows: Gauge,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            events: Family::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
+            batch_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            insert_errors: Counter::default(),
+            dead_letters: Counter::default(),
+            backlog_rows: Gauge::default(),
+            backlog_oldest_seconds: Gauge::default(),
+            oldest_transaction_seconds: Gauge::default(),
+            freshness_lag_seconds: Gauge::default(),
+            dead_letter_rows: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("tally_ingest");
+        r.register(
+            "events_projected",
+            "Events projected into ClickHouse, by type",
+            m.events.clone(),
+        );
+        r.register(
+            "batch_size_events",
+            "Outbox rows claimed per batch",
+            m.batch_size.clone(),
+        );
+        r.register(
+            "batch_duration_seconds",
+            "Time to claim, project and commit one batch",
+            m.batch_duration.clone(),
+        );
+        r.register(
+            "clickhouse_insert_errors",
+            "Failed or timed-out ClickHouse inserts",
+            m.insert_errors.clone(),
+        );
+        r.register(
+            "dead_lettered",
+            "Events moved to the dead-letter table",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "outbox_backlog_rows",
+            "Outbox rows not yet projected",
+            m.backlog_rows.clone(),
+        );
+        r.register(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest unprojected outbox row",
+            m.backlog_oldest_seconds.clone(),
+        );
+        r.register(
+            "oldest_transaction_age_seconds",
+            "Age of the oldest open transaction on the write database; it holds the watermark back",
+            m.oldest_transaction_seconds.clone(),
+        );
+        r.register(
+            "freshness_lag_seconds",
+            "Now minus the freshness watermark",
+            m.freshness_lag_seconds.clone(),
+        );
+        r.register(
+            "dead_letter_rows",
+            "Events waiting in the dead-letter table",
+            m.dead_letter_rows.clone(),
+        );
+        m
+    }
+}

@@ -1,0 +1,75 @@
+//! The freshness watermark: an instant W such that every event written to
+//! the outbox before W is in the projections.
+//!
+//! W is the least of: PostgreSQL's clock read first; the start of every open
+//! transaction on the write database (it may still write outbox rows, and
+//! `outbox.created_at` is never earlier than its transaction's start); and
+//! the `created_at` of every row still in the outbox, waiting in a pending
+//! push, or in the dead-letter table. Reading the clock before the
+//! activity snapshot, and the snapshot before the tables, leaves no window
+//! in which an event can slip under W unprojected. A long transaction
+//! therefore holds W back: that is the price of never over-claiming, and
+//! the oldest transaction's age is a metric so operators can see it.
+
+use sqlx::PgPool;
+use time::OffsetDateTime;
+
+/// The watermark and the figures behind it, for metrics and `tally ingest status`.
+#[derive(Debug, Clone)]
+pub struct Freshness {
+    pub now: OffsetDateTime,
+    pub watermark: OffsetDateTime,
+    pub backlog_rows: i64,
+    pub oldest_backlog: Option<OffsetDateTime>,
+    pub oldest_transaction: Option<OffsetDateTime>,
+    pub pending_pushes: i64,
+    pub dead_letters: i64,
+}
+
+pub async fn measure(pool: &PgPool) -> Result<Freshness, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let now: OffsetDateTime = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&mut *conn)
+        .await?;
+    let oldest_transaction: Option<OffsetDateTime> = sqlx::query_scalar(
+        "SELECT min(xact_start) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND backend_type = 'client backend' AND xact_start IS NOT NULL",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let (backlog_rows, oldest_backlog, pending_pushes, oldest_pending, dead_letters, oldest_dead): (
+        i64,
+        Option<OffsetDateTime>,
+        i64,
+        Option<OffsetDateTime>,
+        i64,
+        Option<OffsetDateTime>,
+    ) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM outbox), (SELECT min(created_at) FROM outbox),
+                (SELECT count(*) FROM ingest_pending_pushes), (SELECT min(oldest_created_at) FROM ingest_pending_pushes),
+                (SELECT count(*) FROM ingest_dead_letters), (SELECT min(created_at) FROM ingest_dead_letters)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let watermark = [
+        Some(now),
+        oldest_transaction,
+        oldest_backlog,
+        oldest_pending,
+        oldest_dead,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(now);
+    Ok(Freshness {
+        now,
+        watermark,
+        backlog_rows,
+        oldest_backlog,
+        oldest_transaction,
+        pending_pushes,
+        dead_letters,
+    })
+}

@@ -1,0 +1,150 @@
+//! The write API's errors and their one mapping to HTTP problem details.
+//!
+//! | error                         | status | `type` slug              |
+//! |-------------------------------|--------|--------------------------|
+//! | malformed / wrong-typed JSON  | 400    | `malformed-body`         |
+//! | field validation              | 400    | `validation`             |
+//! | `ZeroTotal`, `TotalOverflow`  | 400    | `validation`             |
+//! | missing / unknown API key     | 401    | `unauthenticated`        |
+//! | key lacks the role            | 403    | `forbidden`              |
+//! | order not found               | 404    | `not-found`              |
+//! | `InvalidTransition`           | 409    | `invalid-transition`     |
+//! | body over the limit           | 413    | `body-too-large`         |
+//! | not `application/json`        | 415    | `unsupported-media-type` |
+//! | amount rules                  | 422    | `amount-rule`            |
+//! | PostgreSQL down / pool full   | 503    | `unavailable`            |
+//! | anything else                 | 500    | `internal` (cause logged, not sent) |
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tally_domain::DomainError;
+use tally_ops::Problem;
+use tally_ops::problem::InvalidParam;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed request body: {0}")]
+    MalformedBody(String),
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("validation failed")]
+    Validation(Vec<InvalidParam>),
+    #[error("authentication required: {0}")]
+    Unauthenticated(&'static str),
+    #[error("API key lacks role {0}")]
+    Forbidden(&'static str),
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+            JsonRejection::BytesRejection(_) => ApiError::BodyTooLarge,
+            other => ApiError::MalformedBody(other.body_text()),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn to_problem(&self) -> Problem {
+        match self {
+            ApiError::MalformedBody(msg) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "malformed-body",
+                "Malformed request body",
+            )
+            .detail(msg.clone()),
+            ApiError::BodyTooLarge => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Request body too large",
+            )
+            .detail("the request body exceeds the configured limit"),
+            ApiError::UnsupportedMediaType => Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            )
+            .detail("send the body as JSON with `Content-Type: application/json`"),
+            ApiError::Validation(params) => {
+                Problem::new(StatusCode::BAD_REQUEST, "validation", "Invalid request")
+                    .detail(match params.as_slice() {
+                        [one] => format!("{}: {}", one.name, one.reason),
+                        many => format!("{} fields are invalid", many.len()),
+                    })
+                    .invalid_params(params.clone())
+            }
+            ApiError::Unauthenticated(why) => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+            )
+            .detail(*why),
+            ApiError::Forbidden(role) => {
+                Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+                    .detail(format!("this API key lacks the `{role}` role"))
+            }
+            ApiError::Domain(e @ (DomainError::ZeroTotal | DomainError::TotalOverflow)) => {
+                Problem::new(StatusCode::BAD_REQUEST, "validation", "Invalid request")
+                    .detail(e.to_string())
+                    .invalid_params(vec![InvalidParam {
+                        name: "items".into(),
+                        reason: e.to_string(),
+                    }])
+            }
+            ApiError::Domain(e @ DomainError::InvalidTransition { .. }) => Problem::new(
+                StatusCode::CONFLICT,
+                "invalid-transition",
+                "Not allowed in the order's current state",
+            )
+            .detail(e.to_string()),
+            ApiError::Domain(
+                e @ (DomainError::CaptureAmountMismatch { .. }
+                | DomainError::RefundExceedsCaptured { .. }),
+            ) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "amount-rule",
+                "Amount not allowed",
+            )
+            .detail(e.to_string()),
+            ApiError::Database(e) if is_unavailable(e) => {
+                Problem::unavailable("the write database")
+            }
+            ApiError::Database(_) => Problem::internal(),
+        }
+    }
+}
+
+/// Errors that mean "PostgreSQL is down or saturated": the client should
+/// retry, so they become 503, not 500.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            // admin shutdown, crash shutdown, cannot connect now, too many connections
+            Some("57P01" | "57P02" | "57P03" | "53300")
+        ),
+        _ => false,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.to_problem();
+        if problem.status >= 500 {
+            tracing::error!(error = %self, status = problem.status, "request failed");
+        }
+        problem.into_response()
+    }
+}

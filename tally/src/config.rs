@@ -1,0 +1,83 @@
+//! The one typed configuration: flags, each with an environment variable.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use tally_ops::{ChSettings, PgSettings};
+
+#[derive(Args, Clone, Debug)]
+pub struct Global {
+    /// PostgreSQL write store. Unset: `tally up` starts its own.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// ClickHouse read store, `http://user:password@host:port/database`.
+    /// Unset: `tally up` starts its own.
+    #[arg(long, env = "CLICKHOUSE_URL", global = true, hide_env_values = true)]
+    pub clickhouse_url: Option<String>,
+    /// Read-only ClickHouse user for the dashboards (defaults to CLICKHOUSE_URL).
+    #[arg(
+        long,
+        env = "CLICKHOUSE_READER_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub clickhouse_reader_url: Option<String>,
+    /// Where `tally up` keeps its servers' data, logs and stack.json.
+    #[arg(long, env = "TALLY_DATA_DIR", default_value = ".tally", global = true)]
+    pub data_dir: PathBuf,
+    /// Log format: `text` for terminals, `json` for collectors.
+    #[arg(long, env = "TALLY_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
+    /// PostgreSQL connections per pool.
+    #[arg(
+        long,
+        env = "TALLY_PG_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
+    pub pg_max_connections: u32,
+}
+
+impl Global {
+    pub fn pg(&self, app: &str) -> anyhow::Result<PgSettings> {
+        let url = self.database_url.clone().context(
+            "DATABASE_URL is not set: point it at the write database \
+             (e.g. postgres://tally@127.0.0.1:5432/tally), or use `tally up`, which starts one",
+        )?;
+        Ok(PgSettings {
+            max_connections: self.pg_max_connections,
+            ..PgSettings::new(url, app)
+        })
+    }
+
+    pub fn ch(&self) -> anyhow::Result<ChSettings> {
+        let url = self.clickhouse_url.as_deref().context(
+            "CLICKHOUSE_URL is not set: point it at ClickHouse (e.g. http://127.0.0.1:8123/tally), \
+             or use `tally up`, which starts one",
+        )?;
+        ChSettings::from_url(url).map_err(anyhow::Error::msg)
+    }
+
+    pub fn ch_reader(&self) -> anyhow::Result<ChSettings> {
+        match self.clickhouse_reader_url.as_deref() {
+            Some(url) => ChSettings::from_url(url).map_err(anyhow::Error::msg),
+            None => self.ch(),
+        }
+    }
+}
+
+pub fn init_tracing(g: &Global) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,sqlx=warn,tokio_cron_scheduler=warn,tower_http=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if g.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

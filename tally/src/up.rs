@@ -1,0 +1,240 @@
+//! `tally up`: the whole product in one process, with no configuration.
+//!
+//! Order of shutdown matters and is explicit: stop accepting commands and
+//! let in-flight ones finish, let the ingest finish its batch, stop the
+//! scheduler, and only then stop the database servers underneath them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use prometheus_client::registry::Registry;
+use tally_ops::{ChSettings, PgSettings};
+use tally_stack::{DataDirLock, LocalStack, StackConfig, StackFile};
+use tally_write_api::auth::{Role, create_key, key_has_role};
+
+use crate::config::Global;
+use crate::roles::shutdown_on_signal;
+
+#[derive(Args, Clone, Debug)]
+pub struct UpArgs {
+    /// Address of the write (command) API.
+    #[arg(long, env = "TALLY_API_ADDR", default_value = "127.0.0.1:8080")]
+    pub api_listen: SocketAddr,
+    /// Address of the dashboards.
+    #[arg(long, env = "TALLY_DASHBOARDS_ADDR", default_value = "127.0.0.1:8081")]
+    pub dashboards_listen: SocketAddr,
+    /// When the rebuild scheduler verifies the projections (cron, with
+    /// seconds, UTC).
+    #[arg(long, env = "TALLY_REBUILD_CRON", default_value = "0 0 3 * * *")]
+    pub rebuild_cron: String,
+}
+
+pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
+    let _lock = DataDirLock::acquire(&g.data_dir)?;
+    let data_dir = std::fs::canonicalize(&g.data_dir)?;
+
+    let (stack, pg_settings, ch, ch_reader) = match (&g.database_url, &g.clickhouse_url) {
+        (None, None) => {
+            eprintln!(
+                "starting local PostgreSQL and ClickHouse in {} …",
+                data_dir.display()
+            );
+            let stack = LocalStack::start(&StackConfig::new(&data_dir)).await?;
+            let pg = PgSettings {
+                max_connections: g.pg_max_connections,
+                ..PgSettings::new(&stack.postgres_url, "tally-up")
+            };
+            let (ch, reader) = (stack.clickhouse.clone(), stack.clickhouse_reader.clone());
+            (Some(stack), pg, ch, reader)
+        }
+        (Some(_), Some(_)) => (None, g.pg("tally-up")?, g.ch()?, g.ch_reader()?),
+        _ => anyhow::bail!(
+            "set both DATABASE_URL and CLICKHOUSE_URL to use your own servers, or neither to let tally start local ones"
+        ),
+    };
+    let result = serve(
+        &args,
+        &data_dir,
+        stack.is_some(),
+        &pg_settings,
+        &ch,
+        &ch_reader,
+    )
+    .await;
+    if let Some(stack) = stack {
+        eprintln!("stopping local PostgreSQL and ClickHouse …");
+        stack.stop().await;
+    }
+    StackFile::remove(&data_dir);
+    result
+}
+
+async fn serve(
+    args: &UpArgs,
+    data_dir: &std::path::Path,
+    embedded: bool,
+    pg_settings: &PgSettings,
+    ch: &ChSettings,
+    ch_reader: &ChSettings,
+) -> anyhow::Result<()> {
+    let pool = pg_settings
+        .connect()
+        .await
+        .context("connecting to PostgreSQL")?;
+    tally_migrations::migrate(&pool, ch)
+        .await
+        .context("applying migrations")?;
+    let api_key = dev_key(&pool, data_dir).await?;
+
+    let mut registry = Registry::default();
+    let api_metrics = tally_write_api::metrics::Metrics::register(&mut registry);
+    let ingest_metrics = tally_ingest::Metrics::register(&mut registry);
+    let registry = Arc::new(registry);
+
+    let api_config = tally_write_api::ApiConfig {
+        listen: args.api_listen,
+        ..Default::default()
+    };
+    let api = tally_write_api::Application::build(
+        &api_config,
+        pool.clone(),
+        api_metrics,
+        registry.clone(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot listen on {} for the write API (use --api-listen)",
+            args.api_listen
+        )
+    })?;
+    let dash_config = tally_dashboards::DashboardsConfig {
+        listen: args.dashboards_listen,
+        ..Default::default()
+    };
+    let dashboards =
+        tally_dashboards::Application::build(&dash_config, ch_reader.client(), registry.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for the dashboards (use --dashboards-listen)",
+                    args.dashboards_listen
+                )
+            })?;
+    let scheduler = tally_rebuild::RebuildScheduler::start(
+        &tally_rebuild::SchedulerConfig {
+            cron: args.rebuild_cron.clone(),
+        },
+        pool.clone(),
+        ch.client(),
+    )
+    .await?;
+
+    let api_url = format!("http://{}", api.local_addr());
+    let dashboards_url = format!("http://{}", dashboards.local_addr());
+    StackFile {
+        pid: std::process::id(),
+        api_url: api_url.clone(),
+        dashboards_url: dashboards_url.clone(),
+        api_key: api_key.clone(),
+        database_url: pg_settings.url.clone(),
+        clickhouse_url: ch.to_url(),
+        embedded,
+    }
+    .write(data_dir)?;
+
+    let shutdown = shutdown_on_signal();
+    let worker = tally_ingest::Worker::new(
+        pool.clone(),
+        ch.client(),
+        Default::default(),
+        ingest_metrics,
+    );
+    let mut api_task = tokio::spawn(api.run_until_stopped(shutdown.clone()));
+    let mut dash_task = tokio::spawn(dashboards.run_until_stopped(shutdown.clone()));
+    let mut ingest_task = tokio::spawn(worker.run(shutdown.clone()));
+
+    println!();
+    println!("  Tally is up.");
+    println!("  Write API     {api_url}   (POST /v1/orders, /livez, /readyz, /metrics)");
+    println!("  Dashboards    {dashboards_url}/");
+    println!("  API key       {api_key}");
+    println!("  PostgreSQL    {}", pg_settings.url);
+    println!("  ClickHouse    {}", ch.to_url());
+    println!("  Written to    {}", StackFile::path(data_dir).display());
+    println!("  Press Ctrl-C to stop.");
+    println!();
+
+    // Run until a signal, or until a component fails on its own.
+    let early = tokio::select! {
+        () = shutdown.cancelled() => None,
+        r = &mut api_task => Some(("write API", r.map(|r| r.map_err(anyhow::Error::from)))),
+        r = &mut dash_task => Some(("dashboards", r.map(|r| r.map_err(anyhow::Error::from)))),
+        r = &mut ingest_task => Some(("ingest worker", r.map(|r| r.map_err(anyhow::Error::from)))),
+    };
+    shutdown.cancel();
+    eprintln!("shutting down …");
+    let (a, d, i) = tokio::join!(
+        async {
+            if api_task.is_finished() {
+                Ok(Ok(()))
+            } else {
+                api_task.await.map(|r| r.map_err(anyhow::Error::from))
+            }
+        },
+        async {
+            if dash_task.is_finished() {
+                Ok(Ok(()))
+            } else {
+                dash_task.await.map(|r| r.map_err(anyhow::Error::from))
+            }
+        },
+        async {
+            if ingest_task.is_finished() {
+                Ok(Ok(()))
+            } else {
+                ingest_task.await.map(|r| r.map_err(anyhow::Error::from))
+            }
+        },
+    );
+    scheduler.shutdown().await;
+    pool.close().await;
+    if let Some((what, r)) = early {
+        match r {
+            Ok(Ok(())) => anyhow::bail!("{what} stopped unexpectedly"),
+            Ok(Err(e)) => return Err(e.context(format!("{what} failed"))),
+            Err(e) => anyhow::bail!("{what} panicked: {e}"),
+        }
+    }
+    for r in [a, d, i] {
+        r.context("a component panicked")??;
+    }
+    Ok(())
+}
+
+/// The development key: reused across restarts while it is valid, so the
+/// README's curl commands keep working.
+async fn dev_key(pool: &sqlx::PgPool, data_dir: &std::path::Path) -> anyhow::Result<String> {
+    if let Ok(previous) = StackFile::read(data_dir) {
+        if key_has_role(pool, &previous.api_key, Role::OrdersWrite)
+            .await
+            .unwrap_or(false)
+        {
+            return Ok(previous.api_key);
+        }
+    }
+    let key_file = data_dir.join("dev-api-key");
+    if let Ok(key) = std::fs::read_to_string(&key_file) {
+        if key_has_role(pool, key.trim(), Role::OrdersWrite)
+            .await
+            .unwrap_or(false)
+        {
+            return Ok(key.trim().to_owned());
+        }
+    }
+    let (_, key) = create_key(pool, "development (tally up)", &Role::ALL).await?;
+    std::fs::write(&key_file, &key).context("saving the development key")?;
+    Ok(key)
+}

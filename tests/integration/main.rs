@@ -1,1 +1,8 @@
-//! placeholder
+//! One integration-test binary (faster linking, shared harness). Every test
+//! talks to real PostgreSQL and ClickHouse through `tally_tests`.
+
+mod e2e;
+mod ingest;
+mod migrations;
+mod stack;
+mod write_api;

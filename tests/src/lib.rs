@@ -1,1 +1,368 @@
-//! placeholder
+//! The test harness: real PostgreSQL and ClickHouse, isolated per test.
+//!
+//! One local stack per test run, started through the same launcher as
+//! `tally up` (or external servers, if `TALLY_TEST_DATABASE_URL` and
+//! `TALLY_TEST_CLICKHOUSE_URL` are set). Every test gets its own PostgreSQL
+//! database, cloned from a template migrated once per run, and its own
+//! ClickHouse database, so tests run in parallel without sharing state.
+//! [`spawn_app`] boots the real services on port 0.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use sqlx::{Connection, PgPool};
+use tally_ops::{ChSettings, PgSettings, Shutdown};
+use tally_stack::{LocalStack, StackConfig};
+use tally_write_api::auth::{Role, create_key};
+
+/// Where the shared servers of this run are.
+struct Servers {
+    postgres_url: String,
+    clickhouse: ChSettings,
+    /// Keeps the local servers' handles; they stop when the test process exits.
+    _stack: Option<LocalStack>,
+}
+
+const TEMPLATE_DB: &str = "tally_template";
+
+fn servers() -> &'static Servers {
+    static SERVERS: OnceLock<Servers> = OnceLock::new();
+    SERVERS.get_or_init(|| {
+        // Started on a runtime of its own: each #[tokio::test] has its own
+        // runtime, and the servers must outlive all of them.
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Runtime::new().expect("runtime for the test stack");
+            rt.block_on(start_servers())
+        })
+        .join()
+        .expect("starting the test stack panicked")
+    })
+}
+
+async fn start_servers() -> Servers {
+    let (postgres_url, clickhouse, stack) = match (
+        std::env::var("TALLY_TEST_DATABASE_URL"),
+        std::env::var("TALLY_TEST_CLICKHOUSE_URL"),
+    ) {
+        (Ok(pg), Ok(ch)) => (
+            pg,
+            ChSettings::from_url(&ch).expect("TALLY_TEST_CLICKHOUSE_URL"),
+            None,
+        ),
+        _ => {
+            let dir = run_dir();
+            let mut config = StackConfig::new(&dir);
+            config.pg_max_connections = 600;
+            config.durable = false;
+            let stack = LocalStack::start(&config).await.unwrap_or_else(|e| {
+                panic!("cannot start the test stack in {}: {e}", dir.display())
+            });
+            (
+                stack.postgres_url.clone(),
+                stack.clickhouse.clone(),
+                Some(stack),
+            )
+        }
+    };
+    // The template every test database is cloned from.
+    let admin_url = tally_stack::replace_database(&postgres_url, "postgres");
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {TEMPLATE_DB}"))
+        .execute(&mut admin)
+        .await
+        .expect("drop template");
+    sqlx::query(&format!("CREATE DATABASE {TEMPLATE_DB}"))
+        .execute(&mut admin)
+        .await
+        .expect("create template");
+    let template = PgSettings::new(
+        tally_stack::replace_database(&postgres_url, TEMPLATE_DB),
+        "tally-tests",
+    )
+    .connect()
+    .await
+    .expect("connect to template");
+    tally_migrations::postgres::run(&template)
+        .await
+        .expect("migrate template");
+    template.close().await;
+    Servers {
+        postgres_url,
+        clickhouse,
+        _stack: stack,
+    }
+}
+
+/// A fresh data directory per run under the target directory; directories
+/// of earlier runs whose process is gone are removed.
+fn run_dir() -> PathBuf {
+    // Beside the test binary: <target>/<profile>/deps/integration-… → <target>/<profile>/tally-test-stacks
+    let base = std::env::var_os("TALLY_TEST_STACK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent()?.parent().map(|p| p.join("tally-test-stacks")))
+                .unwrap_or_else(|| std::env::temp_dir().join("tally-test-stacks"))
+        });
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        for e in entries.flatten() {
+            let pid = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("run-"))
+                .and_then(|p| p.parse::<i32>().ok());
+            if let Some(pid) = pid {
+                let alive = nix_alive(pid);
+                if !alive {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+    base.join(format!("run-{}", std::process::id()))
+}
+
+fn nix_alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A PostgreSQL database and a ClickHouse database of one's own, migrated.
+#[derive(Clone)]
+pub struct TestDb {
+    pub pg: PgPool,
+    pub pg_settings: PgSettings,
+    pub ch: ChSettings,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let s = servers();
+        let name = unique_name("t");
+        let admin_url = tally_stack::replace_database(&s.postgres_url, "postgres");
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let _ = admin.close().await;
+        let mut pg_settings = PgSettings::new(
+            tally_stack::replace_database(&s.postgres_url, &name),
+            "tally-tests",
+        );
+        pg_settings.max_connections = 10;
+        let pg = pg_settings
+            .connect()
+            .await
+            .expect("connect to test database");
+        let ch = s.clickhouse.with_database(&name);
+        tally_migrations::clickhouse::run(&ch)
+            .await
+            .expect("migrate ClickHouse test database");
+        TestDb {
+            pg,
+            pg_settings,
+            ch,
+        }
+    }
+
+    /// A PostgreSQL database that is empty (not migrated).
+    pub async fn empty_postgres() -> PgPool {
+        let s = servers();
+        let name = unique_name("e");
+        let admin_url = tally_stack::replace_database(&s.postgres_url, "postgres");
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        PgSettings::new(
+            tally_stack::replace_database(&s.postgres_url, &name),
+            "tally-tests",
+        )
+        .connect()
+        .await
+        .expect("connect")
+    }
+
+    /// A ClickHouse database name of one's own, not yet created.
+    pub fn fresh_clickhouse() -> ChSettings {
+        servers().clickhouse.with_database(unique_name("c"))
+    }
+
+    pub fn ingest_worker(&self, config: tally_ingest::IngestConfig) -> tally_ingest::Worker {
+        let mut registry = Registry::default();
+        let metrics = tally_ingest::Metrics::register(&mut registry);
+        tally_ingest::Worker::new(self.pg.clone(), self.ch.client(), config, metrics)
+    }
+}
+
+/// The real services of one test, on port 0.
+pub struct TestApp {
+    pub db: TestDb,
+    pub api_url: String,
+    pub dashboards_url: String,
+    /// A key with every role.
+    pub api_key: String,
+    pub http: reqwest::Client,
+    pub shutdown: Shutdown,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Which background workers [`spawn_app`] starts besides the HTTP servers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Ingest {
+    /// The worker's real run loop, as `tally up` runs it.
+    Running,
+    /// No worker: the test drives `Worker::drain` itself.
+    Manual,
+}
+
+pub async fn spawn_app(ingest: Ingest) -> TestApp {
+    let db = TestDb::new().await;
+    let mut registry = Registry::default();
+    let api_metrics = tally_write_api::metrics::Metrics::register(&mut registry);
+    let ingest_metrics = tally_ingest::Metrics::register(&mut registry);
+    let registry = Arc::new(registry);
+    let shutdown = Shutdown::new();
+
+    let api_config = tally_write_api::ApiConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let api = tally_write_api::Application::build(
+        &api_config,
+        db.pg.clone(),
+        api_metrics,
+        registry.clone(),
+    )
+    .await
+    .expect("build write API");
+    let dash_config = tally_dashboards::DashboardsConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let dashboards =
+        tally_dashboards::Application::build(&dash_config, db.ch.client(), registry.clone())
+            .await
+            .expect("build dashboards");
+    let api_url = format!("http://{}", api.local_addr());
+    let dashboards_url = format!("http://{}", dashboards.local_addr());
+    let mut tasks = vec![
+        tokio::spawn({
+            let s = shutdown.clone();
+            async move { api.run_until_stopped(s).await.expect("write API failed") }
+        }),
+        tokio::spawn({
+            let s = shutdown.clone();
+            async move {
+                dashboards
+                    .run_until_stopped(s)
+                    .await
+                    .expect("dashboards failed")
+            }
+        }),
+    ];
+    if ingest == Ingest::Running {
+        let worker = tally_ingest::Worker::new(
+            db.pg.clone(),
+            db.ch.client(),
+            Default::default(),
+            ingest_metrics,
+        );
+        let s = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            worker.run(s).await.expect("ingest worker failed")
+        }));
+    }
+    let (_, api_key) = create_key(&db.pg, "test", &Role::ALL)
+        .await
+        .expect("create key");
+    TestApp {
+        db,
+        api_url,
+        dashboards_url,
+        api_key,
+        http: reqwest::Client::new(),
+        shutdown,
+        tasks,
+    }
+}
+
+impl TestApp {
+    /// `POST /v1/orders` with the app's key.
+    pub async fn post_order(&self, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/orders", self.api_url))
+            .bearer_auth(&self.api_key)
+            .json(body)
+            .send()
+            .await
+            .expect("POST /v1/orders")
+    }
+
+    /// Stops the servers and workers and waits for them.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            t.await.expect("a service task panicked");
+        }
+    }
+}
+
+/// A valid place-order body.
+pub fn order_body(merchant: &str, currency: &str, items: &[(&str, i64, i64)]) -> serde_json::Value {
+    serde_json::json!({
+        "merchant_id": merchant,
+        "customer_id": "customer-1",
+        "currency": currency,
+        "items": items.iter().map(|(sku, q, p)| serde_json::json!({
+            "sku": sku, "quantity": q, "unit_price_minor": p
+        })).collect::<Vec<_>>(),
+        "shipping_address": {
+            "name": "Ada Lovelace", "line1": "12 Analytical St", "city": "London",
+            "postal_code": "N1 9GU", "country": "GB"
+        }
+    })
+}
+
+/// Polls `check` until it returns `Some`, at most `timeout`; no fixed sleeps
+/// beyond the short poll interval.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Logs for a failing test: `RUST_LOG=debug cargo test …`.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}

@@ -158,7 +158,7 @@ impl PlaceOrderRequest {
 
 /// Now, truncated to the microsecond precision PostgreSQL stores, so the
 /// event's timestamp and the row's are the same value.
-pub(crate) fn now() -> OffsetDateTime {
+pub fn now() -> OffsetDateTime {
     let t = OffsetDateTime::now_utc();
     t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000)
         .unwrap_or(t)

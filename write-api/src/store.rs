@@ -2,12 +2,11 @@
 //! schema allows it: the normalised rows and the outbox row go in together,
 //! atomically, in a single round trip.
 
-use sqlx::PgPool;
 use tally_domain::{EventEnvelope, PlaceOrder};
 
 /// Writes the address, order, line items and the `OrderPlaced` outbox row.
 pub async fn insert_placed_order(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     cmd: &PlaceOrder,
     ev: &EventEnvelope,
 ) -> Result<(), sqlx::Error> {
@@ -58,7 +57,7 @@ pub async fn insert_placed_order(
     .bind(ev.event_type())
     .bind(ev.schema_version as i16)
     .bind(ev.payload_json())
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }

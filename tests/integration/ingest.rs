@@ -1,0 +1,227 @@
+//! The ingest worker against real stores: counted once, recovered after a
+//! failed push, poison events parked, nothing skipped when commits land out
+//! of id order, and several workers at once.
+
+use std::time::Duration;
+
+use tally_domain::{EventEnvelope, EventId, Order, OrderId, order};
+use tally_ingest::{FactRow, IngestConfig};
+use tally_tests::{Ingest, TestDb, init_logs, order_body, spawn_app};
+use tally_write_api::orders::PlaceOrderRequest;
+use uuid::Uuid;
+
+fn config(batch_size: i64) -> IngestConfig {
+    IngestConfig {
+        batch_size,
+        pending_grace: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
+/// Writes a placed order (rows and outbox event) through the write API's
+/// store on `db`, which may be an open transaction.
+async fn place(db: impl sqlx::PgExecutor<'_>, merchant: &str, price: i64) -> OrderId {
+    let req: PlaceOrderRequest =
+        serde_json::from_value(order_body(merchant, "EUR", &[("sku", 1, price)])).unwrap();
+    let id = OrderId::from_uuid(Uuid::now_v7());
+    let cmd = req.parse(id).unwrap();
+    let event = order::place(&cmd).unwrap();
+    let at = tally_write_api::orders::now();
+    let state = Order::from_placed(id, &event, at).unwrap();
+    let env = EventEnvelope::record(EventId::from_uuid(Uuid::now_v7()), at, event, state);
+    tally_write_api::store::insert_placed_order(db, &cmd, &env)
+        .await
+        .unwrap();
+    id
+}
+
+async fn fact_count(db: &TestDb) -> u64 {
+    db.ch
+        .client()
+        .query("SELECT count() FROM order_facts FINAL")
+        .fetch_one()
+        .await
+        .unwrap()
+}
+
+async fn assert_matches_oracle(db: &TestDb) {
+    let report = tally_rebuild::verify_daily(&db.pg, &db.ch.client())
+        .await
+        .unwrap();
+    assert!(
+        report.is_clean(),
+        "projection differs from the write store: {report:?}"
+    );
+}
+
+#[tokio::test]
+async fn draining_twice_counts_every_event_once() {
+    init_logs();
+    let db = TestDb::new().await;
+    for i in 0..25 {
+        place(&db.pg, &format!("m{}", i % 3), 100 + i).await;
+    }
+    let mut w = db.ingest_worker(config(7));
+    let first = w.drain().await.unwrap();
+    assert_eq!((first.claimed, first.projected, first.batches), (25, 25, 4));
+    let second = w.drain().await.unwrap();
+    assert_eq!(second.claimed, 0);
+    assert_eq!(fact_count(&db).await, 25);
+    assert_matches_oracle(&db).await;
+}
+
+#[tokio::test]
+async fn a_push_that_fails_after_commit_is_recovered_exactly() {
+    init_logs();
+    let db = TestDb::new().await;
+    let ch = db.ch.client();
+    place(&db.pg, "m1", 500).await;
+    place(&db.pg, "m2", 700).await;
+    // Fault: the daily table is gone when the worker pushes to it, which is
+    // after the totals were committed in PostgreSQL.
+    ch.query("RENAME TABLE daily_revenue TO daily_revenue_away")
+        .execute()
+        .await
+        .unwrap();
+    let mut w = db.ingest_worker(config(100));
+    assert!(w.drain().await.is_err(), "the push must fail");
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest_pending_pushes")
+        .fetch_one(&db.pg)
+        .await
+        .unwrap();
+    assert_eq!(pending, 1, "the unpushed cells are remembered");
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&db.pg)
+        .await
+        .unwrap();
+    assert_eq!(outbox, 0, "the events were consumed once");
+
+    ch.query("RENAME TABLE daily_revenue_away TO daily_revenue")
+        .execute()
+        .await
+        .unwrap();
+    place(&db.pg, "m1", 1).await;
+    w.drain().await.unwrap();
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest_pending_pushes")
+        .fetch_one(&db.pg)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+    assert_matches_oracle(&db).await;
+    // And repeating every push again changes nothing (versions, not deltas).
+    sqlx::query(
+        "INSERT INTO ingest_pending_pushes (batch_id, days, merchant_ids, currencies, oldest_created_at)
+         SELECT gen_random_uuid(), array_agg(day), array_agg(merchant_id), array_agg(currency::text), now()
+         FROM ingest_daily_totals",
+    )
+    .execute(&db.pg)
+    .await
+    .unwrap();
+    w.drain().await.unwrap();
+    assert_matches_oracle(&db).await;
+}
+
+#[tokio::test]
+async fn a_poison_event_is_parked_and_the_rest_flows() {
+    let db = TestDb::new().await;
+    place(&db.pg, "m1", 100).await;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, aggregate_id, aggregate_version, event_type, schema_version, occurred_at, payload)
+         VALUES (gen_random_uuid(), gen_random_uuid(), 1, 'OrderPlaced', 1, now(), '{\"nonsense\": true}')",
+    )
+    .execute(&db.pg)
+    .await
+    .unwrap();
+    place(&db.pg, "m1", 200).await;
+    let out = db.ingest_worker(config(100)).drain().await.unwrap();
+    assert_eq!((out.claimed, out.projected, out.dead_lettered), (3, 2, 1));
+    let (n, error): (i64, String) =
+        sqlx::query_as("SELECT count(*) OVER (), error FROM ingest_dead_letters")
+            .fetch_one(&db.pg)
+            .await
+            .unwrap();
+    assert_eq!(n, 1);
+    assert!(error.contains("payload"), "{error}");
+    assert_eq!(fact_count(&db).await, 2);
+    assert_matches_oracle(&db).await;
+}
+
+#[tokio::test]
+async fn rows_committed_out_of_id_order_are_not_skipped() {
+    let db = TestDb::new().await;
+    // A takes the lower outbox id but commits last.
+    let mut a = db.pg.begin().await.unwrap();
+    place(&mut *a, "slow", 100).await;
+    let a_started: time::OffsetDateTime = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *a)
+        .await
+        .unwrap();
+    place(&db.pg, "fast", 200).await;
+
+    let mut w = db.ingest_worker(config(100));
+    assert_eq!(w.drain().await.unwrap().projected, 1);
+    // While A is open the watermark cannot pass A's start.
+    let f = tally_ingest::watermark::measure(&db.pg).await.unwrap();
+    assert!(
+        f.watermark <= a_started,
+        "watermark {} passed an open transaction started {}",
+        f.watermark,
+        a_started
+    );
+
+    a.commit().await.unwrap();
+    assert_eq!(w.drain().await.unwrap().projected, 1);
+    assert_eq!(fact_count(&db).await, 2);
+    assert_matches_oracle(&db).await;
+}
+
+#[tokio::test]
+async fn four_concurrent_workers_count_each_event_once() {
+    init_logs();
+    let db = TestDb::new().await;
+    for i in 0..200 {
+        place(&db.pg, &format!("m{}", i % 5), 10 + i).await;
+    }
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut w = db.ingest_worker(config(9));
+            tokio::spawn(async move { w.drain().await.unwrap() })
+        })
+        .collect();
+    let mut claimed = 0;
+    for w in workers {
+        claimed += w.await.unwrap().claimed;
+    }
+    assert_eq!(claimed, 200, "every event claimed by exactly one worker");
+    assert_eq!(fact_count(&db).await, 200);
+    assert_matches_oracle(&db).await;
+}
+
+#[tokio::test]
+async fn fact_rows_round_trip_through_clickhouse_unchanged() {
+    let app = spawn_app(Ingest::Manual).await;
+    app.post_order(&order_body("acme", "KWD", &[("x", 3, 1234)]))
+        .await;
+    app.db.ingest_worker(config(10)).drain().await.unwrap();
+    let rows: Vec<FactRow> = app
+        .db
+        .ch
+        .client()
+        .query("SELECT ?fields FROM order_facts FINAL")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    assert_eq!(
+        (r.merchant_id.as_str(), &r.currency, r.status.as_str()),
+        ("acme", b"KWD", "placed")
+    );
+    assert_eq!((r.item_count, r.total_minor, r.version), (3, 3702, 1));
+    let (placed_at,): (time::OffsetDateTime,) = sqlx::query_as("SELECT placed_at FROM orders")
+        .fetch_one(&app.db.pg)
+        .await
+        .unwrap();
+    assert_eq!(r.placed_at.unix_timestamp(), placed_at.unix_timestamp());
+    app.stop().await;
+}

@@ -111,10 +111,13 @@ async fn lookup(pool: &PgPool, key: &str) -> Result<Option<Caller>, sqlx::Error>
     Ok(row.map(|(key_id, roles)| Caller { key_id, roles }))
 }
 
+/// SHA-256 of a key → the caller it authenticates, until when.
+type CacheMap = HashMap<Vec<u8>, (Caller, Instant)>;
+
 /// Verified keys, by hash, with their expiry.
 #[derive(Clone, Default)]
 pub struct KeyCache {
-    inner: Arc<Mutex<HashMap<Vec<u8>, (Caller, Instant)>>>,
+    inner: Arc<Mutex<CacheMap>>,
 }
 
 impl KeyCache {

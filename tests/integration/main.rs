@@ -5,4 +5,5 @@ mod e2e;
 mod ingest;
 mod migrations;
 mod stack;
+mod tidy;
 mod write_api;

@@ -56,6 +56,7 @@ async fn bad_input_is_a_4xx_problem_and_writes_nothing() {
             .post(&url)
             .bearer_auth(&app.api_key)
             .header("content-type", "application/json")
+            .header("idempotency-key", uuid::Uuid::new_v4().to_string())
             .body(body)
             .send()
     };
@@ -181,6 +182,7 @@ async fn commands_need_a_key_with_the_orders_write_role() {
         .http
         .post(&url)
         .bearer_auth(&writer)
+        .header("idempotency-key", "k1")
         .json(&body)
         .send()
         .await

@@ -302,15 +302,35 @@ pub async fn spawn_app(ingest: Ingest) -> TestApp {
 }
 
 impl TestApp {
-    /// `POST /v1/orders` with the app's key.
+    /// `POST /v1/orders` with the app's key and a fresh Idempotency-Key.
     pub async fn post_order(&self, body: &serde_json::Value) -> reqwest::Response {
+        self.command("/v1/orders", body, &uuid::Uuid::new_v4().to_string())
+            .await
+    }
+
+    /// `POST {path}` with the app's key and the given Idempotency-Key.
+    pub async fn command(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        key: &str,
+    ) -> reqwest::Response {
         self.http
-            .post(format!("{}/v1/orders", self.api_url))
+            .post(format!("{}{path}", self.api_url))
             .bearer_auth(&self.api_key)
+            .header("idempotency-key", key)
             .json(body)
             .send()
             .await
-            .expect("POST /v1/orders")
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// Places an order and returns its id.
+    pub async fn place(&self, body: &serde_json::Value) -> String {
+        let res = self.post_order(body).await;
+        assert_eq!(res.status(), 201, "placing an order");
+        let v: serde_json::Value = res.json().await.unwrap();
+        v["order_id"].as_str().unwrap().to_owned()
     }
 
     /// Stops the servers and workers and waits for them.

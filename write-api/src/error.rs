@@ -5,13 +5,19 @@
 //! | malformed / wrong-typed JSON  | 400    | `malformed-body`         |
 //! | field validation              | 400    | `validation`             |
 //! | `ZeroTotal`, `TotalOverflow`  | 400    | `validation`             |
+//! | missing `Idempotency-Key`     | 400    | `idempotency-key`        |
 //! | missing / unknown API key     | 401    | `unauthenticated`        |
 //! | key lacks the role            | 403    | `forbidden`              |
 //! | order not found               | 404    | `not-found`              |
 //! | `InvalidTransition`           | 409    | `invalid-transition`     |
+//! | version changed meanwhile     | 409    | `version-conflict` (+ `current_version`) |
+//! | same key still in flight      | 409    | `idempotency-in-flight`  |
+//! | `If-Match` is stale           | 412    | `precondition-failed` (+ `current_version`) |
 //! | body over the limit           | 413    | `body-too-large`         |
 //! | not `application/json`        | 415    | `unsupported-media-type` |
 //! | amount rules                  | 422    | `amount-rule`            |
+//! | same key, different request   | 422    | `idempotency-key-reused` |
+//! | shutting down                 | 503    | `unavailable`            |
 //! | PostgreSQL down / pool full   | 503    | `unavailable`            |
 //! | anything else                 | 500    | `internal` (cause logged, not sent) |
 
@@ -38,6 +44,24 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error(transparent)]
     Domain(#[from] DomainError),
+    #[error("invalid Idempotency-Key: {0}")]
+    IdempotencyKey(&'static str),
+    #[error("a request with this Idempotency-Key is still in flight")]
+    IdempotencyInFlight,
+    #[error("Idempotency-Key reused for a different request")]
+    IdempotencyMismatch,
+    #[error("no order {0}")]
+    OrderNotFound(String),
+    #[error("order changed concurrently; now at version {current}")]
+    VersionConflict { current: u32 },
+    #[error("If-Match version {expected} is stale; the order is at version {current}")]
+    PreconditionFailed { expected: u32, current: u32 },
+    #[error("invalid If-Match header")]
+    BadIfMatch,
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("internal: {0}")]
+    Internal(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -114,11 +138,56 @@ impl ApiError {
                 "Amount not allowed",
             )
             .detail(e.to_string()),
+            ApiError::IdempotencyKey(why) => {
+                Problem::new(StatusCode::BAD_REQUEST, "idempotency-key", "Idempotency-Key required").detail(*why)
+            }
+            ApiError::IdempotencyInFlight => Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency-in-flight",
+                "A request with this Idempotency-Key is in flight",
+            )
+            .detail("the first request with this key has not finished; retry after it has")
+            .retry_after(1),
+            ApiError::IdempotencyMismatch => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused for a different request",
+            )
+            .detail("this key was first used with a different method, path or body; use a new key for a new request"),
+            ApiError::OrderNotFound(id) => Problem::not_found(format!("there is no order with id `{id}`")),
+            ApiError::VersionConflict { current } => {
+                Problem::new(StatusCode::CONFLICT, "version-conflict", "The order changed meanwhile")
+                    .detail(format!(
+                        "another command changed the order first (now at version {current}); re-read it and retry"
+                    ))
+                    .extension("current_version", (*current).into())
+            }
+            ApiError::PreconditionFailed { expected, current } => Problem::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "If-Match does not match the order's version",
+            )
+            .detail(format!("you sent If-Match {expected}, but the order is at version {current}"))
+            .extension("current_version", (*current).into()),
+            ApiError::BadIfMatch => Problem::new(StatusCode::BAD_REQUEST, "validation", "Invalid request")
+                .detail("If-Match must be an order version, e.g. `If-Match: \"3\"`"),
+            ApiError::ShuttingDown => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
+                .detail("the server is shutting down; retry against another instance or shortly")
+                .retry_after(1),
+            ApiError::Internal(_) => Problem::internal(),
             ApiError::Database(e) if is_unavailable(e) => {
                 Problem::unavailable("the write database")
             }
             ApiError::Database(_) => Problem::internal(),
         }
+    }
+}
+
+impl ApiError {
+    /// Whether this outcome is stored against the Idempotency-Key and
+    /// replayed: it depends only on the request and the state it met.
+    pub fn is_final(&self) -> bool {
+        matches!(self, ApiError::Domain(_))
     }
 }
 

@@ -10,15 +10,20 @@
 
 pub mod auth;
 pub mod error;
+pub mod idempotency;
 pub mod metrics;
+pub mod openapi;
 pub mod orders;
 pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{FromRequest, Request};
-use axum::routing::post;
+use axum::extract::{FromRequest, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
 use axum::{Router, middleware};
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
@@ -37,6 +42,10 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
+    /// How long an Idempotency-Key and its response are kept.
+    pub idempotency_retention: Duration,
+    /// How often expired Idempotency-Keys are deleted.
+    pub idempotency_cleanup_interval: Duration,
 }
 
 impl Default for ApiConfig {
@@ -44,6 +53,8 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit_bytes: 64 * 1024,
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            idempotency_cleanup_interval: Duration::from_secs(600),
         }
     }
 }
@@ -55,8 +66,12 @@ pub struct AppState {
 }
 
 /// A JSON body extractor whose errors are problem details and name the
-/// offending field (`items[0].quantity: invalid type …`).
-pub struct JsonBody<T>(pub T);
+/// offending field (`items[0].quantity: invalid type …`). It keeps the raw
+/// bytes: the Idempotency-Key fingerprint is over what was sent.
+pub struct JsonBody<T> {
+    pub value: T,
+    pub bytes: axum::body::Bytes,
+}
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
@@ -75,7 +90,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             .map_err(|_| ApiError::BodyTooLarge)?;
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(de)
-            .map(JsonBody)
+            .map(|value| JsonBody {
+                value,
+                bytes: bytes.clone(),
+            })
             .map_err(|e| {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
@@ -88,8 +106,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// The router, without binding: commands under `/v1`, ops endpoints at the root.
-pub fn router(config: &ApiConfig, pool: PgPool, metrics: metrics::Metrics) -> Router<()> {
+/// Every command route; the OpenAPI test checks each is documented.
+pub const COMMAND_ROUTES: [&str; 5] = [
+    "/v1/orders",
+    "/v1/orders/{id}/payments",
+    "/v1/orders/{id}/shipments",
+    "/v1/orders/{id}/cancellation",
+    "/v1/orders/{id}/refunds",
+];
+
+/// The router, without binding: commands under `/v1`, `/openapi.json`.
+/// Once `draining` fires, new commands get `503` while in-flight ones finish.
+pub fn router(
+    config: &ApiConfig,
+    pool: PgPool,
+    metrics: metrics::Metrics,
+    draining: Shutdown,
+) -> Router<()> {
     let state = AppState {
         pool: pool.clone(),
         metrics: metrics.clone(),
@@ -99,16 +132,41 @@ pub fn router(config: &ApiConfig, pool: PgPool, metrics: metrics::Metrics) -> Ro
         cache: KeyCache::default(),
         role: Role::OrdersWrite,
     };
+    let [place, pay, ship, cancel, refund] = COMMAND_ROUTES;
     let commands = Router::new()
-        .route("/v1/orders", post(orders::place_order))
+        .route(place, post(orders::place_order))
+        .route(pay, post(orders::capture_payment))
+        .route(ship, post(orders::ship_order))
+        .route(cancel, post(orders::cancel_order))
+        .route(refund, post(orders::refund_order))
         .route_layer(middleware::from_fn_with_state(writers, auth::require_role))
+        .route_layer(middleware::from_fn_with_state(
+            draining,
+            refuse_while_draining,
+        ))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(
             config.body_limit_bytes,
         ));
+    let doc = Arc::new(openapi::document());
     commands
+        .route(
+            "/openapi.json",
+            get(move || async move { axum::Json(doc.as_ref().clone()) }),
+        )
         .layer(middleware::from_fn_with_state(metrics, metrics::track))
         .layer(TraceLayer::new_for_http())
+}
+
+async fn refuse_while_draining(
+    State(draining): State<Shutdown>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if draining.is_cancelled() {
+        return Err(ApiError::ShuttingDown);
+    }
+    Ok(next.run(req).await)
 }
 
 /// A readiness check: PostgreSQL answers and has every migration.
@@ -131,6 +189,10 @@ pub fn readiness(pool: PgPool) -> ReadinessCheck {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    draining: Shutdown,
+    pool: PgPool,
+    config: ApiConfig,
+    metrics: metrics::Metrics,
 }
 
 impl Application {
@@ -143,9 +205,17 @@ impl Application {
         registry: Arc<Registry>,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
-        let router =
-            router(config, pool.clone(), metrics).merge(ops_routes(registry, readiness(pool)));
-        Ok(Application { listener, router })
+        let draining = Shutdown::new();
+        let router = router(config, pool.clone(), metrics.clone(), draining.clone())
+            .merge(ops_routes(registry, readiness(pool.clone())));
+        Ok(Application {
+            listener,
+            router,
+            draining,
+            pool,
+            config: config.clone(),
+            metrics,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -154,7 +224,47 @@ impl Application {
             .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// Serves until `shutdown`; then new commands get `503` and in-flight
+    /// ones finish. Also expires old Idempotency-Keys and samples the pool.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> std::io::Result<()> {
-        serve(self.listener, self.router, shutdown).await
+        let housekeeping = tokio::spawn(housekeeping(
+            self.pool.clone(),
+            self.config.clone(),
+            self.metrics.clone(),
+            shutdown.clone(),
+        ));
+        let draining = self.draining.clone();
+        let gate = shutdown.clone();
+        tokio::spawn(async move {
+            gate.cancelled().await;
+            draining.cancel();
+        });
+        let served = serve(self.listener, self.router, shutdown).await;
+        let _ = housekeeping.await;
+        served
+    }
+}
+
+async fn housekeeping(
+    pool: PgPool,
+    config: ApiConfig,
+    metrics: metrics::Metrics,
+    shutdown: Shutdown,
+) {
+    let mut cleanup = tokio::time::interval(config.idempotency_cleanup_interval);
+    let mut sample = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = sample.tick() => {
+                metrics.pool_size.set(i64::from(pool.size()));
+                metrics.pool_idle.set(pool.num_idle() as i64);
+            }
+            _ = cleanup.tick() => match idempotency::expire(&pool, config.idempotency_retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "expired idempotency keys"),
+                Err(e) => tracing::warn!(error = %e, "expiring idempotency keys failed"),
+            },
+        }
     }
 }

@@ -9,6 +9,7 @@ use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -35,6 +36,10 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<RouteLabels, Histogram>,
     pub events_appended: Family<EventLabels, Counter>,
+    pub replays: Counter,
+    pub conflicts: Counter,
+    pub pool_size: Gauge,
+    pub pool_idle: Gauge,
 }
 
 impl Metrics {
@@ -45,6 +50,10 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
             events_appended: Family::default(),
+            replays: Counter::default(),
+            conflicts: Counter::default(),
+            pool_size: Gauge::default(),
+            pool_idle: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("tally_api");
         r.register(

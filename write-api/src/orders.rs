@@ -4,27 +4,29 @@
 //! answer with an acknowledgement, never with the order itself.
 
 use axum::Extension;
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, Uri, header};
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use tally_domain::order;
 use tally_domain::{
     Address, Amount, CountryCode, Currency, CustomerId, EventEnvelope, EventId, LineItem,
-    LineItems, MerchantId, Order, OrderId, ParseError, PlaceOrder, Quantity, Sku, Text,
+    LineItems, MerchantId, Order, OrderCommand, OrderEvent, OrderId, ParseError, PaymentId,
+    PlaceOrder, Quantity, RefundId, ShipmentId, Sku, Text,
 };
 use tally_ops::problem::InvalidParam;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::store;
+use crate::idempotency::{self, Begin, CommandResponse, IdempotencyKey};
+use crate::metrics::EventLabels;
+use crate::{AppState, JsonBody, store};
 
 /// Body of `POST /v1/orders`. Unknown fields are refused, so a typo is an
 /// error, not a silently dropped value.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderRequest {
     pub merchant_id: String,
@@ -34,7 +36,7 @@ pub struct PlaceOrderRequest {
     pub shipping_address: AddressRequest,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineItemRequest {
     pub sku: String,
@@ -42,7 +44,7 @@ pub struct LineItemRequest {
     pub unit_price_minor: i64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressRequest {
     pub name: String,
@@ -56,9 +58,64 @@ pub struct AddressRequest {
     pub country: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct OrderPlaced {
+    /// The new order's id (UUIDv7).
+    #[schema(value_type = String, format = Uuid)]
     pub order_id: OrderId,
+}
+
+/// Body of `POST /v1/orders/{id}/payments`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureRequest {
+    /// Must equal the order total, in minor units of the order's currency.
+    pub amount_minor: i64,
+}
+
+/// Body of `POST /v1/orders/{id}/shipments`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShipRequest {
+    pub carrier: String,
+    pub tracking_number: String,
+}
+
+/// Body of `POST /v1/orders/{id}/cancellation`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    pub reason: String,
+}
+
+/// Body of `POST /v1/orders/{id}/refunds`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    /// At most what was captured and not yet refunded.
+    pub amount_minor: i64,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The acknowledgement of a command on an existing order (`202`).
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CommandAccepted {
+    #[schema(value_type = String, format = Uuid)]
+    pub order_id: OrderId,
+    /// The order's version after the command; send it as `If-Match` to
+    /// make the next command conditional on nothing else having happened.
+    pub version: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub payment_id: Option<PaymentId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub shipment_id: Option<ShipmentId>,
+    /// Set by a refund, and by a cancellation that refunded a capture.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub refund_id: Option<RefundId>,
 }
 
 /// Collects every field error of a request instead of stopping at the first.
@@ -164,33 +221,332 @@ pub fn now() -> OffsetDateTime {
         .unwrap_or(t)
 }
 
-/// `POST /v1/orders`: place an order. `201` with the new order's id.
+fn new_event_id() -> EventId {
+    EventId::from_uuid(Uuid::now_v7())
+}
+
+/// Runs a command under its Idempotency-Key: replays a stored response, or
+/// runs `decide_and_write` in the key's transaction and stores its outcome
+/// there. Transient errors roll everything back and are not stored.
+async fn run_command(
+    state: &AppState,
+    caller: &Caller,
+    key: IdempotencyKey,
+    fingerprint: Vec<u8>,
+    decide_and_write: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<CommandResponse, ApiError>,
+) -> Result<Response, ApiError> {
+    match idempotency::begin(&state.pool, caller.key_id, &key, &fingerprint).await? {
+        Begin::Replay(stored) => {
+            state.metrics.replays.inc();
+            Ok(stored.into_response_with(true))
+        }
+        Begin::Proceed(mut tx) => {
+            let response = match decide_and_write(&mut tx).await {
+                Ok(r) => r,
+                Err(e) if e.is_final() => CommandResponse {
+                    status: e.to_problem().status,
+                    body: serde_json::to_value(e.to_problem()).unwrap_or_default(),
+                    location: None,
+                    etag: None,
+                },
+                Err(e) => {
+                    if matches!(e, ApiError::VersionConflict { .. }) {
+                        state.metrics.conflicts.inc();
+                    }
+                    return Err(e);
+                }
+            };
+            idempotency::store(tx, caller.key_id, &key, &fingerprint, &response).await?;
+            Ok(response.into_response_with(false))
+        }
+    }
+}
+
+fn etag(version: u32) -> String {
+    format!("\"{version}\"")
+}
+
+/// `If-Match: "3"` (or `3`), if sent.
+fn if_match(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
+    match headers.get(header::IF_MATCH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
+            .and_then(|s| s.parse::<u32>().ok())
+            .map(Some)
+            .ok_or(ApiError::BadIfMatch),
+    }
+}
+
+/// `POST /v1/orders`: place an order.
+#[utoipa::path(post, path = "/v1/orders", tag = "commands",
+    request_body = PlaceOrderRequest,
+    params(("Idempotency-Key" = String, Header, description = "Unique per request; reuse only to retry it")),
+    responses(
+        (status = 201, description = "Placed; `Location` names the order", body = OrderPlaced),
+        (status = 400, description = "Invalid body or missing Idempotency-Key", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks `orders:write`", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Same Idempotency-Key still in flight", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "Idempotency-Key reused for another request", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable; retry", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
 pub async fn place_order(
     State(state): State<AppState>,
-    Extension(_caller): Extension<Caller>,
-    body: crate::JsonBody<PlaceOrderRequest>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: JsonBody<PlaceOrderRequest>,
 ) -> Result<Response, ApiError> {
+    let key = IdempotencyKey::from_headers(&headers)?;
+    let fingerprint = idempotency::fingerprint(Method::POST.as_str(), uri.path(), &body.bytes);
     let order_id = OrderId::from_uuid(Uuid::now_v7());
-    let cmd = body.0.parse(order_id)?;
-    let event = order::place(&cmd)?;
-    let at = now();
-    let order_after = Order::from_placed(order_id, &event, at).ok_or_else(|| {
-        ApiError::MalformedBody("internal: place did not produce OrderPlaced".into())
-    })?;
-    let envelope =
-        EventEnvelope::record(EventId::from_uuid(Uuid::now_v7()), at, event, order_after);
-    store::insert_placed_order(&state.pool, &cmd, &envelope).await?;
-    state
-        .metrics
-        .events_appended
-        .get_or_create(&crate::metrics::EventLabels {
-            event_type: "OrderPlaced",
+    let cmd = body.value.parse(order_id)?;
+    let response = run_command(&state, &caller, key, fingerprint, async |conn| {
+        let event = order::place(&cmd)?;
+        let at = now();
+        let after = Order::from_placed(order_id, &event, at)
+            .ok_or_else(|| ApiError::Internal("place did not produce OrderPlaced".into()))?;
+        let envelope = EventEnvelope::record(new_event_id(), at, event, after);
+        store::insert_placed_order(&mut *conn, &cmd, &envelope).await?;
+        state
+            .metrics
+            .events_appended
+            .get_or_create(&EventLabels {
+                event_type: envelope.event_type(),
+            })
+            .inc();
+        Ok(CommandResponse {
+            status: 201,
+            body: serde_json::to_value(OrderPlaced { order_id }).unwrap_or_default(),
+            location: Some(format!("/v1/orders/{order_id}")),
+            etag: Some(etag(1)),
         })
-        .inc();
+    })
+    .await?;
+    Ok(response)
+}
 
-    let mut res = (StatusCode::CREATED, axum::Json(OrderPlaced { order_id })).into_response();
-    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/orders/{order_id}")) {
-        res.headers_mut().insert(header::LOCATION, loc);
-    }
-    Ok(res)
+/// The common path of the four commands on an existing order: load,
+/// check If-Match, decide, write guarded by the version, acknowledge.
+async fn existing_order_command(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    uri: &Uri,
+    bytes: &[u8],
+    raw_id: &str,
+    cmd: Result<OrderCommand, ApiError>,
+) -> Result<Response, ApiError> {
+    let key = IdempotencyKey::from_headers(headers)?;
+    let expected = if_match(headers)?;
+    let order_id =
+        OrderId::parse(raw_id).map_err(|_| ApiError::OrderNotFound(raw_id.to_owned()))?;
+    let cmd = cmd?;
+    let fingerprint = idempotency::fingerprint(Method::POST.as_str(), uri.path(), bytes);
+    run_command(state, caller, key, fingerprint, async |conn| {
+        let order = store::load_order(&mut *conn, order_id)
+            .await?
+            .ok_or_else(|| ApiError::OrderNotFound(order_id.to_string()))?;
+        if let Some(expected) = expected {
+            if expected != order.version.get() {
+                return Err(ApiError::PreconditionFailed {
+                    expected,
+                    current: order.version.get(),
+                });
+            }
+        }
+        let event = order.handle(&cmd)?;
+        let mut after = order.clone();
+        after.apply(&event);
+        let envelope = EventEnvelope::record(new_event_id(), now(), event, after);
+        if !store::apply_event(&mut *conn, &envelope).await? {
+            // Same connection: a second one from the pool while holding this
+            // one can starve the pool under contention.
+            let current = store::current_version(&mut *conn, order_id).await?;
+            return Err(ApiError::VersionConflict { current });
+        }
+        state
+            .metrics
+            .events_appended
+            .get_or_create(&EventLabels {
+                event_type: envelope.event_type(),
+            })
+            .inc();
+        let mut ack = CommandAccepted {
+            order_id,
+            version: envelope.aggregate_version.get(),
+            payment_id: None,
+            shipment_id: None,
+            refund_id: None,
+        };
+        match &envelope.event {
+            OrderEvent::PaymentCaptured { payment_id, .. } => ack.payment_id = Some(*payment_id),
+            OrderEvent::OrderShipped { shipment_id, .. } => ack.shipment_id = Some(*shipment_id),
+            OrderEvent::OrderCancelled { refund, .. } => {
+                ack.refund_id = refund.map(|r| r.refund_id)
+            }
+            OrderEvent::OrderRefunded { refund_id, .. } => ack.refund_id = Some(*refund_id),
+            OrderEvent::OrderPlaced { .. } => {}
+        }
+        Ok(CommandResponse {
+            status: 202,
+            body: serde_json::to_value(&ack).unwrap_or_default(),
+            location: None,
+            etag: Some(etag(ack.version)),
+        })
+    })
+    .await
+}
+
+fn one<T>(name: &str, r: Result<T, ParseError>) -> Result<T, ApiError> {
+    let mut e = Errors::default();
+    let v = e.check(name, r);
+    e.finish(v)
+}
+
+fn new_uuid() -> Uuid {
+    Uuid::now_v7()
+}
+
+macro_rules! command_doc {
+    ($fn:ident, $path:literal, $body:ty, $summary:literal) => {
+        #[utoipa::path(post, path = $path, tag = "commands", summary = $summary,
+            request_body = $body,
+            params(
+                ("id" = String, Path, description = "Order id"),
+                ("Idempotency-Key" = String, Header, description = "Unique per request; reuse only to retry it"),
+                ("If-Match" = Option<String>, Header, description = "Apply only if the order is still at this version"),
+            ),
+            responses(
+                (status = 202, description = "Accepted", body = CommandAccepted),
+                (status = 400, description = "Invalid body or missing Idempotency-Key", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+                (status = 401, description = "Missing or unknown API key", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+                (status = 403, description = "Key lacks `orders:write`", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+                (status = 404, description = "No such order", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+                (status = 409, description = "Not allowed in the order's state, changed concurrently, or key in flight", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+                (status = 412, description = "If-Match is stale", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+                (status = 422, description = "Amount rule broken, or Idempotency-Key reused", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+                (status = 503, description = "Database unavailable; retry", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+            ),
+            security(("api_key" = [])))]
+        #[allow(dead_code)]
+        fn $fn() {}
+    };
+}
+
+command_doc!(
+    capture_payment_doc,
+    "/v1/orders/{id}/payments",
+    CaptureRequest,
+    "Capture the payment (amount = order total, once)"
+);
+command_doc!(
+    ship_order_doc,
+    "/v1/orders/{id}/shipments",
+    ShipRequest,
+    "Ship a paid order"
+);
+command_doc!(
+    cancel_order_doc,
+    "/v1/orders/{id}/cancellation",
+    CancelRequest,
+    "Cancel before shipping (refunds a capture)"
+);
+command_doc!(
+    refund_order_doc,
+    "/v1/orders/{id}/refunds",
+    RefundRequest,
+    "Refund part or all of the capture"
+);
+
+/// `POST /v1/orders/{id}/payments`.
+pub async fn capture_payment(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: JsonBody<CaptureRequest>,
+) -> Result<Response, ApiError> {
+    let cmd = one(
+        "amount_minor",
+        Amount::parse_positive(body.value.amount_minor),
+    )
+    .map(|amount| OrderCommand::CapturePayment {
+        payment_id: PaymentId::from_uuid(new_uuid()),
+        amount,
+    });
+    existing_order_command(&state, &caller, &headers, &uri, &body.bytes, &id, cmd).await
+}
+
+/// `POST /v1/orders/{id}/shipments`.
+pub async fn ship_order(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: JsonBody<ShipRequest>,
+) -> Result<Response, ApiError> {
+    let mut e = Errors::default();
+    let carrier = e.check("carrier", Text::parse(&body.value.carrier));
+    let tracking = e.check("tracking_number", Text::parse(&body.value.tracking_number));
+    let cmd = e
+        .finish(carrier.zip(tracking))
+        .map(|(carrier, tracking_number)| OrderCommand::Ship {
+            shipment_id: ShipmentId::from_uuid(new_uuid()),
+            carrier,
+            tracking_number,
+        });
+    existing_order_command(&state, &caller, &headers, &uri, &body.bytes, &id, cmd).await
+}
+
+/// `POST /v1/orders/{id}/cancellation`.
+pub async fn cancel_order(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: JsonBody<CancelRequest>,
+) -> Result<Response, ApiError> {
+    let cmd = one("reason", Text::parse(&body.value.reason)).map(|reason| OrderCommand::Cancel {
+        reason,
+        refund_id: RefundId::from_uuid(new_uuid()),
+    });
+    existing_order_command(&state, &caller, &headers, &uri, &body.bytes, &id, cmd).await
+}
+
+/// `POST /v1/orders/{id}/refunds`.
+pub async fn refund_order(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: JsonBody<RefundRequest>,
+) -> Result<Response, ApiError> {
+    let mut e = Errors::default();
+    let amount = e.check(
+        "amount_minor",
+        Amount::parse_positive(body.value.amount_minor),
+    );
+    let reason = match &body.value.reason {
+        None => Some(None),
+        Some(r) => e.check("reason", Text::parse(r)).map(Some),
+    };
+    let cmd = e
+        .finish(amount.zip(reason))
+        .map(|(amount, reason)| OrderCommand::Refund {
+            refund_id: RefundId::from_uuid(new_uuid()),
+            amount,
+            reason,
+        });
+    existing_order_command(&state, &caller, &headers, &uri, &body.bytes, &id, cmd).await
 }

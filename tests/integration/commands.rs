@@ -205,7 +205,8 @@ async fn idempotency_keys_replay_refuse_reuse_and_are_scoped_per_api_key() {
         (
             422,
             Some("https://tally.dev/problems/idempotency-key-reused")
-        )
+        ),
+        "{p}"
     );
 
     let missing = app

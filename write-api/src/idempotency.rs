@@ -139,6 +139,7 @@ pub async fn begin(
         .fetch_one(&mut *tx)
         .await?;
     if !locked {
+        tx.rollback().await?;
         return Err(ApiError::IdempotencyInFlight);
     }
     // A new statement, so a new snapshot: it sees a response committed by
@@ -151,16 +152,19 @@ pub async fn begin(
     .bind(key.as_str())
     .fetch_optional(&mut *tx)
     .await?;
-    match stored {
-        None => Ok(Begin::Proceed(tx)),
-        Some((hash, _, _)) if hash != fingerprint => Err(ApiError::IdempotencyMismatch),
-        Some((_, _, body)) => {
-            let resp: CommandResponse = serde_json::from_value(body).map_err(|e| {
-                ApiError::Internal(format!("stored idempotent response is unreadable: {e}"))
-            })?;
-            Ok(Begin::Replay(resp))
-        }
+    let Some((hash, _, body)) = stored else {
+        return Ok(Begin::Proceed(tx));
+    };
+    // Roll back now, not on drop: a dropped transaction is rolled back
+    // lazily, and until then its advisory lock makes the key look in flight.
+    tx.rollback().await?;
+    if hash != fingerprint {
+        return Err(ApiError::IdempotencyMismatch);
     }
+    let resp: CommandResponse = serde_json::from_value(body).map_err(|e| {
+        ApiError::Internal(format!("stored idempotent response is unreadable: {e}"))
+    })?;
+    Ok(Begin::Replay(resp))
 }
 
 /// Stores the response in the command's transaction and commits it.

@@ -251,7 +251,8 @@ async fn housekeeping(
     metrics: metrics::Metrics,
     shutdown: Shutdown,
 ) {
-    let mut cleanup = tokio::time::interval(config.idempotency_cleanup_interval);
+    let every = config.idempotency_cleanup_interval;
+    let mut cleanup = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut sample = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {

@@ -253,6 +253,8 @@ async fn run_command(
                     if matches!(e, ApiError::VersionConflict { .. }) {
                         state.metrics.conflicts.inc();
                     }
+                    // Explicitly: see `idempotency::begin` on lazy rollbacks.
+                    tx.rollback().await?;
                     return Err(e);
                 }
             };

@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::IngestError;
 use crate::metrics::{EventTypeLabel, Metrics};
-use crate::rows::{CellKey, DailyRow, currency_bytes, project};
+use crate::rows::{CellKey, DailyRow, ReportingZone, currency_bytes, project};
 
 /// Time allowed for one ClickHouse insert before the batch is abandoned
 /// (and retried from PostgreSQL).
@@ -60,6 +60,7 @@ pub(crate) async fn run_batch(
     pool: &PgPool,
     ch: &clickhouse::Client,
     batch_size: i64,
+    zone: &ReportingZone,
     metrics: &Metrics,
 ) -> Result<BatchOutcome, IngestError> {
     let started = Instant::now();
@@ -102,7 +103,7 @@ pub(crate) async fn run_batch(
         }
     }
 
-    let (facts, cells) = project(&events);
+    let (facts, cells) = project(&events, zone);
     if !facts.is_empty() {
         insert_rows(ch, "order_facts", &facts)
             .await

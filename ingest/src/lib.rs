@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 
 pub use batch::BatchOutcome;
 pub use metrics::Metrics;
-pub use rows::{DailyRow, FactRow, WatermarkRow};
+pub use rows::{DailyRow, FactRow, ReportingZone, WatermarkRow};
 
 /// The NOTIFY channel the outbox trigger signals.
 pub const CHANNEL: &str = "tally_outbox";
@@ -47,6 +47,9 @@ pub struct IngestConfig {
     pub max_backoff: Duration,
     /// Least time between two watermark measurements while busy.
     pub watermark_interval: Duration,
+    /// Where reporting days start and end. Changing it on a live system
+    /// needs a rebuild: cells already counted stay on their old days.
+    pub reporting_zone: ReportingZone,
 }
 
 impl Default for IngestConfig {
@@ -57,6 +60,7 @@ impl Default for IngestConfig {
             pending_grace: Duration::from_secs(5),
             max_backoff: Duration::from_secs(10),
             watermark_interval: Duration::from_millis(100),
+            reporting_zone: ReportingZone::utc(),
         }
     }
 }
@@ -115,8 +119,14 @@ impl Worker {
         let mut total = DrainOutcome::default();
         batch::recover_pending(&self.pool, &self.ch, Duration::ZERO).await?;
         loop {
-            let b = batch::run_batch(&self.pool, &self.ch, self.config.batch_size, &self.metrics)
-                .await?;
+            let b = batch::run_batch(
+                &self.pool,
+                &self.ch,
+                self.config.batch_size,
+                &self.config.reporting_zone,
+                &self.metrics,
+            )
+            .await?;
             if b.claimed == 0 {
                 break;
             }
@@ -208,8 +218,14 @@ impl Worker {
     /// One batch plus housekeeping. `Ok(true)` if the batch was full.
     async fn cycle(&mut self) -> Result<bool, IngestError> {
         batch::recover_pending(&self.pool, &self.ch, self.config.pending_grace).await?;
-        let b =
-            batch::run_batch(&self.pool, &self.ch, self.config.batch_size, &self.metrics).await?;
+        let b = batch::run_batch(
+            &self.pool,
+            &self.ch,
+            self.config.batch_size,
+            &self.config.reporting_zone,
+            &self.metrics,
+        )
+        .await?;
         let full = b.claimed as i64 >= self.config.batch_size;
         self.publish_watermark(!full).await?;
         Ok(full)

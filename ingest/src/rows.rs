@@ -69,14 +69,57 @@ pub fn currency_bytes(code: &str) -> [u8; 3] {
     ]
 }
 
-/// The reporting day of an instant. UTC for now; the day boundary is the
-/// one place a reporting time zone would apply.
-pub fn reporting_day(at: OffsetDateTime) -> Date {
-    at.to_offset(time::UtcOffset::UTC).date()
+/// The time zone whose midnight separates reporting days. Finance teams
+/// close their books in one zone; UTC unless configured.
+#[derive(Clone, Debug)]
+pub struct ReportingZone {
+    name: String,
+    tz: jiff::tz::TimeZone,
+}
+
+impl ReportingZone {
+    pub fn utc() -> Self {
+        ReportingZone {
+            name: "UTC".into(),
+            tz: jiff::tz::TimeZone::UTC,
+        }
+    }
+
+    /// An IANA zone name such as `Europe/Berlin`.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        jiff::tz::TimeZone::get(name)
+            .map(|tz| ReportingZone {
+                name: name.to_owned(),
+                tz,
+            })
+            .map_err(|e| {
+                format!(
+                    "`{name}` is not a known IANA time zone (such as UTC or Europe/Berlin): {e}"
+                )
+            })
+    }
+
+    /// The name, as PostgreSQL's `AT TIME ZONE` accepts it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The reporting day an instant falls on.
+    pub fn day(&self, at: OffsetDateTime) -> Date {
+        let local = jiff::Timestamp::from_nanosecond(at.unix_timestamp_nanos())
+            .map(|ts| ts.to_zoned(self.tz.clone()).date());
+        match local {
+            Ok(d) => time::Month::try_from(d.month() as u8)
+                .ok()
+                .and_then(|m| Date::from_calendar_date(i32::from(d.year()), m, d.day() as u8).ok())
+                .unwrap_or(at.date()),
+            Err(_) => at.to_offset(time::UtcOffset::UTC).date(),
+        }
+    }
 }
 
 impl FactRow {
-    pub fn from_envelope(e: &EventEnvelope) -> FactRow {
+    pub fn from_envelope(e: &EventEnvelope, zone: &ReportingZone) -> FactRow {
         let o = &e.order;
         FactRow {
             order_id: o.id.as_uuid(),
@@ -86,7 +129,7 @@ impl FactRow {
             currency: currency_bytes(o.currency.code()),
             status: o.status.as_str().to_owned(),
             placed_at: o.placed_at,
-            placed_day: reporting_day(o.placed_at),
+            placed_day: zone.day(o.placed_at),
             item_count: o.item_count,
             total_minor: o.total.minor(),
             captured_minor: o.captured.minor(),
@@ -101,11 +144,14 @@ pub type CellKey = (Date, String, String);
 
 /// The newest fact row per order, and the summed deltas per cell, of a
 /// batch of events. Pure: the worker's I/O happens around it.
-pub fn project(events: &[EventEnvelope]) -> (Vec<FactRow>, BTreeMap<CellKey, DailyMeasures>) {
+pub fn project(
+    events: &[EventEnvelope],
+    zone: &ReportingZone,
+) -> (Vec<FactRow>, BTreeMap<CellKey, DailyMeasures>) {
     let mut facts: BTreeMap<Uuid, FactRow> = BTreeMap::new();
     let mut cells: BTreeMap<CellKey, DailyMeasures> = BTreeMap::new();
     for e in events {
-        let row = FactRow::from_envelope(e);
+        let row = FactRow::from_envelope(e, zone);
         match facts.get(&row.order_id) {
             Some(existing) if existing.version >= row.version => {}
             _ => {
@@ -115,7 +161,7 @@ pub fn project(events: &[EventEnvelope]) -> (Vec<FactRow>, BTreeMap<CellKey, Dai
         let delta = DailyMeasures::of_event(&e.event);
         if !delta.is_zero() {
             let key = (
-                reporting_day(e.occurred_at),
+                zone.day(e.occurred_at),
                 e.order.merchant_id.to_string(),
                 e.order.currency.code().to_owned(),
             );
@@ -123,4 +169,33 @@ pub fn project(events: &[EventEnvelope]) -> (Vec<FactRow>, BTreeMap<CellKey, Dai
         }
     }
     (facts.into_values().collect(), cells)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::{date, datetime};
+
+    #[test]
+    fn reporting_days_follow_the_configured_zone() {
+        let late_utc = datetime!(2026-11-23 23:30 UTC);
+        assert_eq!(ReportingZone::utc().day(late_utc), date!(2026 - 11 - 23));
+        let berlin = ReportingZone::parse("Europe/Berlin").unwrap();
+        assert_eq!(
+            berlin.day(late_utc),
+            date!(2026 - 11 - 24),
+            "00:30 in Berlin"
+        );
+        let la = ReportingZone::parse("America/Los_Angeles").unwrap();
+        assert_eq!(
+            la.day(datetime!(2026-11-24 05:00 UTC)),
+            date!(2026 - 11 - 23)
+        );
+        // DST: 2026-03-29 01:30 UTC is 03:30 CEST.
+        assert_eq!(
+            berlin.day(datetime!(2026-03-28 23:30 UTC)),
+            date!(2026 - 03 - 29)
+        );
+        assert!(ReportingZone::parse("Mars/Olympus").is_err());
+    }
 }

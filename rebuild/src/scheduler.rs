@@ -11,12 +11,15 @@ use crate::verify::verify_daily;
 pub struct SchedulerConfig {
     /// Six-field cron expression (with seconds), UTC. Default: 03:00 nightly.
     pub cron: String,
+    /// The ingest's reporting zone (IANA name).
+    pub reporting_zone: String,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
             cron: "0 0 3 * * *".into(),
+            reporting_zone: "UTC".into(),
         }
     }
 }
@@ -36,10 +39,11 @@ impl RebuildScheduler {
         let sched = JobScheduler::new()
             .await
             .map_err(|e| RebuildError::Scheduler(e.to_string()))?;
+        let zone = config.reporting_zone.clone();
         let job = Job::new_async(config.cron.as_str(), move |_id, _l| {
-            let (pool, ch) = (pool.clone(), ch.clone());
+            let (pool, ch, zone) = (pool.clone(), ch.clone(), zone.clone());
             Box::pin(async move {
-                match verify_daily(&pool, &ch).await {
+                match verify_daily(&pool, &ch, &zone).await {
                     Ok(r) if r.is_clean() => {
                         tracing::info!(cells = r.matching, "scheduled verification: no drift")
                     }

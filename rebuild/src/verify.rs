@@ -94,8 +94,9 @@ impl DriftReport {
 pub async fn verify_daily(
     pool: &PgPool,
     ch: &clickhouse::Client,
+    zone: &str,
 ) -> Result<DriftReport, RebuildError> {
-    let expected = daily_from_write_store(pool).await?;
+    let expected = daily_from_write_store(pool, zone).await?;
     let live = live_daily(ch).await?;
     Ok(DriftReport::compare(&expected, &live))
 }

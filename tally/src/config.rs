@@ -29,6 +29,9 @@ pub struct Global {
     /// Log format: `text` for terminals, `json` for collectors.
     #[arg(long, env = "TALLY_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
+    /// The IANA time zone whose midnight separates reporting days.
+    #[arg(long, env = "TALLY_REPORTING_TZ", default_value = "UTC", global = true)]
+    pub reporting_tz: String,
     /// PostgreSQL connections per pool.
     #[arg(
         long,
@@ -64,6 +67,20 @@ impl Global {
             Some(url) => ChSettings::from_url(url).map_err(anyhow::Error::msg),
             None => self.ch(),
         }
+    }
+}
+
+impl Global {
+    pub fn reporting_zone(&self) -> anyhow::Result<tally_ingest::ReportingZone> {
+        tally_ingest::ReportingZone::parse(&self.reporting_tz).map_err(anyhow::Error::msg)
+    }
+
+    pub fn ingest_config(&self, batch_size: i64) -> anyhow::Result<tally_ingest::IngestConfig> {
+        Ok(tally_ingest::IngestConfig {
+            batch_size,
+            reporting_zone: self.reporting_zone()?,
+            ..Default::default()
+        })
     }
 }
 

@@ -54,8 +54,10 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
             "set both DATABASE_URL and CLICKHOUSE_URL to use your own servers, or neither to let tally start local ones"
         ),
     };
+    let zone = g.reporting_zone()?;
     let result = serve(
         &args,
+        &zone,
         &data_dir,
         stack.is_some(),
         &pg_settings,
@@ -73,6 +75,7 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
 
 async fn serve(
     args: &UpArgs,
+    zone: &tally_ingest::ReportingZone,
     data_dir: &std::path::Path,
     embedded: bool,
     pg_settings: &PgSettings,
@@ -126,6 +129,7 @@ async fn serve(
     let scheduler = tally_rebuild::RebuildScheduler::start(
         &tally_rebuild::SchedulerConfig {
             cron: args.rebuild_cron.clone(),
+            reporting_zone: zone.name().to_owned(),
         },
         pool.clone(),
         ch.client(),
@@ -149,7 +153,10 @@ async fn serve(
     let worker = tally_ingest::Worker::new(
         pool.clone(),
         ch.client(),
-        Default::default(),
+        tally_ingest::IngestConfig {
+            reporting_zone: zone.clone(),
+            ..Default::default()
+        },
         ingest_metrics,
     );
     let mut api_task = tokio::spawn(api.run_until_stopped(shutdown.clone()));

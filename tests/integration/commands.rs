@@ -116,7 +116,7 @@ async fn the_full_lifecycle_writes_each_table_and_one_event_per_command() {
         .drain()
         .await
         .unwrap();
-    let report = tally_rebuild::verify_daily(&app.db.pg, &app.db.ch.client())
+    let report = tally_rebuild::verify_daily(&app.db.pg, &app.db.ch.client(), "UTC")
         .await
         .unwrap();
     assert!(report.is_clean(), "{report:?}");
@@ -171,7 +171,7 @@ async fn cancelling_a_paid_order_refunds_the_capture() {
         .drain()
         .await
         .unwrap();
-    let report = tally_rebuild::verify_daily(&app.db.pg, &app.db.ch.client())
+    let report = tally_rebuild::verify_daily(&app.db.pg, &app.db.ch.client(), "UTC")
         .await
         .unwrap();
     assert!(report.is_clean(), "{report:?}");

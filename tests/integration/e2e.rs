@@ -82,7 +82,7 @@ async fn a_placed_order_reaches_the_daily_revenue_api() {
     assert_eq!((jpy.gross_minor, jpy.gross.as_str()), (1500, "1500"));
 
     // The projection equals the oracle recomputed from the write tables.
-    let report = tally_rebuild::verify_daily(&app.db.pg, &app.db.ch.client())
+    let report = tally_rebuild::verify_daily(&app.db.pg, &app.db.ch.client(), "UTC")
         .await
         .unwrap();
     assert!(report.is_clean(), "{report:?}");

@@ -21,12 +21,20 @@ fn config(batch_size: i64) -> IngestConfig {
 /// Writes a placed order (rows and outbox event) through the write API's
 /// store on `db`, which may be an open transaction.
 async fn place(db: impl sqlx::PgExecutor<'_>, merchant: &str, price: i64) -> OrderId {
+    place_at(db, merchant, price, tally_write_api::orders::now()).await
+}
+
+async fn place_at(
+    db: impl sqlx::PgExecutor<'_>,
+    merchant: &str,
+    price: i64,
+    at: time::OffsetDateTime,
+) -> OrderId {
     let req: PlaceOrderRequest =
         serde_json::from_value(order_body(merchant, "EUR", &[("sku", 1, price)])).unwrap();
     let id = OrderId::from_uuid(Uuid::now_v7());
     let cmd = req.parse(id).unwrap();
     let event = order::place(&cmd).unwrap();
-    let at = tally_write_api::orders::now();
     let state = Order::from_placed(id, &event, at).unwrap();
     let env = EventEnvelope::record(EventId::from_uuid(Uuid::now_v7()), at, event, state);
     tally_write_api::store::insert_placed_order(db, &cmd, &env)
@@ -45,7 +53,7 @@ async fn fact_count(db: &TestDb) -> u64 {
 }
 
 async fn assert_matches_oracle(db: &TestDb) {
-    let report = tally_rebuild::verify_daily(&db.pg, &db.ch.client())
+    let report = tally_rebuild::verify_daily(&db.pg, &db.ch.client(), "UTC")
         .await
         .unwrap();
     assert!(
@@ -224,4 +232,48 @@ async fn fact_rows_round_trip_through_clickhouse_unchanged() {
         .unwrap();
     assert_eq!(r.placed_at.unix_timestamp(), placed_at.unix_timestamp());
     app.stop().await;
+}
+
+#[tokio::test]
+async fn reporting_days_follow_the_configured_time_zone() {
+    let db = TestDb::new().await;
+    place_at(
+        &db.pg,
+        "m1",
+        100,
+        time::macros::datetime!(2026-11-23 23:30 UTC),
+    )
+    .await;
+    let zone = tally_ingest::ReportingZone::parse("Europe/Berlin").unwrap();
+    let mut w = db.ingest_worker(IngestConfig {
+        reporting_zone: zone,
+        ..config(10)
+    });
+    w.drain().await.unwrap();
+    let day: String = db
+        .ch
+        .client()
+        .query("SELECT toString(day) FROM daily_revenue FINAL")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(
+        day, "2026-11-24",
+        "23:30 UTC is 00:30 the next day in Berlin"
+    );
+    let berlin = tally_rebuild::verify_daily(&db.pg, &db.ch.client(), "Europe/Berlin")
+        .await
+        .unwrap();
+    assert!(
+        berlin.is_clean(),
+        "the SQL oracle agrees in the same zone: {berlin:?}"
+    );
+    let utc = tally_rebuild::verify_daily(&db.pg, &db.ch.client(), "UTC")
+        .await
+        .unwrap();
+    assert_eq!(
+        (utc.missing.len(), utc.extra.len()),
+        (1, 1),
+        "and not in another"
+    );
 }

@@ -13,6 +13,7 @@
 //! backs off with jitter while a store is down.
 
 mod batch;
+pub mod dead_letters;
 pub mod metrics;
 pub mod rows;
 pub mod watermark;

@@ -26,6 +26,30 @@ pub struct Freshness {
     pub dead_letters: i64,
 }
 
+/// Storage figures for `tally ingest status`: the outbox must not bloat.
+#[derive(Debug, Clone)]
+pub struct OutboxStorage {
+    pub total_bytes: i64,
+    pub live_tuples: i64,
+    pub dead_tuples: i64,
+    pub last_autovacuum: Option<OffsetDateTime>,
+}
+
+pub async fn outbox_storage(pool: &PgPool) -> Result<OutboxStorage, sqlx::Error> {
+    let (total_bytes, live_tuples, dead_tuples, last_autovacuum) = sqlx::query_as(
+        "SELECT pg_total_relation_size('outbox'), n_live_tup, n_dead_tup, last_autovacuum
+         FROM pg_stat_user_tables WHERE relname = 'outbox'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(OutboxStorage {
+        total_bytes,
+        live_tuples,
+        dead_tuples,
+        last_autovacuum,
+    })
+}
+
 pub async fn measure(pool: &PgPool) -> Result<Freshness, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let now: OffsetDateTime = sqlx::query_scalar("SELECT clock_timestamp()")

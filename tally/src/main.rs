@@ -33,8 +33,9 @@ enum Command {
     Migrate,
     /// Serve the write (command) API only.
     Api(roles::ApiArgs),
-    /// Run an ingest worker only.
-    Ingest(roles::IngestArgs),
+    /// Run an ingest worker, or inspect the pipeline (`status`,
+    /// `dead-letters`, `retry`).
+    Ingest(roles::IngestCommand),
     /// Serve the dashboards only.
     Dashboards(roles::DashboardsArgs),
     /// Manage API keys.

@@ -20,6 +20,35 @@ pub struct ApiArgs {
 }
 
 #[derive(Args, Clone, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct IngestCommand {
+    #[command(subcommand)]
+    pub action: Option<IngestAction>,
+    #[command(flatten)]
+    pub run: IngestArgs,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum IngestAction {
+    /// Backlog, freshness, oldest open transaction, dead letters, outbox size.
+    Status,
+    /// List events the worker could not project, with the error.
+    DeadLetters {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Put dead-lettered events back into the outbox (after a fix).
+    Retry {
+        /// The dead letter's outbox id (from `tally ingest dead-letters`).
+        #[arg(required_unless_present = "all")]
+        id: Option<i64>,
+        /// Retry every dead letter.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+}
+
+#[derive(Args, Clone, Debug)]
 pub struct IngestArgs {
     /// Most outbox events per batch.
     #[arg(long, env = "TALLY_INGEST_BATCH_SIZE", default_value_t = 10_000)]
@@ -93,7 +122,101 @@ pub async fn api(g: &Global, args: ApiArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn ingest(g: &Global, args: IngestArgs) -> anyhow::Result<()> {
+pub async fn ingest(g: &Global, cmd: IngestCommand) -> anyhow::Result<()> {
+    match cmd.action {
+        None => run_ingest(g, cmd.run).await,
+        Some(action) => {
+            let pool = pg_for_cli(g, "tally-ingest-cli")?
+                .connect()
+                .await
+                .context("connecting to PostgreSQL")?;
+            match action {
+                IngestAction::Status => ingest_status(&pool).await,
+                IngestAction::DeadLetters { limit } => {
+                    let rows = tally_ingest::dead_letters::list(&pool, limit).await?;
+                    if rows.is_empty() {
+                        println!("no dead letters");
+                    }
+                    for d in rows {
+                        println!(
+                            "{:>10}  {}  {} v{}  event {}  failed {}\n            {}",
+                            d.outbox_id,
+                            d.event_type,
+                            d.aggregate_id,
+                            d.aggregate_version,
+                            d.event_id,
+                            d.failed_at,
+                            d.error
+                        );
+                    }
+                    Ok(())
+                }
+                IngestAction::Retry { id, all } => {
+                    let n = tally_ingest::dead_letters::retry(&pool, if all { None } else { id })
+                        .await?;
+                    if n == 0 {
+                        anyhow::bail!(
+                            "no such dead letter; list them with `tally ingest dead-letters`"
+                        );
+                    }
+                    println!(
+                        "moved {n} event(s) back to the outbox; a running worker will pick them up"
+                    );
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+async fn ingest_status(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let f = tally_ingest::watermark::measure(pool).await?;
+    let s = tally_ingest::watermark::outbox_storage(pool).await?;
+    let age = |t: Option<time::OffsetDateTime>| {
+        t.map_or_else(
+            || "-".to_owned(),
+            |t| format!("{:.1} s", (f.now - t).as_seconds_f64()),
+        )
+    };
+    println!(
+        "complete up to       {} (lag {:.3} s)",
+        f.watermark,
+        (f.now - f.watermark).as_seconds_f64()
+    );
+    println!(
+        "outbox backlog       {} events, oldest {}",
+        f.backlog_rows,
+        age(f.oldest_backlog)
+    );
+    println!("pending pushes       {}", f.pending_pushes);
+    println!("dead letters         {}", f.dead_letters);
+    println!("oldest transaction   {}", age(f.oldest_transaction));
+    println!(
+        "outbox table         {} KiB, {} live / {} dead tuples, last autovacuum {}",
+        s.total_bytes / 1024,
+        s.live_tuples,
+        s.dead_tuples,
+        s.last_autovacuum
+            .map_or_else(|| "never".to_owned(), |t| t.to_string())
+    );
+    Ok(())
+}
+
+/// The database for operator commands: DATABASE_URL, or the running
+/// `tally up` of the data directory.
+pub fn pg_for_cli(g: &Global, app: &str) -> anyhow::Result<tally_ops::PgSettings> {
+    match &g.database_url {
+        Some(_) => g.pg(app),
+        None => {
+            let stack = tally_stack::StackFile::read(&g.data_dir).context(
+                "DATABASE_URL is not set and no `tally up` is running in the data directory",
+            )?;
+            Ok(tally_ops::PgSettings::new(stack.database_url, app))
+        }
+    }
+}
+
+async fn run_ingest(g: &Global, args: IngestArgs) -> anyhow::Result<()> {
     let pool = g.pg("tally-ingest")?.pool()?;
     let ch = g.ch()?;
     tally_migrations::migrate(&pool, &ch)

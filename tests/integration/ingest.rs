@@ -277,3 +277,61 @@ async fn reporting_days_follow_the_configured_time_zone() {
         "and not in another"
     );
 }
+
+#[tokio::test]
+async fn dead_letters_hold_the_watermark_and_can_be_retried_after_a_fix() {
+    let db = TestDb::new().await;
+    let id = place(&db.pg, "m1", 100).await;
+    // A producer from the future: schema version 2, which this build refuses.
+    sqlx::query("UPDATE outbox SET schema_version = 2")
+        .execute(&db.pg)
+        .await
+        .unwrap();
+    let created: time::OffsetDateTime = sqlx::query_scalar("SELECT created_at FROM outbox")
+        .fetch_one(&db.pg)
+        .await
+        .unwrap();
+    let mut w = db.ingest_worker(config(10));
+    assert_eq!(w.drain().await.unwrap().dead_lettered, 1);
+    let listed = tally_ingest::dead_letters::list(&db.pg, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].aggregate_id, id.as_uuid());
+    assert!(
+        listed[0].error.contains("schema version 2"),
+        "{}",
+        listed[0].error
+    );
+    let f = tally_ingest::watermark::measure(&db.pg).await.unwrap();
+    assert!(
+        f.watermark <= created,
+        "an unprojected event holds the watermark back"
+    );
+
+    // The fix (a build that reads version 2) is simulated by rewriting it.
+    sqlx::query("UPDATE ingest_dead_letters SET schema_version = 1")
+        .execute(&db.pg)
+        .await
+        .unwrap();
+    assert_eq!(
+        tally_ingest::dead_letters::retry(&db.pg, Some(listed[0].outbox_id))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        tally_ingest::dead_letters::retry(&db.pg, Some(listed[0].outbox_id))
+            .await
+            .unwrap(),
+        0
+    );
+    let kept: time::OffsetDateTime = sqlx::query_scalar("SELECT created_at FROM outbox")
+        .fetch_one(&db.pg)
+        .await
+        .unwrap();
+    assert_eq!(kept, created, "retry keeps the original created_at");
+    assert_eq!(w.drain().await.unwrap().projected, 1);
+    assert_eq!(fact_count(&db).await, 1);
+    assert_matches_oracle(&db).await;
+    let f = tally_ingest::watermark::measure(&db.pg).await.unwrap();
+    assert!(f.watermark > created);
+}

@@ -224,10 +224,7 @@ async fn run_ingest(g: &Global, args: IngestArgs) -> anyhow::Result<()> {
         .context("migrating")?;
     let mut registry = Registry::default();
     let metrics = tally_ingest::Metrics::register(&mut registry);
-    let config = tally_ingest::IngestConfig {
-        batch_size: args.batch_size,
-        ..Default::default()
-    };
+    let config = g.ingest_config(args.batch_size)?;
     let shutdown = shutdown_on_signal();
     let ops = axum::Router::new().merge(tally_ops::http::ops_routes(
         Arc::new(registry),

@@ -335,3 +335,62 @@ async fn dead_letters_hold_the_watermark_and_can_be_retried_after_a_fix() {
     let f = tally_ingest::watermark::measure(&db.pg).await.unwrap();
     assert!(f.watermark > created);
 }
+
+#[tokio::test]
+async fn lost_clickhouse_acknowledgements_neither_lose_nor_double_count() {
+    init_logs();
+    let db = TestDb::new().await;
+    let upstream: std::net::SocketAddr = db.ch.url.trim_start_matches("http://").parse().unwrap();
+    let proxy = tally_tests::proxy::FaultProxy::start(upstream).await;
+    let via_proxy = tally_ops::ChSettings {
+        url: proxy.url(),
+        ..db.ch.clone()
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = tally_ingest::Metrics::register(&mut registry);
+    let mut w = tally_ingest::Worker::new(db.pg.clone(), via_proxy.client(), config(100), metrics);
+    for i in 0..10 {
+        place(&db.pg, &format!("m{}", i % 2), 100 + i).await;
+    }
+    let outbox = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
+            .fetch_one(&db.pg)
+            .await
+            .unwrap()
+    };
+
+    // 1. The facts insert lands but its acknowledgement is lost: the batch
+    //    rolls back in PostgreSQL although ClickHouse has the rows.
+    proxy.lose_acks_for("");
+    assert!(w.drain().await.is_err());
+    assert_eq!(fact_count(&db).await, 10, "the insert did land");
+    assert_eq!(outbox().await, 10, "and the events are still in the outbox");
+
+    // 2. The facts insert is acknowledged, the totals push lands but its
+    //    acknowledgement is lost, after the PostgreSQL commit.
+    proxy.lose_acks_for("daily_revenue");
+    assert!(w.drain().await.is_err());
+    assert_eq!(outbox().await, 0, "counted in PostgreSQL, once");
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest_pending_pushes")
+        .fetch_one(&db.pg)
+        .await
+        .unwrap();
+    assert_eq!(pending, 1);
+
+    // 3. Recovery: everything re-sent; nothing lost, nothing doubled.
+    proxy.heal();
+    w.drain().await.unwrap();
+    let raw_facts: u64 = db
+        .ch
+        .client()
+        .query("SELECT count() FROM order_facts")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(
+        raw_facts >= 20,
+        "duplicates were really inserted ({raw_facts} rows)"
+    );
+    assert_eq!(fact_count(&db).await, 10);
+    assert_matches_oracle(&db).await;
+}

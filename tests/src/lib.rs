@@ -7,6 +7,8 @@
 //! ClickHouse database, so tests run in parallel without sharing state.
 //! [`spawn_app`] boots the real services on port 0.
 
+pub mod proxy;
+
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -50,6 +50,16 @@ fn find_server() -> Result<(PathBuf, Option<&'static str>), StackError> {
 pub(crate) async fn start(
     data_dir: &Path,
 ) -> Result<(ChildServer, ChSettings, ChSettings), StackError> {
+    start_clickhouse(data_dir, None).await
+}
+
+/// Starts ClickHouse with its files under `data_dir/clickhouse`, on
+/// `fixed_port` if given (a restart on the same address), else on a free
+/// port. Returns the server, admin settings and read-only settings.
+pub async fn start_clickhouse(
+    data_dir: &Path,
+    fixed_port: Option<u16>,
+) -> Result<(ChildServer, ChSettings, ChSettings), StackError> {
     let (bin, subcommand) = find_server()?;
     let dir = data_dir.join("clickhouse");
     for sub in ["data", "data/tmp", "data/user_files", "data/format_schemas"] {
@@ -62,7 +72,10 @@ pub(crate) async fn start(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let http_port = free_port()?;
+        let http_port = match fixed_port {
+            Some(p) => p,
+            None => free_port()?,
+        };
         let tcp_port = free_port()?;
         write_config(&dir, http_port, tcp_port, &reader_password)?;
         let mut cmd = Command::new(&bin);

@@ -7,6 +7,7 @@
 //! ClickHouse database, so tests run in parallel without sharing state.
 //! [`spawn_app`] boots the real services on port 0.
 
+pub mod load;
 pub mod proxy;
 
 use std::path::PathBuf;
@@ -335,6 +336,20 @@ impl TestApp {
         v["order_id"].as_str().unwrap().to_owned()
     }
 
+    /// Another handle on the same running services (for a background load
+    /// task); stopping it stops nothing.
+    pub fn handle(&self) -> TestApp {
+        TestApp {
+            db: self.db.clone(),
+            api_url: self.api_url.clone(),
+            dashboards_url: self.dashboards_url.clone(),
+            api_key: self.api_key.clone(),
+            http: self.http.clone(),
+            shutdown: self.shutdown.clone(),
+            tasks: Vec::new(),
+        }
+    }
+
     /// Stops the servers and workers and waits for them.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -387,4 +402,56 @@ pub fn init_logs() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// The projections equal what the write tables say, exactly: every daily
+/// cell (against the SQL oracle) and every order's fact row (version,
+/// status, captured, refunded). Panics with the differences.
+pub async fn assert_projections_exact(db: &TestDb) {
+    let report = tally_rebuild::verify_daily(&db.pg, &db.ch.client(), "UTC")
+        .await
+        .expect("verify");
+    assert!(
+        report.is_clean(),
+        "daily_revenue differs from the write store: {report:?}"
+    );
+    let expected: std::collections::BTreeMap<uuid::Uuid, (u32, String, i64, i64)> = sqlx::query_as::<_, (uuid::Uuid, i32, String, i64, i64)>(
+        "SELECT o.order_id, o.version, o.status,
+                COALESCE((SELECT amount_minor FROM payments p WHERE p.order_id = o.order_id), 0),
+                COALESCE((SELECT sum(amount_minor) FROM refunds r WHERE r.order_id = o.order_id), 0)::int8
+         FROM orders o",
+    )
+    .fetch_all(&db.pg)
+    .await
+    .expect("orders")
+    .into_iter()
+    .map(|(id, v, s, c, r)| (id, (v as u32, s, c, r)))
+    .collect();
+    let live: std::collections::BTreeMap<uuid::Uuid, (u32, String, i64, i64)> = db
+        .ch
+        .client()
+        .query("SELECT ?fields FROM order_facts FINAL")
+        .fetch_all::<tally_ingest::FactRow>()
+        .await
+        .expect("facts")
+        .into_iter()
+        .map(|f| {
+            (
+                f.order_id,
+                (f.version, f.status, f.captured_minor, f.refunded_minor),
+            )
+        })
+        .collect();
+    let missing = expected.keys().filter(|k| !live.contains_key(k)).count();
+    let extra = live.keys().filter(|k| !expected.contains_key(k)).count();
+    let different = expected
+        .iter()
+        .filter(|(k, v)| live.get(k).is_some_and(|l| l != *v))
+        .count();
+    assert_eq!(
+        (missing, extra, different),
+        (0, 0, 0),
+        "order_facts differs from the write store ({} orders)",
+        expected.len()
+    );
 }

@@ -4,8 +4,9 @@
 //! acknowledgement was lost" fault.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -15,6 +16,8 @@ struct Faults {
     refuse: AtomicBool,
     /// Responses to requests containing these bytes are lost (`""`: all).
     lose_acks_for: Mutex<Option<Vec<u8>>>,
+    /// Held back this long before being forwarded.
+    response_delay_ms: AtomicU64,
 }
 
 impl Faults {
@@ -65,6 +68,7 @@ impl FaultProxy {
     pub fn heal(&self) {
         self.faults.refuse.store(false, Ordering::SeqCst);
         *self.faults.lose_acks_for.lock().unwrap() = None;
+        self.faults.response_delay_ms.store(0, Ordering::SeqCst);
     }
 
     /// Requests whose text contains `pattern` (`""`: every request) reach
@@ -72,6 +76,14 @@ impl FaultProxy {
     /// closed: the server did the work, the client never hears of it.
     pub fn lose_acks_for(&self, pattern: &str) {
         *self.faults.lose_acks_for.lock().unwrap() = Some(pattern.as_bytes().to_vec());
+    }
+
+    /// Every response chunk waits `d` before it is forwarded: a slow
+    /// server, which widens the windows a crash can land in.
+    pub fn delay_responses(&self, d: Duration) {
+        self.faults
+            .response_delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// New connections are closed at once (existing ones keep working).
@@ -118,6 +130,10 @@ async fn pipe(client: TcpStream, server: TcpStream, faults: Arc<Faults>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            let delay = faults.response_delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
             if doomed.load(Ordering::SeqCst) || cw.write_all(&buf[..n]).await.is_err() {
                 break; // the response is lost; the client sees a closed connection
             }

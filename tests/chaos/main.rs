@@ -1,0 +1,212 @@
+//! The chaos suite: real `tally` processes killed at random under load, then
+//! every projection compared exactly with the write tables.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rand::{Rng, SeedableRng};
+use tally_tests::{Ingest, TestApp, assert_projections_exact, spawn_app};
+
+fn ingest_process(app: &TestApp, clickhouse_url: &str, batch_size: u32) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "ingest",
+            "--batch-size",
+            &batch_size.to_string(),
+            "--ops-listen",
+            "127.0.0.1:0",
+        ])
+        .env("DATABASE_URL", &app.db.pg_settings.url)
+        .env("CLICKHOUSE_URL", clickhouse_url)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start `tally ingest`")
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&app.db.pg).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_ingest_workers_lose_and_double_nothing() {
+    tally_tests::init_logs();
+    let app = spawn_app(Ingest::Manual).await;
+    let seed: u64 = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    let load = {
+        let handle = app.handle();
+        tokio::spawn(async move { tally_tests::load::drive(&handle, 400, 8, seed).await })
+    };
+
+    // A slow ClickHouse, so that kills land inside inserts and between a
+    // batch's commit and its push, not only in idle time.
+    let upstream = app.db.ch.url.trim_start_matches("http://").parse().unwrap();
+    let proxy = tally_tests::proxy::FaultProxy::start(upstream).await;
+    proxy.delay_responses(Duration::from_millis(40));
+    let slow_clickhouse = tally_ops::ChSettings {
+        url: proxy.url(),
+        ..app.db.ch.clone()
+    }
+    .to_url();
+
+    let started = Instant::now();
+    let (mut kills, mut kills_with_pending, mut duplicate_fact_rows) = (0, 0, 0);
+    let mut seen_pending = std::collections::HashSet::new();
+    while kills < 25 {
+        let mut worker = ingest_process(&app, &slow_clickhouse, rng.gen_range(5..60));
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(150..700))).await;
+        kill(Pid::from_raw(worker.id() as i32), Signal::SIGKILL).unwrap();
+        worker.wait().unwrap();
+        kills += 1;
+        // One worker at a time, and recovery only removes pending rows: a
+        // row that is new since the last kill was left by this worker,
+        // which died between its commit and its push.
+        let pending: std::collections::HashSet<uuid::Uuid> =
+            sqlx::query_scalar("SELECT batch_id FROM ingest_pending_pushes")
+                .fetch_all(&app.db.pg)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+        if pending.difference(&seen_pending).next().is_some() {
+            kills_with_pending += 1;
+        }
+        seen_pending = pending;
+        let raw: u64 = app
+            .db
+            .ch
+            .client()
+            .query("SELECT count() FROM order_facts")
+            .fetch_one()
+            .await
+            .unwrap();
+        let settled: u64 = app
+            .db
+            .ch
+            .client()
+            .query("SELECT count() FROM order_facts FINAL")
+            .fetch_one()
+            .await
+            .unwrap();
+        duplicate_fact_rows = duplicate_fact_rows.max(raw - settled); // merges collapse them later
+    }
+    let outcome = load.await.unwrap();
+
+    // Recovery: one clean worker drains what is left.
+    let mut w = app.db.ingest_worker(Default::default());
+    w.drain().await.unwrap();
+    let events = count(&app, "SELECT sum(version)::int8 FROM orders").await;
+    println!(
+        "chaos: seed {seed}, {} commands ({} client retries), {events} events, {kills} SIGKILLs \
+         ({kills_with_pending} between commit and push, {duplicate_fact_rows} fact rows re-sent), {:.1} s",
+        outcome.commands,
+        outcome.retries,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM outbox").await, 0);
+    assert!(
+        kills_with_pending > 0,
+        "no kill landed between a commit and its push; the test proved less than it claims"
+    );
+    assert_projections_exact(&app.db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_stopped_under_load_then_restarted_loses_and_doubles_nothing() {
+    tally_tests::init_logs();
+    let app = spawn_app(Ingest::Manual).await;
+    // A ClickHouse of this test's own, so that stopping it harms no other test.
+    let dir = std::env::temp_dir().join(format!("tally-chaos-ch-{}", uuid::Uuid::new_v4()));
+    let (server, admin, _) = tally_stack::start_clickhouse(&dir, None)
+        .await
+        .expect("start ClickHouse");
+    let port: u16 = admin.url.rsplit(':').next().unwrap().parse().unwrap();
+    let ch = admin.with_database("chaos");
+    tally_migrations::clickhouse::run(&ch).await.unwrap();
+    let db = tally_tests::TestDb {
+        ch: ch.clone(),
+        ..app.db.clone()
+    };
+
+    let shutdown = tally_ops::Shutdown::new();
+    let worker = db.ingest_worker(tally_ingest::IngestConfig {
+        max_backoff: Duration::from_millis(500),
+        ..Default::default()
+    });
+    let worker_task = tokio::spawn(worker.run(shutdown.clone()));
+    // Load that lasts until the outage is over, not a fixed amount.
+    let keep_loading = tally_ops::Shutdown::new();
+    let load = {
+        let (handle, stop) = (app.handle(), keep_loading.clone());
+        tokio::spawn(async move {
+            let mut total = tally_tests::load::LoadOutcome::default();
+            let mut round = 0;
+            while !stop.is_cancelled() {
+                let o = tally_tests::load::drive(&handle, 40, 4, 11 + round).await;
+                total.commands += o.commands;
+                total.retries += o.retries;
+                round += 1;
+            }
+            total
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.stop().await;
+    let stopped_at = Instant::now();
+    // Commands keep working while the read side is down.
+    let placed = app
+        .post_order(&tally_tests::order_body("m-down", "EUR", &[("a", 1, 100)]))
+        .await;
+    assert_eq!(
+        placed.status(),
+        201,
+        "the command API does not depend on ClickHouse"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let backlog = count(&app, "SELECT count(*) FROM outbox").await;
+    assert!(
+        backlog > 100,
+        "events wait in the outbox while ClickHouse is down (only {backlog})"
+    );
+
+    let (server, _, _) = tally_stack::start_clickhouse(&dir, Some(port))
+        .await
+        .expect("restart ClickHouse");
+    let down_for = stopped_at.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    keep_loading.cancel();
+    let outcome = load.await.unwrap();
+    let recovered = tally_tests::eventually(Duration::from_secs(30), || async {
+        let left = count(
+            &app,
+            "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM ingest_pending_pushes)",
+        )
+        .await;
+        (left == 0).then_some(())
+    })
+    .await;
+    assert!(
+        recovered.is_some(),
+        "the worker resumed by itself and drained the backlog"
+    );
+    println!(
+        "chaos: ClickHouse down {:.1} s with {backlog} events waiting; {} commands; recovered {:.1} s after restart",
+        down_for.as_secs_f64(),
+        outcome.commands,
+        (stopped_at.elapsed() - down_for).as_secs_f64()
+    );
+    shutdown.cancel();
+    worker_task.await.unwrap().unwrap();
+    assert_projections_exact(&db).await;
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -2,6 +2,7 @@
 //! (crates.io's `Server | BackgroundWorker | Admin` shape). `anyhow` lives
 //! here, at the edge, and nowhere else.
 
+mod bench;
 mod config;
 mod roles;
 mod up;
@@ -38,6 +39,8 @@ enum Command {
     Ingest(roles::IngestCommand),
     /// Serve the dashboards only.
     Dashboards(roles::DashboardsArgs),
+    /// Measure performance against raw PostgreSQL/ClickHouse baselines.
+    Bench(bench::BenchArgs),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(roles::KeysCommand),
@@ -64,6 +67,7 @@ fn main() -> std::process::ExitCode {
             Command::Ingest(args) => roles::ingest(&cli.global, args).await,
             Command::Dashboards(args) => roles::dashboards(&cli.global, args).await,
             Command::Keys(cmd) => roles::keys(&cli.global, cmd).await,
+            Command::Bench(args) => bench::run(&cli.global, args).await,
         }
     });
     match result {

@@ -1,0 +1,297 @@
+//! `tally bench`: performance figures measured side by side with a raw
+//! PostgreSQL baseline in the same run, on the same servers.
+//!
+//! Speed targets live here, never in timed tests. Each figure is the median
+//! of `--runs` runs, with min–max, and the Markdown table is printed and
+//! appended to BENCHMARKS.md with the machine and date.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use prometheus_client::registry::Registry;
+use sqlx::PgPool;
+use tally_domain::{
+    Amount, CountryCode, Currency, CustomerId, EventEnvelope, EventId, LineItem, LineItems, MerchantId, Order,
+    OrderCommand, OrderId, PaymentId, PlaceOrder, Quantity, RefundId, Sku, Text, order,
+};
+use tally_ops::{ChSettings, PgSettings};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::config::Global;
+
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub which: BenchKind,
+    /// Runs per figure; the median is reported with min–max.
+    #[arg(long, default_value_t = 3, global = true)]
+    pub runs: usize,
+    /// Small sizes, for a check in under three minutes.
+    #[arg(long, global = true)]
+    pub quick: bool,
+    /// Append the table to this file (with machine and date).
+    #[arg(long, default_value = "BENCHMARKS.md", global = true)]
+    pub record: PathBuf,
+    /// Print only; do not append to --record.
+    #[arg(long, global = true)]
+    pub no_record: bool,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum BenchKind {
+    /// Outbox backlog drain by the ingest worker vs PostgreSQL alone
+    /// claiming and deleting the same rows.
+    Drain {
+        /// Events in the backlog (default 1 000 000; --quick 100 000).
+        #[arg(long)]
+        events: Option<usize>,
+    },
+}
+
+pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
+    match args.which {
+        BenchKind::Drain { events } => {
+            let n = events.unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
+            drain(g, n, args.runs.max(1), (!args.no_record).then_some(args.record)).await
+        }
+    }
+}
+
+/// A fresh embedded stack in a temporary directory (or the given servers).
+struct Servers {
+    pg: PgSettings,
+    ch: ChSettings,
+    _stack: Option<tally_stack::LocalStack>,
+    _dir: Option<PathBuf>,
+}
+
+async fn servers(g: &Global) -> anyhow::Result<Servers> {
+    if g.database_url.is_some() && g.clickhouse_url.is_some() {
+        return Ok(Servers { pg: g.pg("tally-bench")?, ch: g.ch()?, _stack: None, _dir: None });
+    }
+    let dir = std::env::temp_dir().join(format!("tally-bench-{}", std::process::id()));
+    eprintln!("starting PostgreSQL and ClickHouse in {} …", dir.display());
+    let stack = tally_stack::LocalStack::start(&tally_stack::StackConfig::new(&dir)).await?;
+    let pg = PgSettings { max_connections: 8, ..PgSettings::new(&stack.postgres_url, "tally-bench") };
+    let ch = stack.clickhouse.clone();
+    Ok(Servers { pg, ch, _stack: Some(stack), _dir: Some(dir) })
+}
+
+/// Orders spread over merchants, currencies and 30 days; each order gives
+/// 1 to 3 events (placed, captured, refunded), like real traffic.
+fn synthetic_events(n: usize, seed: u64) -> Vec<EventEnvelope> {
+    let mut out = Vec::with_capacity(n);
+    let start = OffsetDateTime::now_utc() - time::Duration::days(30);
+    let currencies = ["EUR", "USD", "JPY"].map(|c| Currency::parse(c).unwrap());
+    let address = tally_domain::Address {
+        name: Text::parse("Bench Customer").unwrap(),
+        line1: Text::parse("1 Load St").unwrap(),
+        line2: None,
+        city: Text::parse("Benchville").unwrap(),
+        region: None,
+        postal_code: Text::parse("00000").unwrap(),
+        country: CountryCode::parse("DE").unwrap(),
+    };
+    let mut i: u64 = seed;
+    while out.len() < n {
+        i += 1;
+        let id = OrderId::from_uuid(Uuid::from_u128(u128::from(i) | (u128::from(seed) << 64)));
+        let at = start + time::Duration::seconds((i * 7919 % (30 * 86_400)) as i64);
+        let cmd = PlaceOrder {
+            order_id: id,
+            merchant_id: MerchantId::parse(&format!("m{}", i % 1000)).unwrap(),
+            customer_id: CustomerId::parse(&format!("c{}", i % 50_000)).unwrap(),
+            currency: currencies[(i % 3) as usize],
+            items: LineItems::parse(vec![LineItem {
+                sku: Sku::parse("sku-1").unwrap(),
+                quantity: Quantity::parse(1 + (i % 3) as i64).unwrap(),
+                unit_price: Amount::parse(100 + (i % 9_900) as i64).unwrap(),
+            }])
+            .unwrap(),
+            shipping_address: address.clone(),
+        };
+        let placed = order::place(&cmd).unwrap();
+        let mut state = Order::from_placed(id, &placed, at).unwrap();
+        out.push(EventEnvelope::record(EventId::from_uuid(Uuid::now_v7()), at, placed, state.clone()));
+        if i % 10 < 8 && out.len() < n {
+            let e = state
+                .handle(&OrderCommand::CapturePayment { payment_id: PaymentId::from_uuid(Uuid::now_v7()), amount: state.total })
+                .unwrap();
+            state.apply(&e);
+            out.push(EventEnvelope::record(EventId::from_uuid(Uuid::now_v7()), at + time::Duration::hours(1), e, state.clone()));
+            if i % 10 == 0 && out.len() < n {
+                let e = state
+                    .handle(&OrderCommand::Refund { refund_id: RefundId::from_uuid(Uuid::now_v7()), amount: Amount::parse(50).unwrap(), reason: None })
+                    .unwrap();
+                state.apply(&e);
+                out.push(EventEnvelope::record(EventId::from_uuid(Uuid::now_v7()), at + time::Duration::days(1), e, state.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Inserts the events into the outbox, 10 000 per statement.
+async fn seed(pool: &PgPool, events: &[EventEnvelope]) -> anyhow::Result<()> {
+    for chunk in events.chunks(10_000) {
+        let ids: Vec<Uuid> = chunk.iter().map(|e| e.event_id.as_uuid()).collect();
+        let aggs: Vec<Uuid> = chunk.iter().map(|e| e.aggregate_id.as_uuid()).collect();
+        let versions: Vec<i32> = chunk.iter().map(|e| e.aggregate_version.get() as i32).collect();
+        let types: Vec<&str> = chunk.iter().map(|e| e.event_type()).collect();
+        let at: Vec<OffsetDateTime> = chunk.iter().map(|e| e.occurred_at).collect();
+        let payloads: Vec<String> = chunk.iter().map(|e| e.payload_json().to_string()).collect();
+        sqlx::query(
+            "INSERT INTO outbox (event_id, aggregate_id, aggregate_version, event_type, schema_version, occurred_at, payload)
+             SELECT e, a, v, t, 1, o, p::jsonb
+             FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::timestamptz[], $6::text[]) AS u(e, a, v, t, o, p)",
+        )
+        .bind(&ids)
+        .bind(&aggs)
+        .bind(&versions)
+        .bind(&types)
+        .bind(&at)
+        .bind(&payloads)
+        .execute(pool)
+        .await?;
+    }
+    sqlx::query("VACUUM ANALYZE outbox").execute(pool).await?;
+    Ok(())
+}
+
+/// The baseline: PostgreSQL alone claiming, reading and deleting the rows,
+/// with the very statement the worker uses, rows fetched to the client.
+async fn baseline_drain(pool: &PgPool) -> anyhow::Result<usize> {
+    let mut total = 0;
+    loop {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED)
+             RETURNING id, payload::text",
+        )
+        .fetch_all(pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(total);
+        }
+        total += rows.len();
+    }
+}
+
+/// Empties every projection and the ingest state between runs.
+async fn reset(pool: &PgPool, ch: &ChSettings) -> anyhow::Result<()> {
+    sqlx::query("TRUNCATE outbox, ingest_daily_totals, ingest_pending_pushes, ingest_dead_letters")
+        .execute(pool)
+        .await?;
+    for t in ["order_facts", "daily_revenue", "ingest_watermark"] {
+        ch.client().query(&format!("TRUNCATE TABLE {t}")).execute().await?;
+    }
+    Ok(())
+}
+
+async fn outbox_bytes(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT pg_total_relation_size('outbox')").fetch_one(pool).await?)
+}
+
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stat(mut xs: Vec<f64>) -> Stat {
+    xs.sort_by(f64::total_cmp);
+    Stat { median: xs[xs.len() / 2], min: xs[0], max: xs[xs.len() - 1] }
+}
+
+fn fmt_rate(s: &Stat) -> String {
+    format!("{:.0} ({:.0}–{:.0})", s.median, s.min, s.max)
+}
+
+async fn drain(g: &Global, n: usize, runs: usize, record: Option<PathBuf>) -> anyhow::Result<()> {
+    let s = servers(g).await?;
+    let pool = s.pg.connect().await.context("connecting to PostgreSQL")?;
+    tally_migrations::migrate(&pool, &s.ch).await?;
+    eprintln!("generating {n} events …");
+    let events = synthetic_events(n, 1);
+    let (mut base, mut ours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut sizes = Vec::new();
+    for run in 1..=runs {
+        reset(&pool, &s.ch).await?;
+        seed(&pool, &events).await?;
+        let t = Instant::now();
+        let drained = baseline_drain(&pool).await?;
+        let b = drained as f64 / t.elapsed().as_secs_f64();
+
+        reset(&pool, &s.ch).await?;
+        seed(&pool, &events).await?;
+        let before = outbox_bytes(&pool).await?;
+        let mut registry = Registry::default();
+        let metrics = tally_ingest::Metrics::register(&mut registry);
+        let mut worker = tally_ingest::Worker::new(pool.clone(), s.ch.client(), Default::default(), metrics);
+        let t = Instant::now();
+        let out = worker.drain().await?;
+        let o = out.projected as f64 / t.elapsed().as_secs_f64();
+        anyhow::ensure!(out.projected == n, "the worker projected {} of {n} events", out.projected);
+        sqlx::query("VACUUM outbox").execute(&pool).await?;
+        let after = outbox_bytes(&pool).await?;
+        sizes.push((before, after));
+        eprintln!("run {run}/{runs}: PostgreSQL alone {b:.0} events/s, ingest {o:.0} events/s ({:.0} %)", 100.0 * o / b);
+        base.push(b);
+        ours.push(o);
+        ratios.push(o / b);
+    }
+    let (b, o, r) = (stat(base), stat(ours), stat(ratios));
+    let (before, after) = sizes[sizes.len() - 1];
+    let mut table = String::new();
+    writeln!(table, "| figure | tally | baseline (PostgreSQL alone) | ratio | target |")?;
+    writeln!(table, "|---|---|---|---|---|")?;
+    writeln!(
+        table,
+        "| outbox drain, {n} events, events/s | {} | {} | {:.0} % ({:.0}–{:.0} %) | ≥ 70 % and ≥ 50 000/s |",
+        fmt_rate(&o),
+        fmt_rate(&b),
+        100.0 * r.median,
+        100.0 * r.min,
+        100.0 * r.max
+    )?;
+    writeln!(
+        table,
+        "| outbox size before → after drain + VACUUM | {:.1} MiB → {:.1} MiB | | | no bloat |",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    )?;
+    println!("{table}");
+    if let Some(path) = record {
+        let mut doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+        writeln!(doc, "\n## `tally bench drain` — {}, {}\n", OffsetDateTime::now_utc().date(), machine())?;
+        writeln!(doc, "{runs} runs; medians with min–max. Command: `tally bench drain --events {n} --runs {runs}` (release build).\n")?;
+        doc.push_str(&table);
+        std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("appended to {}", path.display());
+    }
+    if let Some(stack) = s._stack {
+        stack.stop().await;
+    }
+    if let Some(dir) = s._dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(())
+}
+
+/// Cores, memory and server versions, for the record.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<f64>().ok()))
+        .map_or(0.0, |kib| kib / 1048576.0);
+    let pg = tally_stack::find_postgres_bin_dir()
+        .ok()
+        .and_then(|d| std::process::Command::new(d.join("postgres")).arg("--version").output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cores} cores, {mem_gib:.0} GiB, {pg}, ClickHouse 18.16 (Debian)")
+}

@@ -14,8 +14,9 @@ use clap::{Args, Subcommand};
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 use tally_domain::{
-    Amount, CountryCode, Currency, CustomerId, EventEnvelope, EventId, LineItem, LineItems, MerchantId, Order,
-    OrderCommand, OrderId, PaymentId, PlaceOrder, Quantity, RefundId, Sku, Text, order,
+    Amount, CountryCode, Currency, CustomerId, EventEnvelope, EventId, LineItem, LineItems,
+    MerchantId, Order, OrderCommand, OrderId, PaymentId, PlaceOrder, Quantity, RefundId, Sku, Text,
+    order,
 };
 use tally_ops::{ChSettings, PgSettings};
 use time::OffsetDateTime;
@@ -56,7 +57,13 @@ pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
     match args.which {
         BenchKind::Drain { events } => {
             let n = events.unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
-            drain(g, n, args.runs.max(1), (!args.no_record).then_some(args.record)).await
+            drain(
+                g,
+                n,
+                args.runs.max(1),
+                (!args.no_record).then_some(args.record),
+            )
+            .await
         }
     }
 }
@@ -71,14 +78,27 @@ struct Servers {
 
 async fn servers(g: &Global) -> anyhow::Result<Servers> {
     if g.database_url.is_some() && g.clickhouse_url.is_some() {
-        return Ok(Servers { pg: g.pg("tally-bench")?, ch: g.ch()?, _stack: None, _dir: None });
+        return Ok(Servers {
+            pg: g.pg("tally-bench")?,
+            ch: g.ch()?,
+            _stack: None,
+            _dir: None,
+        });
     }
     let dir = std::env::temp_dir().join(format!("tally-bench-{}", std::process::id()));
     eprintln!("starting PostgreSQL and ClickHouse in {} …", dir.display());
     let stack = tally_stack::LocalStack::start(&tally_stack::StackConfig::new(&dir)).await?;
-    let pg = PgSettings { max_connections: 8, ..PgSettings::new(&stack.postgres_url, "tally-bench") };
+    let pg = PgSettings {
+        max_connections: 8,
+        ..PgSettings::new(&stack.postgres_url, "tally-bench")
+    };
     let ch = stack.clickhouse.clone();
-    Ok(Servers { pg, ch, _stack: Some(stack), _dir: Some(dir) })
+    Ok(Servers {
+        pg,
+        ch,
+        _stack: Some(stack),
+        _dir: Some(dir),
+    })
 }
 
 /// Orders spread over merchants, currencies and 30 days; each order gives
@@ -116,19 +136,41 @@ fn synthetic_events(n: usize, seed: u64) -> Vec<EventEnvelope> {
         };
         let placed = order::place(&cmd).unwrap();
         let mut state = Order::from_placed(id, &placed, at).unwrap();
-        out.push(EventEnvelope::record(EventId::from_uuid(Uuid::now_v7()), at, placed, state.clone()));
+        out.push(EventEnvelope::record(
+            EventId::from_uuid(Uuid::now_v7()),
+            at,
+            placed,
+            state.clone(),
+        ));
         if i % 10 < 8 && out.len() < n {
             let e = state
-                .handle(&OrderCommand::CapturePayment { payment_id: PaymentId::from_uuid(Uuid::now_v7()), amount: state.total })
+                .handle(&OrderCommand::CapturePayment {
+                    payment_id: PaymentId::from_uuid(Uuid::now_v7()),
+                    amount: state.total,
+                })
                 .unwrap();
             state.apply(&e);
-            out.push(EventEnvelope::record(EventId::from_uuid(Uuid::now_v7()), at + time::Duration::hours(1), e, state.clone()));
+            out.push(EventEnvelope::record(
+                EventId::from_uuid(Uuid::now_v7()),
+                at + time::Duration::hours(1),
+                e,
+                state.clone(),
+            ));
             if i % 10 == 0 && out.len() < n {
                 let e = state
-                    .handle(&OrderCommand::Refund { refund_id: RefundId::from_uuid(Uuid::now_v7()), amount: Amount::parse(50).unwrap(), reason: None })
+                    .handle(&OrderCommand::Refund {
+                        refund_id: RefundId::from_uuid(Uuid::now_v7()),
+                        amount: Amount::parse(50).unwrap(),
+                        reason: None,
+                    })
                     .unwrap();
                 state.apply(&e);
-                out.push(EventEnvelope::record(EventId::from_uuid(Uuid::now_v7()), at + time::Duration::days(1), e, state.clone()));
+                out.push(EventEnvelope::record(
+                    EventId::from_uuid(Uuid::now_v7()),
+                    at + time::Duration::days(1),
+                    e,
+                    state.clone(),
+                ));
             }
         }
     }
@@ -140,7 +182,10 @@ async fn seed(pool: &PgPool, events: &[EventEnvelope]) -> anyhow::Result<()> {
     for chunk in events.chunks(10_000) {
         let ids: Vec<Uuid> = chunk.iter().map(|e| e.event_id.as_uuid()).collect();
         let aggs: Vec<Uuid> = chunk.iter().map(|e| e.aggregate_id.as_uuid()).collect();
-        let versions: Vec<i32> = chunk.iter().map(|e| e.aggregate_version.get() as i32).collect();
+        let versions: Vec<i32> = chunk
+            .iter()
+            .map(|e| e.aggregate_version.get() as i32)
+            .collect();
         let types: Vec<&str> = chunk.iter().map(|e| e.event_type()).collect();
         let at: Vec<OffsetDateTime> = chunk.iter().map(|e| e.occurred_at).collect();
         let payloads: Vec<String> = chunk.iter().map(|e| e.payload_json().to_string()).collect();
@@ -186,13 +231,20 @@ async fn reset(pool: &PgPool, ch: &ChSettings) -> anyhow::Result<()> {
         .execute(pool)
         .await?;
     for t in ["order_facts", "daily_revenue", "ingest_watermark"] {
-        ch.client().query(&format!("TRUNCATE TABLE {t}")).execute().await?;
+        ch.client()
+            .query(&format!("TRUNCATE TABLE {t}"))
+            .execute()
+            .await?;
     }
     Ok(())
 }
 
 async fn outbox_bytes(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("SELECT pg_total_relation_size('outbox')").fetch_one(pool).await?)
+    Ok(
+        sqlx::query_scalar("SELECT pg_total_relation_size('outbox')")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 struct Stat {
@@ -203,7 +255,11 @@ struct Stat {
 
 fn stat(mut xs: Vec<f64>) -> Stat {
     xs.sort_by(f64::total_cmp);
-    Stat { median: xs[xs.len() / 2], min: xs[0], max: xs[xs.len() - 1] }
+    Stat {
+        median: xs[xs.len() / 2],
+        min: xs[0],
+        max: xs[xs.len() - 1],
+    }
 }
 
 fn fmt_rate(s: &Stat) -> String {
@@ -230,15 +286,23 @@ async fn drain(g: &Global, n: usize, runs: usize, record: Option<PathBuf>) -> an
         let before = outbox_bytes(&pool).await?;
         let mut registry = Registry::default();
         let metrics = tally_ingest::Metrics::register(&mut registry);
-        let mut worker = tally_ingest::Worker::new(pool.clone(), s.ch.client(), Default::default(), metrics);
+        let mut worker =
+            tally_ingest::Worker::new(pool.clone(), s.ch.client(), Default::default(), metrics);
         let t = Instant::now();
         let out = worker.drain().await?;
         let o = out.projected as f64 / t.elapsed().as_secs_f64();
-        anyhow::ensure!(out.projected == n, "the worker projected {} of {n} events", out.projected);
+        anyhow::ensure!(
+            out.projected == n,
+            "the worker projected {} of {n} events",
+            out.projected
+        );
         sqlx::query("VACUUM outbox").execute(&pool).await?;
         let after = outbox_bytes(&pool).await?;
         sizes.push((before, after));
-        eprintln!("run {run}/{runs}: PostgreSQL alone {b:.0} events/s, ingest {o:.0} events/s ({:.0} %)", 100.0 * o / b);
+        eprintln!(
+            "run {run}/{runs}: PostgreSQL alone {b:.0} events/s, ingest {o:.0} events/s ({:.0} %)",
+            100.0 * o / b
+        );
         base.push(b);
         ours.push(o);
         ratios.push(o / b);
@@ -246,7 +310,10 @@ async fn drain(g: &Global, n: usize, runs: usize, record: Option<PathBuf>) -> an
     let (b, o, r) = (stat(base), stat(ours), stat(ratios));
     let (before, after) = sizes[sizes.len() - 1];
     let mut table = String::new();
-    writeln!(table, "| figure | tally | baseline (PostgreSQL alone) | ratio | target |")?;
+    writeln!(
+        table,
+        "| figure | tally | baseline (PostgreSQL alone) | ratio | target |"
+    )?;
     writeln!(table, "|---|---|---|---|---|")?;
     writeln!(
         table,
@@ -266,8 +333,16 @@ async fn drain(g: &Global, n: usize, runs: usize, record: Option<PathBuf>) -> an
     println!("{table}");
     if let Some(path) = record {
         let mut doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-        writeln!(doc, "\n## `tally bench drain` — {}, {}\n", OffsetDateTime::now_utc().date(), machine())?;
-        writeln!(doc, "{runs} runs; medians with min–max. Command: `tally bench drain --events {n} --runs {runs}` (release build).\n")?;
+        writeln!(
+            doc,
+            "\n## `tally bench drain` — {}, {}\n",
+            OffsetDateTime::now_utc().date(),
+            machine()
+        )?;
+        writeln!(
+            doc,
+            "{runs} runs; medians with min–max. Command: `tally bench drain --events {n} --runs {runs}` (release build).\n"
+        )?;
         doc.push_str(&table);
         std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("appended to {}", path.display());
@@ -286,11 +361,21 @@ fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<f64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
         .map_or(0.0, |kib| kib / 1048576.0);
     let pg = tally_stack::find_postgres_bin_dir()
         .ok()
-        .and_then(|d| std::process::Command::new(d.join("postgres")).arg("--version").output().ok())
+        .and_then(|d| {
+            std::process::Command::new(d.join("postgres"))
+                .arg("--version")
+                .output()
+                .ok()
+        })
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     format!("{cores} cores, {mem_gib:.0} GiB, {pg}, ClickHouse 18.16 (Debian)")

@@ -183,26 +183,42 @@ async fn rows_committed_out_of_id_order_are_not_skipped() {
     assert_matches_oracle(&db).await;
 }
 
-#[tokio::test]
-async fn four_concurrent_workers_count_each_event_once() {
+async fn concurrent_workers_count_each_event_once(workers: usize) {
     init_logs();
     let db = TestDb::new().await;
     for i in 0..200 {
         place(&db.pg, &format!("m{}", i % 5), 10 + i).await;
     }
-    let workers: Vec<_> = (0..4)
+    let tasks: Vec<_> = (0..workers)
         .map(|_| {
             let mut w = db.ingest_worker(config(9));
             tokio::spawn(async move { w.drain().await.unwrap() })
         })
         .collect();
     let mut claimed = 0;
-    for w in workers {
-        claimed += w.await.unwrap().claimed;
+    let mut busy = 0;
+    for t in tasks {
+        let out = t.await.unwrap();
+        claimed += out.claimed;
+        busy += usize::from(out.claimed > 0);
     }
     assert_eq!(claimed, 200, "every event claimed by exactly one worker");
+    assert!(
+        busy > 1,
+        "the workers shared the work ({busy} of {workers} claimed any)"
+    );
     assert_eq!(fact_count(&db).await, 200);
     assert_matches_oracle(&db).await;
+}
+
+#[tokio::test]
+async fn two_concurrent_workers_count_each_event_once() {
+    concurrent_workers_count_each_event_once(2).await;
+}
+
+#[tokio::test]
+async fn four_concurrent_workers_count_each_event_once() {
+    concurrent_workers_count_each_event_once(4).await;
 }
 
 #[tokio::test]

@@ -78,6 +78,7 @@ pub(crate) async fn run_batch(
     if rows.is_empty() {
         return Ok(BatchOutcome::default());
     }
+    let t_claim = started.elapsed();
 
     let mut events = Vec::with_capacity(rows.len());
     let mut dead = 0;
@@ -104,6 +105,7 @@ pub(crate) async fn run_batch(
     }
 
     let (facts, cells) = project(&events, zone);
+    let t_decode = started.elapsed();
     if !facts.is_empty() {
         insert_rows(ch, "order_facts", &facts)
             .await
@@ -111,6 +113,7 @@ pub(crate) async fn run_batch(
                 metrics.insert_errors.inc();
             })?;
     }
+    let t_facts = started.elapsed();
     let pending = if cells.is_empty() {
         None
     } else {
@@ -120,7 +123,9 @@ pub(crate) async fn run_batch(
             totals,
         ))
     };
+    let t_totals = started.elapsed();
     tx.commit().await?;
+    let t_commit = started.elapsed();
 
     if let Some((batch_id, rows)) = pending {
         push_cells(pool, ch, batch_id, &rows)
@@ -138,6 +143,17 @@ pub(crate) async fn run_batch(
             })
             .inc();
     }
+    tracing::debug!(
+        events = rows.len(),
+        cells = cells.len(),
+        claim_ms = t_claim.as_millis() as u64,
+        decode_ms = (t_decode - t_claim).as_millis() as u64,
+        facts_ms = (t_facts - t_decode).as_millis() as u64,
+        totals_ms = (t_totals - t_facts).as_millis() as u64,
+        commit_ms = (t_commit - t_totals).as_millis() as u64,
+        push_ms = (started.elapsed() - t_commit).as_millis() as u64,
+        "batch projected"
+    );
     metrics.dead_letters.inc_by(dead as u64);
     metrics.batch_size.observe(rows.len() as f64);
     metrics

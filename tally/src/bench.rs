@@ -50,16 +50,21 @@ pub enum BenchKind {
         /// Events in the backlog (default 1 000 000; --quick 100 000).
         #[arg(long)]
         events: Option<usize>,
+        /// Ingest workers draining at once (they share the work through
+        /// `SKIP LOCKED`, as separate processes would).
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
     },
 }
 
 pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
     match args.which {
-        BenchKind::Drain { events } => {
+        BenchKind::Drain { events, workers } => {
             let n = events.unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
             drain(
                 g,
                 n,
+                workers.max(1),
                 args.runs.max(1),
                 (!args.no_record).then_some(args.record),
             )
@@ -266,12 +271,26 @@ fn fmt_rate(s: &Stat) -> String {
     format!("{:.0} ({:.0}–{:.0})", s.median, s.min, s.max)
 }
 
-async fn drain(g: &Global, n: usize, runs: usize, record: Option<PathBuf>) -> anyhow::Result<()> {
+async fn drain(
+    g: &Global,
+    n: usize,
+    workers: usize,
+    runs: usize,
+    record: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let s = servers(g).await?;
     let pool = s.pg.connect().await.context("connecting to PostgreSQL")?;
     tally_migrations::migrate(&pool, &s.ch).await?;
     eprintln!("generating {n} events …");
     let events = synthetic_events(n, 1);
+    let expected = events.iter().fold((0, 0, 0), |acc, e| {
+        let d = tally_domain::DailyMeasures::of_event(&e.event);
+        (
+            acc.0 + d.orders_placed,
+            acc.1 + d.captured_minor,
+            acc.2 + d.refunded_minor,
+        )
+    });
     let (mut base, mut ours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut sizes = Vec::new();
     for run in 1..=runs {
@@ -286,15 +305,37 @@ async fn drain(g: &Global, n: usize, runs: usize, record: Option<PathBuf>) -> an
         let before = outbox_bytes(&pool).await?;
         let mut registry = Registry::default();
         let metrics = tally_ingest::Metrics::register(&mut registry);
-        let mut worker =
-            tally_ingest::Worker::new(pool.clone(), s.ch.client(), Default::default(), metrics);
         let t = Instant::now();
-        let out = worker.drain().await?;
-        let o = out.projected as f64 / t.elapsed().as_secs_f64();
+        let tasks: Vec<_> = (0..workers)
+            .map(|_| {
+                let mut w = tally_ingest::Worker::new(
+                    pool.clone(),
+                    s.ch.client(),
+                    Default::default(),
+                    metrics.clone(),
+                );
+                tokio::spawn(async move { w.drain().await })
+            })
+            .collect();
+        let mut projected = 0;
+        for task in tasks {
+            projected += task.await??.projected;
+        }
+        let o = projected as f64 / t.elapsed().as_secs_f64();
         anyhow::ensure!(
-            out.projected == n,
-            "the worker projected {} of {n} events",
-            out.projected
+            projected == n,
+            "the workers projected {projected} of {n} events"
+        );
+        // Counted exactly once: the projection's totals equal the events'.
+        let live: (i64, i64, i64) = s
+            .ch
+            .client()
+            .query("SELECT sum(orders_placed), sum(captured_minor), sum(refunded_minor) FROM daily_revenue FINAL")
+            .fetch_one()
+            .await?;
+        anyhow::ensure!(
+            live == expected,
+            "projected totals {live:?} differ from the events' {expected:?}"
         );
         sqlx::query("VACUUM outbox").execute(&pool).await?;
         let after = outbox_bytes(&pool).await?;
@@ -317,7 +358,7 @@ async fn drain(g: &Global, n: usize, runs: usize, record: Option<PathBuf>) -> an
     writeln!(table, "|---|---|---|---|---|")?;
     writeln!(
         table,
-        "| outbox drain, {n} events, events/s | {} | {} | {:.0} % ({:.0}–{:.0} %) | ≥ 70 % and ≥ 50 000/s |",
+        "| outbox drain, {n} events, {workers} worker(s), events/s | {} | {} | {:.0} % ({:.0}–{:.0} %) | ≥ 70 % and ≥ 50 000/s |",
         fmt_rate(&o),
         fmt_rate(&b),
         100.0 * r.median,

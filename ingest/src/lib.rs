@@ -120,14 +120,7 @@ impl Worker {
         let mut total = DrainOutcome::default();
         batch::recover_pending(&self.pool, &self.ch, Duration::ZERO).await?;
         loop {
-            let b = batch::run_batch(
-                &self.pool,
-                &self.ch,
-                self.config.batch_size,
-                &self.config.reporting_zone,
-                &self.metrics,
-            )
-            .await?;
+            let b = self.one_batch().await?;
             if b.claimed == 0 {
                 break;
             }
@@ -216,17 +209,22 @@ impl Worker {
         }
     }
 
+    async fn one_batch(&self) -> Result<BatchOutcome, IngestError> {
+        let c = &self.config;
+        batch::run_batch(
+            &self.pool,
+            &self.ch,
+            c.batch_size,
+            &c.reporting_zone,
+            &self.metrics,
+        )
+        .await
+    }
+
     /// One batch plus housekeeping. `Ok(true)` if the batch was full.
     async fn cycle(&mut self) -> Result<bool, IngestError> {
         batch::recover_pending(&self.pool, &self.ch, self.config.pending_grace).await?;
-        let b = batch::run_batch(
-            &self.pool,
-            &self.ch,
-            self.config.batch_size,
-            &self.config.reporting_zone,
-            &self.metrics,
-        )
-        .await?;
+        let b = self.one_batch().await?;
         let full = b.claimed as i64 >= self.config.batch_size;
         self.publish_watermark(!full).await?;
         Ok(full)

@@ -382,7 +382,7 @@ async fn drain(
         )?;
         writeln!(
             doc,
-            "{runs} runs; medians with min–max. Command: `tally bench drain --events {n} --runs {runs}` (release build).\n"
+            "{runs} runs; medians with min–max. Command: `tally bench drain --events {n} --runs {runs} --workers {workers}` (release build).\n"
         )?;
         doc.push_str(&table);
         std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;

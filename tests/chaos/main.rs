@@ -50,7 +50,7 @@ async fn sigkilled_ingest_workers_lose_and_double_nothing() {
     // batch's commit and its push, not only in idle time.
     let upstream = app.db.ch.url.trim_start_matches("http://").parse().unwrap();
     let proxy = tally_tests::proxy::FaultProxy::start(upstream).await;
-    proxy.delay_responses(Duration::from_millis(40));
+    proxy.delay_responses(Duration::from_millis(60));
     let slow_clickhouse = tally_ops::ChSettings {
         url: proxy.url(),
         ..app.db.ch.clone()

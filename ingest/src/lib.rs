@@ -86,6 +86,8 @@ pub struct Worker {
     metrics: Metrics,
     published_watermark_us: i64,
     last_measured: Option<Instant>,
+    /// Events were projected since the watermark was last measured.
+    watermark_behind: bool,
 }
 
 /// Totals of a [`Worker::drain`] call.
@@ -111,6 +113,7 @@ impl Worker {
             metrics,
             published_watermark_us: i64::MIN,
             last_measured: None,
+            watermark_behind: false,
         }
     }
 
@@ -184,9 +187,21 @@ impl Worker {
                     }
                 }
             };
+            // A watermark measurement skipped by the rate limit is made up
+            // as soon as the interval has passed, even with no new event.
+            let until_watermark = match (self.watermark_behind, self.last_measured) {
+                (true, Some(t)) => self.config.watermark_interval.saturating_sub(t.elapsed()),
+                _ => self.config.idle_poll,
+            };
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(self.config.idle_poll) => {}
+                () = tokio::time::sleep(until_watermark.min(self.config.idle_poll)) => {
+                    if self.watermark_behind {
+                        if let Err(e) = self.publish_watermark(true).await {
+                            tracing::warn!(error = %e, "publishing the watermark failed");
+                        }
+                    }
+                }
                 ok = wait => if !ok { listener = None; },
             }
         }
@@ -226,7 +241,10 @@ impl Worker {
         batch::recover_pending(&self.pool, &self.ch, self.config.pending_grace).await?;
         let b = self.one_batch().await?;
         let full = b.claimed as i64 >= self.config.batch_size;
-        self.publish_watermark(!full).await?;
+        // Rate-limited even when idle: the measurement (three queries and an
+        // insert) would otherwise sit in front of every next batch.
+        self.watermark_behind |= b.projected > 0 || b.dead_lettered > 0;
+        self.publish_watermark(false).await?;
         Ok(full)
     }
 
@@ -265,6 +283,8 @@ impl Worker {
             batch::insert_rows(&self.ch, "ingest_watermark", std::slice::from_ref(&row)).await?;
             self.published_watermark_us = us;
         }
+        // Only once it is published: a failed insert is retried.
+        self.watermark_behind = false;
         Ok(())
     }
 }

@@ -55,10 +55,25 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 2)]
         workers: usize,
     },
+    /// Freshness: time from a command's acknowledgement to its event being
+    /// visible in the daily aggregate, at half the maximum write throughput.
+    Freshness {
+        /// Seconds of paced load (default 20; --quick 8).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+    },
 }
 
 pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
+    let record = (!args.no_record).then_some(args.record.clone());
     match args.which {
+        BenchKind::Freshness { seconds, clients } => {
+            let secs = seconds.unwrap_or(if args.quick { 8 } else { 20 });
+            crate::bench_freshness::run(g, secs, clients.max(1), args.runs.max(1), record).await
+        }
         BenchKind::Drain { events, workers } => {
             let n = events.unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
             drain(
@@ -74,14 +89,14 @@ pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// A fresh embedded stack in a temporary directory (or the given servers).
-struct Servers {
-    pg: PgSettings,
-    ch: ChSettings,
-    _stack: Option<tally_stack::LocalStack>,
-    _dir: Option<PathBuf>,
+pub(crate) struct Servers {
+    pub(crate) pg: PgSettings,
+    pub(crate) ch: ChSettings,
+    pub(crate) _stack: Option<tally_stack::LocalStack>,
+    pub(crate) _dir: Option<PathBuf>,
 }
 
-async fn servers(g: &Global) -> anyhow::Result<Servers> {
+pub(crate) async fn servers(g: &Global) -> anyhow::Result<Servers> {
     if g.database_url.is_some() && g.clickhouse_url.is_some() {
         return Ok(Servers {
             pg: g.pg("tally-bench")?,
@@ -252,13 +267,13 @@ async fn outbox_bytes(pool: &PgPool) -> anyhow::Result<i64> {
     )
 }
 
-struct Stat {
-    median: f64,
-    min: f64,
-    max: f64,
+pub(crate) struct Stat {
+    pub(crate) median: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
 }
 
-fn stat(mut xs: Vec<f64>) -> Stat {
+pub(crate) fn stat(mut xs: Vec<f64>) -> Stat {
     xs.sort_by(f64::total_cmp);
     Stat {
         median: xs[xs.len() / 2],
@@ -267,7 +282,7 @@ fn stat(mut xs: Vec<f64>) -> Stat {
     }
 }
 
-fn fmt_rate(s: &Stat) -> String {
+pub(crate) fn fmt_rate(s: &Stat) -> String {
     format!("{:.0} ({:.0}–{:.0})", s.median, s.min, s.max)
 }
 
@@ -398,7 +413,7 @@ async fn drain(
 }
 
 /// Cores, memory and server versions, for the record.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()

@@ -3,6 +3,7 @@
 //! here, at the edge, and nowhere else.
 
 mod bench;
+mod bench_freshness;
 mod config;
 mod roles;
 mod up;

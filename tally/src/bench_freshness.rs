@@ -1,0 +1,287 @@
+//! `tally bench freshness`: end-to-end freshness, measured from outside.
+//!
+//! First the maximum PlaceOrder throughput through HTTP is measured; then
+//! orders are sent at half that rate. Every order is a probe: it has a
+//! merchant of its own, so the moment its (day, merchant) cell appears in
+//! `daily_revenue` is the moment its event became visible to readers. A
+//! poller looks for new cells every 5 ms; the latency is poll time minus
+//! the time the command was acknowledged.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio::sync::Mutex;
+
+use crate::bench::{fmt_rate, machine, servers, stat};
+use crate::config::Global;
+
+fn order(merchant: &str) -> serde_json::Value {
+    serde_json::json!({
+        "merchant_id": merchant, "customer_id": "bench", "currency": "EUR",
+        "items": [{"sku": "sku-1", "quantity": 1, "unit_price_minor": 1000}],
+        "shipping_address": {"name": "B", "line1": "1 St", "city": "C", "postal_code": "1", "country": "DE"}
+    })
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    key: String,
+}
+
+impl Client {
+    async fn place(&self, merchant: &str) -> anyhow::Result<()> {
+        let res = self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.key)
+            .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+            .json(&order(merchant))
+            .send()
+            .await?;
+        anyhow::ensure!(res.status() == 201, "place order answered {}", res.status());
+        Ok(())
+    }
+}
+
+/// Orders per second that `clients` concurrent clients achieve for `d`.
+async fn max_rate(client: &Arc<Client>, clients: usize, d: Duration) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while start.elapsed() < d {
+                    client.place(&format!("warm-{c}")).await?;
+                    n += 1;
+                }
+                Ok::<u64, anyhow::Error>(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+pub async fn run(
+    g: &Global,
+    seconds: u64,
+    clients: usize,
+    runs: usize,
+    record: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let s = servers(g).await?;
+    let pg = tally_ops::PgSettings {
+        max_connections: clients as u32 + 4,
+        ..s.pg.clone()
+    };
+    let pool = pg.connect().await.context("connecting to PostgreSQL")?;
+    tally_migrations::migrate(&pool, &s.ch).await?;
+    let (_, key) = tally_write_api::auth::create_key(
+        &pool,
+        "bench",
+        &[tally_write_api::auth::Role::OrdersWrite],
+    )
+    .await?;
+
+    let mut registry = Registry::default();
+    let api_metrics = tally_write_api::metrics::Metrics::register(&mut registry);
+    let ingest_metrics = tally_ingest::Metrics::register(&mut registry);
+    let registry = Arc::new(registry);
+    let shutdown = tally_ops::Shutdown::new();
+    let config = tally_write_api::ApiConfig {
+        listen: "127.0.0.1:0".parse()?,
+        ..Default::default()
+    };
+    let api =
+        tally_write_api::Application::build(&config, pool.clone(), api_metrics, registry).await?;
+    let url = format!("http://{}/v1/orders", api.local_addr());
+    let api_task = tokio::spawn(api.run_until_stopped(shutdown.clone()));
+    let worker = tally_ingest::Worker::new(
+        pool.clone(),
+        s.ch.client(),
+        Default::default(),
+        ingest_metrics,
+    );
+    let worker_task = tokio::spawn(worker.run(shutdown.clone()));
+    let client = Arc::new(Client {
+        http: reqwest::Client::new(),
+        url,
+        key,
+    });
+
+    let (mut p50s, mut p99s, mut rates, mut maxes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        let max = max_rate(&client, clients, Duration::from_secs(5)).await?;
+        let target = max / 2.0;
+        let (latencies, achieved) = paced(
+            &client,
+            &s.ch,
+            clients,
+            target,
+            Duration::from_secs(seconds),
+            run,
+        )
+        .await?;
+        let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ms.sort_by(f64::total_cmp);
+        let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+        eprintln!(
+            "run {run}/{runs}: max {max:.0} orders/s; at {achieved:.0}/s: {} probes, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            ms.len(),
+            pct(0.5),
+            pct(0.99),
+            ms[ms.len() - 1]
+        );
+        p50s.push(pct(0.5));
+        p99s.push(pct(0.99));
+        rates.push(achieved);
+        maxes.push(max);
+    }
+    shutdown.cancel();
+    let _ = api_task.await;
+    let _ = worker_task.await;
+
+    let (p50, p99, rate, max) = (stat(p50s), stat(p99s), stat(rates), stat(maxes));
+    let mut table = String::new();
+    writeln!(table, "| figure | tally | target |")?;
+    writeln!(table, "|---|---|---|")?;
+    writeln!(
+        table,
+        "| PlaceOrder max throughput through HTTP, {clients} clients, orders/s | {} | (bench reference) |",
+        fmt_rate(&max)
+    )?;
+    writeln!(
+        table,
+        "| load during the measurement (half of max), orders/s | {} | |",
+        fmt_rate(&rate)
+    )?;
+    writeln!(
+        table,
+        "| freshness p50, ack → visible in daily aggregate, ms | {:.0} ({:.0}–{:.0}) | ≤ 100 |",
+        p50.median, p50.min, p50.max
+    )?;
+    writeln!(
+        table,
+        "| freshness p99, ms | {:.0} ({:.0}–{:.0}) | ≤ 250 |",
+        p99.median, p99.min, p99.max
+    )?;
+    println!("{table}");
+    if let Some(path) = record {
+        let mut doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+        writeln!(
+            doc,
+            "\n## `tally bench freshness` — {}, {}\n",
+            time::OffsetDateTime::now_utc().date(),
+            machine()
+        )?;
+        writeln!(
+            doc,
+            "{runs} runs; medians with min–max. Command: `tally bench freshness --seconds {seconds} --clients {clients} --runs {runs}` (release build); one ingest worker; every order is a probe (±5 ms polling).\n"
+        )?;
+        doc.push_str(&table);
+        std::fs::write(&path, doc)?;
+        eprintln!("appended to {}", path.display());
+    }
+    if let Some(stack) = s._stack {
+        stack.stop().await;
+    }
+    if let Some(dir) = s._dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(())
+}
+
+/// Sends probes at `rate` for `d`, and measures when each becomes visible.
+async fn paced(
+    client: &Arc<Client>,
+    ch: &tally_ops::ChSettings,
+    clients: usize,
+    rate: f64,
+    d: Duration,
+    run: usize,
+) -> anyhow::Result<(Vec<Duration>, f64)> {
+    let acked: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    let interval = Duration::from_secs_f64(clients as f64 / rate);
+    let start = Instant::now();
+    let senders: Vec<_> = (0..clients)
+        .map(|c| {
+            let (client, acked) = (client.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(
+                    tokio::time::Instant::now() + interval.mul_f64(c as f64 / clients as f64),
+                    interval,
+                );
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut i = 0u64;
+                let mut sent = 0u64;
+                while start.elapsed() < d {
+                    tick.tick().await;
+                    let merchant = format!("p{run}-{c:03}-{i:08}");
+                    i += 1;
+                    client.place(&merchant).await?;
+                    acked.lock().await.insert(merchant, Instant::now());
+                    sent += 1;
+                }
+                Ok::<u64, anyhow::Error>(sent)
+            })
+        })
+        .collect();
+
+    // The poller: which probe cells exist now?
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let prefix = format!("p{run}-");
+    let mut latencies = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = start + d + Duration::from_secs(30);
+    let mut senders_done = false;
+    let mut sent_total = 0;
+    let mut senders = senders;
+    loop {
+        let visible: Vec<String> = ch
+            .client()
+            .query("SELECT merchant_id FROM daily_revenue WHERE day = toDate(?) AND startsWith(merchant_id, ?)")
+            .bind(&today)
+            .bind(&prefix)
+            .fetch_all()
+            .await?;
+        let now = Instant::now();
+        {
+            let mut acked = acked.lock().await;
+            for m in visible {
+                if seen.contains(&m) {
+                    continue;
+                }
+                if let Some(t) = acked.remove(&m) {
+                    latencies.push(now.saturating_duration_since(t));
+                    seen.insert(m);
+                }
+            }
+            if senders_done && acked.is_empty() {
+                break;
+            }
+        }
+        if !senders_done && senders.iter().all(|t| t.is_finished()) {
+            for t in senders.drain(..) {
+                sent_total += t.await??;
+            }
+            senders_done = true;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "probes still invisible 30 s after the load stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok((latencies, sent_total as f64 / d.as_secs_f64()))
+}

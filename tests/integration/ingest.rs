@@ -410,3 +410,40 @@ async fn lost_clickhouse_acknowledgements_neither_lose_nor_double_count() {
     assert_eq!(fact_count(&db).await, 10);
     assert_matches_oracle(&db).await;
 }
+
+#[tokio::test]
+async fn a_slow_worker_does_not_hold_up_the_others() {
+    let db = TestDb::new().await;
+    for i in 0..60 {
+        place(&db.pg, &format!("m{}", i % 3), 100 + i).await;
+    }
+    let upstream: std::net::SocketAddr = db.ch.url.trim_start_matches("http://").parse().unwrap();
+    let proxy = tally_tests::proxy::FaultProxy::start(upstream).await;
+    proxy.delay_responses(std::time::Duration::from_millis(1500));
+    let slow_ch = tally_ops::ChSettings {
+        url: proxy.url(),
+        ..db.ch.clone()
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = tally_ingest::Metrics::register(&mut registry);
+    let mut slow = tally_ingest::Worker::new(db.pg.clone(), slow_ch.client(), config(10), metrics);
+    let slow_task = tokio::spawn(async move { slow.drain().await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await; // the slow one holds a batch
+
+    let started = std::time::Instant::now();
+    let fast = db.ingest_worker(config(10)).drain().await.unwrap();
+    let fast_took = started.elapsed();
+    assert!(
+        fast.claimed >= 40,
+        "the healthy worker drained the rest ({} claimed)",
+        fast.claimed
+    );
+    assert!(
+        fast_took < std::time::Duration::from_millis(1500),
+        "and did not wait for the slow one ({fast_took:?})"
+    );
+    let slow = slow_task.await.unwrap();
+    assert_eq!(fast.claimed + slow.claimed, 60);
+    assert_eq!(fact_count(&db).await, 60);
+    assert_matches_oracle(&db).await;
+}

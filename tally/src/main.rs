@@ -5,6 +5,7 @@
 mod bench;
 mod bench_freshness;
 mod config;
+mod load;
 mod roles;
 mod up;
 
@@ -40,6 +41,8 @@ enum Command {
     Ingest(roles::IngestCommand),
     /// Serve the dashboards only.
     Dashboards(roles::DashboardsArgs),
+    /// Drive the command API with seeded, realistic order traffic.
+    Load(load::LoadArgs),
     /// Measure performance against raw PostgreSQL/ClickHouse baselines.
     Bench(bench::BenchArgs),
     /// Manage API keys.
@@ -69,6 +72,7 @@ fn main() -> std::process::ExitCode {
             Command::Dashboards(args) => roles::dashboards(&cli.global, args).await,
             Command::Keys(cmd) => roles::keys(&cli.global, cmd).await,
             Command::Bench(args) => bench::run(&cli.global, args).await,
+            Command::Load(args) => load::run(&cli.global, args).await,
         }
     });
     match result {

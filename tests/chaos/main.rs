@@ -153,6 +153,7 @@ async fn clickhouse_stopped_under_load_then_restarted_loses_and_doubles_nothing(
                 let o = tally_tests::load::drive(&handle, 40, 4, 11 + round).await;
                 total.commands += o.commands;
                 total.retries += o.retries;
+                total.orders += o.orders;
                 round += 1;
             }
             total

@@ -1,0 +1,90 @@
+//! `tally load`: seeded order traffic against a running write API, with
+//! the achieved rate and latency percentiles. Without `--api-url` it targets
+//! the `tally up` of the data directory (from `stack.json`).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tally_loadgen::LoadConfig;
+
+use crate::config::Global;
+
+#[derive(Args, Clone, Debug)]
+pub struct LoadArgs {
+    /// Write API base URL (default: the running `tally up`).
+    #[arg(long, env = "TALLY_LOAD_API_URL")]
+    pub api_url: Option<String>,
+    /// API key with `orders:write` (default: the running `tally up`'s).
+    #[arg(long, env = "TALLY_LOAD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Target orders per second across clients (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Stop after this many orders.
+    #[arg(long)]
+    pub orders: Option<u64>,
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 50)]
+    pub merchants: u32,
+    /// Comma-separated ISO 4217 codes.
+    #[arg(long, default_value = "EUR,USD,JPY", value_delimiter = ',')]
+    pub currencies: Vec<String>,
+    /// The same seed gives the same traffic.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+pub async fn run(g: &Global, a: LoadArgs) -> anyhow::Result<()> {
+    if a.orders.is_none() && a.duration.is_none() {
+        anyhow::bail!("say when to stop: --orders N or --duration SECONDS (or both)");
+    }
+    for c in &a.currencies {
+        tally_domain::Currency::parse(c).map_err(|e| anyhow::anyhow!("--currencies: {e}"))?;
+    }
+    let (api_url, api_key) = match (a.api_url, a.api_key) {
+        (Some(u), Some(k)) => (u, k),
+        (u, k) => {
+            let stack = tally_stack::StackFile::read(&g.data_dir).context(
+                "no --api-url/--api-key given and no `tally up` running in the data directory",
+            )?;
+            (u.unwrap_or(stack.api_url), k.unwrap_or(stack.api_key))
+        }
+    };
+    let cfg = LoadConfig {
+        seed: a.seed,
+        concurrency: a.concurrency,
+        orders: a.orders,
+        duration: a.duration.map(Duration::from_secs),
+        rate: a.rate,
+        merchants: a.merchants,
+        currencies: a.currencies,
+        ..LoadConfig::new(api_url.trim_end_matches('/'), api_key)
+    };
+    eprintln!("sending order traffic to {} …", cfg.api_url);
+    let stop = crate::roles::shutdown_on_signal();
+    let r = tally_loadgen::run(&cfg, stop).await?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "orders      {} in {:.1} s ({:.0} orders/s)",
+        r.orders,
+        r.elapsed.as_secs_f64(),
+        r.orders_per_second()
+    );
+    println!(
+        "commands    {} ({} retried after 409/503)",
+        r.commands, r.retries
+    );
+    println!(
+        "latency     p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(r.percentile(0.5)),
+        ms(r.percentile(0.9)),
+        ms(r.percentile(0.99)),
+        ms(r.percentile(1.0))
+    );
+    Ok(())
+}

@@ -232,9 +232,13 @@ async fn seed(pool: &PgPool, events: &[EventEnvelope]) -> anyhow::Result<()> {
 async fn baseline_drain(pool: &PgPool) -> anyhow::Result<usize> {
     let mut total = 0;
     loop {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED)
-             RETURNING id, payload::text",
+        type Row = (i64, Uuid, Uuid, i32, String, i16, OffsetDateTime, String, OffsetDateTime);
+        let rows: Vec<Row> = sqlx::query_as(
+            "DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED
+             )
+             RETURNING id, event_id, aggregate_id, aggregate_version, event_type, schema_version,
+                       occurred_at, payload::text AS payload, created_at",
         )
         .fetch_all(pool)
         .await?;

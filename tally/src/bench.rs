@@ -232,7 +232,17 @@ async fn seed(pool: &PgPool, events: &[EventEnvelope]) -> anyhow::Result<()> {
 async fn baseline_drain(pool: &PgPool) -> anyhow::Result<usize> {
     let mut total = 0;
     loop {
-        type Row = (i64, Uuid, Uuid, i32, String, i16, OffsetDateTime, String, OffsetDateTime);
+        type Row = (
+            i64,
+            Uuid,
+            Uuid,
+            i32,
+            String,
+            i16,
+            OffsetDateTime,
+            String,
+            OffsetDateTime,
+        );
         let rows: Vec<Row> = sqlx::query_as(
             "DELETE FROM outbox WHERE id IN (
                  SELECT id FROM outbox ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED

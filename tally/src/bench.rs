@@ -401,28 +401,50 @@ async fn drain(
         after as f64 / 1048576.0
     )?;
     println!("{table}");
-    if let Some(path) = record {
-        let mut doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-        writeln!(
-            doc,
-            "\n## `tally bench drain` — {}, {}\n",
-            OffsetDateTime::now_utc().date(),
-            machine()
-        )?;
-        writeln!(
-            doc,
-            "{runs} runs; medians with min–max. Command: `tally bench drain --events {n} --runs {runs} --workers {workers}` (release build).\n"
-        )?;
-        doc.push_str(&table);
-        std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("appended to {}", path.display());
+    record_result(
+        record.as_deref(),
+        "drain",
+        &format!(
+            "{runs} runs; medians with min–max. Command: `tally bench drain --events {n} --runs {runs} --workers {workers}` (release build)."
+        ),
+        &table,
+    )?;
+    s.stop().await;
+    Ok(())
+}
+
+impl Servers {
+    /// Stops servers this bench started and removes their directory.
+    pub(crate) async fn stop(self) {
+        if let Some(stack) = self._stack {
+            stack.stop().await;
+        }
+        if let Some(dir) = self._dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
-    if let Some(stack) = s._stack {
-        stack.stop().await;
-    }
-    if let Some(dir) = s._dir {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+}
+
+/// Appends a result table to the record file (if any), headed by the bench
+/// name, date and machine, and a line saying how it was run.
+pub(crate) fn record_result(
+    path: Option<&std::path::Path>,
+    bench: &str,
+    how: &str,
+    table: &str,
+) -> anyhow::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let mut doc = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    writeln!(
+        doc,
+        "\n## `tally bench {bench}` — {}, {}\n",
+        OffsetDateTime::now_utc().date(),
+        machine()
+    )?;
+    writeln!(doc, "{how}\n")?;
+    doc.push_str(table);
+    std::fs::write(path, doc).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("appended to {}", path.display());
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::sync::Mutex;
 
-use crate::bench::{fmt_rate, machine, servers, stat};
+use crate::bench::{fmt_rate, record_result, servers, stat};
 use crate::config::Global;
 
 fn order(merchant: &str) -> serde_json::Value {
@@ -177,28 +177,15 @@ pub async fn run(
         p99.median, p99.min, p99.max
     )?;
     println!("{table}");
-    if let Some(path) = record {
-        let mut doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-        writeln!(
-            doc,
-            "\n## `tally bench freshness` — {}, {}\n",
-            time::OffsetDateTime::now_utc().date(),
-            machine()
-        )?;
-        writeln!(
-            doc,
-            "{runs} runs; medians with min–max. Command: `tally bench freshness --seconds {seconds} --clients {clients} --runs {runs}` (release build); one ingest worker; every order is a probe (±5 ms polling).\n"
-        )?;
-        doc.push_str(&table);
-        std::fs::write(&path, doc)?;
-        eprintln!("appended to {}", path.display());
-    }
-    if let Some(stack) = s._stack {
-        stack.stop().await;
-    }
-    if let Some(dir) = s._dir {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    record_result(
+        record.as_deref(),
+        "freshness",
+        &format!(
+            "{runs} runs; medians with min–max. Command: `tally bench freshness --seconds {seconds} --clients {clients} --runs {runs}` (release build); one ingest worker; every order is a probe (±5 ms polling)."
+        ),
+        &table,
+    )?;
+    s.stop().await;
     Ok(())
 }
 

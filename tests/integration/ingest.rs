@@ -419,7 +419,7 @@ async fn a_slow_worker_does_not_hold_up_the_others() {
     }
     let upstream: std::net::SocketAddr = db.ch.url.trim_start_matches("http://").parse().unwrap();
     let proxy = tally_tests::proxy::FaultProxy::start(upstream).await;
-    proxy.delay_responses(std::time::Duration::from_millis(1500));
+    proxy.delay_responses(std::time::Duration::from_millis(3000));
     let slow_ch = tally_ops::ChSettings {
         url: proxy.url(),
         ..db.ch.clone()
@@ -439,7 +439,7 @@ async fn a_slow_worker_does_not_hold_up_the_others() {
         fast.claimed
     );
     assert!(
-        fast_took < std::time::Duration::from_millis(1500),
+        fast_took < std::time::Duration::from_millis(2500),
         "and did not wait for the slow one ({fast_took:?})"
     );
     let slow = slow_task.await.unwrap();

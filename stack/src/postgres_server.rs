@@ -87,7 +87,7 @@ pub(crate) async fn start(
 ) -> Result<(ChildServer, String), StackError> {
     let bin = find_bin_dir()?;
     let owner = run_as()?;
-    let pgdata = data_dir.join("postgres");
+    let pgdata = cluster_dir(data_dir, &owner)?;
     let log = data_dir.join("postgres.log");
 
     if !pgdata.join("PG_VERSION").exists() {
@@ -139,6 +139,63 @@ pub(crate) async fn start(
             }
         }
     }
+}
+
+/// Where the cluster lives: `<data dir>/postgres`, unless we run as root
+/// and the `postgres` user cannot reach that (a clone under `/root`, mode
+/// 700). Then it lives under `/var/tmp/tally-postgres/`, named after the
+/// data directory so that a restart finds it again, and
+/// `<data dir>/postgres.location` says where.
+fn cluster_dir(data_dir: &Path, owner: &RunAs) -> Result<PathBuf, StackError> {
+    let inside = data_dir.join("postgres");
+    if !owner.switch || reachable_by(data_dir, owner) {
+        return Ok(inside);
+    }
+    let name: String = data_dir
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let base = PathBuf::from("/var/tmp/tally-postgres");
+    std::fs::create_dir_all(&base)
+        .map_err(StackError::io(format!("creating {}", base.display())))?;
+    let outside = base.join(name);
+    let note = data_dir.join("postgres.location");
+    let _ = std::fs::write(
+        &note,
+        format!(
+            "{}\n(PostgreSQL runs as the postgres user, which cannot enter {}; its data lives here instead.)\n",
+            outside.display(),
+            data_dir.display()
+        ),
+    );
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        cluster = %outside.display(),
+        "the postgres user cannot enter the data directory; keeping the PostgreSQL cluster outside it"
+    );
+    Ok(outside)
+}
+
+/// Whether `owner` may traverse every directory down to `dir`.
+fn reachable_by(dir: &Path, owner: &RunAs) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    dir.ancestors().all(|d| match std::fs::metadata(d) {
+        Ok(m) => {
+            let mode = m.mode();
+            (mode & 0o001 != 0)
+                || (m.uid() == owner.uid.as_raw() && mode & 0o100 != 0)
+                || (m.gid() == owner.gid.as_raw() && mode & 0o010 != 0)
+        }
+        Err(_) => false,
+    })
 }
 
 async fn initdb(bin: &Path, pgdata: &Path, log: &Path, owner: &RunAs) -> Result<(), StackError> {

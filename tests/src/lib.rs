@@ -104,14 +104,17 @@ async fn start_servers() -> Servers {
 /// of earlier runs whose process is gone are removed.
 fn run_dir() -> PathBuf {
     // Beside the test binary: <target>/<profile>/deps/integration-… → <target>/<profile>/tally-test-stacks
+    // A PostgreSQL started as root runs as `postgres`, which must be able to
+    // enter the directory: a target dir under /root (mode 700) is not, so
+    // fall back to the system temp dir there.
+    let beside_binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(|p| p.join("tally-test-stacks")))
+        .filter(|p| world_traversable(p.parent().unwrap_or(p)));
     let base = std::env::var_os("TALLY_TEST_STACK_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|exe| exe.parent()?.parent().map(|p| p.join("tally-test-stacks")))
-                .unwrap_or_else(|| std::env::temp_dir().join("tally-test-stacks"))
-        });
+        .or(beside_binary)
+        .unwrap_or_else(|| std::env::temp_dir().join("tally-test-stacks"));
     if let Ok(entries) = std::fs::read_dir(&base) {
         for e in entries.flatten() {
             let pid = e
@@ -128,6 +131,12 @@ fn run_dir() -> PathBuf {
         }
     }
     base.join(format!("run-{}", std::process::id()))
+}
+
+fn world_traversable(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    dir.ancestors()
+        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
 }
 
 fn nix_alive(pid: i32) -> bool {

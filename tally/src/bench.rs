@@ -54,6 +54,9 @@ pub enum BenchKind {
         /// `SKIP LOCKED`, as separate processes would).
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Events per ingest batch (the worker's default is 10 000).
+        #[arg(long, default_value_t = 10_000)]
+        batch_size: i64,
     },
     /// Freshness: time from a command's acknowledgement to its event being
     /// visible in the daily aggregate, at half the maximum write throughput.
@@ -74,12 +77,17 @@ pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
             let secs = seconds.unwrap_or(if args.quick { 8 } else { 20 });
             crate::bench_freshness::run(g, secs, clients.max(1), args.runs.max(1), record).await
         }
-        BenchKind::Drain { events, workers } => {
+        BenchKind::Drain {
+            events,
+            workers,
+            batch_size,
+        } => {
             let n = events.unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
             drain(
                 g,
                 n,
                 workers.max(1),
+                batch_size.max(1),
                 args.runs.max(1),
                 (!args.no_record).then_some(args.record),
             )
@@ -229,7 +237,7 @@ async fn seed(pool: &PgPool, events: &[EventEnvelope]) -> anyhow::Result<()> {
 
 /// The baseline: PostgreSQL alone claiming, reading and deleting the rows,
 /// with the very statement the worker uses, rows fetched to the client.
-async fn baseline_drain(pool: &PgPool) -> anyhow::Result<usize> {
+async fn baseline_drain(pool: &PgPool, batch_size: i64) -> anyhow::Result<usize> {
     let mut total = 0;
     loop {
         type Row = (
@@ -245,11 +253,12 @@ async fn baseline_drain(pool: &PgPool) -> anyhow::Result<usize> {
         );
         let rows: Vec<Row> = sqlx::query_as(
             "DELETE FROM outbox WHERE id IN (
-                 SELECT id FROM outbox ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED
+                 SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
              )
              RETURNING id, event_id, aggregate_id, aggregate_version, event_type, schema_version,
                        occurred_at, payload::text AS payload, created_at",
         )
+        .bind(batch_size)
         .fetch_all(pool)
         .await?;
         if rows.is_empty() {
@@ -304,6 +313,7 @@ async fn drain(
     g: &Global,
     n: usize,
     workers: usize,
+    batch_size: i64,
     runs: usize,
     record: Option<PathBuf>,
 ) -> anyhow::Result<()> {
@@ -326,7 +336,7 @@ async fn drain(
         reset(&pool, &s.ch).await?;
         seed(&pool, &events).await?;
         let t = Instant::now();
-        let drained = baseline_drain(&pool).await?;
+        let drained = baseline_drain(&pool, batch_size).await?;
         let b = drained as f64 / t.elapsed().as_secs_f64();
 
         reset(&pool, &s.ch).await?;
@@ -337,12 +347,12 @@ async fn drain(
         let t = Instant::now();
         let tasks: Vec<_> = (0..workers)
             .map(|_| {
-                let mut w = tally_ingest::Worker::new(
-                    pool.clone(),
-                    s.ch.client(),
-                    Default::default(),
-                    metrics.clone(),
-                );
+                let config = tally_ingest::IngestConfig {
+                    batch_size,
+                    ..Default::default()
+                };
+                let mut w =
+                    tally_ingest::Worker::new(pool.clone(), s.ch.client(), config, metrics.clone());
                 tokio::spawn(async move { w.drain().await })
             })
             .collect();
@@ -387,7 +397,7 @@ async fn drain(
     writeln!(table, "|---|---|---|---|---|")?;
     writeln!(
         table,
-        "| outbox drain, {n} events, {workers} worker(s), events/s | {} | {} | {:.0} % ({:.0}–{:.0} %) | ≥ 70 % and ≥ 50 000/s |",
+        "| outbox drain, {n} events, {workers} worker(s), batches of {batch_size}, events/s | {} | {} | {:.0} % ({:.0}–{:.0} %) | ≥ 70 % and ≥ 50 000/s |",
         fmt_rate(&o),
         fmt_rate(&b),
         100.0 * r.median,
@@ -405,7 +415,7 @@ async fn drain(
         record.as_deref(),
         "drain",
         &format!(
-            "{runs} runs; medians with min–max. Command: `tally bench drain --events {n} --runs {runs} --workers {workers}` (release build)."
+            "{runs} runs; medians with min–max. Command: `tally bench drain --events {n} --runs {runs} --workers {workers} --batch-size {batch_size}` (release build)."
         ),
         &table,
     )?;

@@ -76,6 +76,10 @@ pub(crate) async fn run_batch(
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
+        // Explicitly, not on drop: sqlx rolls a dropped transaction back
+        // lazily, and until then it looks like an open transaction to the
+        // watermark.
+        tx.rollback().await?;
         return Ok(BatchOutcome::default());
     }
     let t_claim = started.elapsed();
@@ -342,6 +346,7 @@ pub(crate) async fn recover_pending(
     .fetch_all(&mut *tx)
     .await?;
     if pending.is_empty() {
+        tx.rollback().await?; // see run_batch
         return Ok(0);
     }
     let ids: Vec<Uuid> = pending.into_iter().map(|(id,)| id).collect();

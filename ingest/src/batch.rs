@@ -34,6 +34,15 @@ use crate::rows::{CellKey, DailyRow, ReportingZone, currency_bytes, project};
 /// (and retried from PostgreSQL).
 const INSERT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Claims (locks, reads and deletes) up to `$1` outbox rows that no other
+/// worker holds. Public so that `tally bench drain` measures PostgreSQL
+/// alone with exactly this statement.
+pub const CLAIM_SQL: &str = "DELETE FROM outbox WHERE id IN (
+         SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+     )
+     RETURNING id, event_id, aggregate_id, aggregate_version, event_type, schema_version,
+               occurred_at, payload::text AS payload, created_at";
+
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
     id: i64,
@@ -65,16 +74,10 @@ pub(crate) async fn run_batch(
 ) -> Result<BatchOutcome, IngestError> {
     let started = Instant::now();
     let mut tx = pool.begin().await?;
-    let rows: Vec<OutboxRow> = sqlx::query_as(
-        "DELETE FROM outbox WHERE id IN (
-             SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
-         )
-         RETURNING id, event_id, aggregate_id, aggregate_version, event_type, schema_version,
-                   occurred_at, payload::text AS payload, created_at",
-    )
-    .bind(batch_size)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows: Vec<OutboxRow> = sqlx::query_as(CLAIM_SQL)
+        .bind(batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
     if rows.is_empty() {
         // Explicitly, not on drop: sqlx rolls a dropped transaction back
         // lazily, and until then it looks like an open transaction to the

@@ -26,7 +26,7 @@ use sqlx::postgres::PgListener;
 use tally_ops::Shutdown;
 use time::OffsetDateTime;
 
-pub use batch::BatchOutcome;
+pub use batch::{BatchOutcome, CLAIM_SQL};
 pub use metrics::Metrics;
 pub use rows::{DailyRow, FactRow, ReportingZone, WatermarkRow};
 

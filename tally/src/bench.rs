@@ -251,16 +251,10 @@ async fn baseline_drain(pool: &PgPool, batch_size: i64) -> anyhow::Result<usize>
             String,
             OffsetDateTime,
         );
-        let rows: Vec<Row> = sqlx::query_as(
-            "DELETE FROM outbox WHERE id IN (
-                 SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
-             )
-             RETURNING id, event_id, aggregate_id, aggregate_version, event_type, schema_version,
-                       occurred_at, payload::text AS payload, created_at",
-        )
-        .bind(batch_size)
-        .fetch_all(pool)
-        .await?;
+        let rows: Vec<Row> = sqlx::query_as(tally_ingest::CLAIM_SQL)
+            .bind(batch_size)
+            .fetch_all(pool)
+            .await?;
         if rows.is_empty() {
             return Ok(total);
         }

@@ -51,6 +51,28 @@ pub struct DailyRow {
     pub version: u64,
 }
 
+impl DailyRow {
+    /// The cell this row is about: (day, merchant, currency code).
+    pub fn key(&self) -> CellKey {
+        (
+            self.day,
+            self.merchant_id.clone(),
+            String::from_utf8_lossy(&self.currency).into_owned(),
+        )
+    }
+
+    pub fn measures(&self) -> DailyMeasures {
+        DailyMeasures {
+            orders_placed: self.orders_placed,
+            gross_minor: self.gross_minor,
+            captured_minor: self.captured_minor,
+            refunded_minor: self.refunded_minor,
+            orders_cancelled: self.orders_cancelled,
+            items_sold: self.items_sold,
+        }
+    }
+}
+
 /// One row of `ingest_watermark`.
 #[derive(Row, Serialize, Deserialize, Debug, Clone)]
 pub struct WatermarkRow {

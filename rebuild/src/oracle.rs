@@ -12,10 +12,11 @@ use std::collections::BTreeMap;
 use futures_util::TryStreamExt;
 use sqlx::PgPool;
 use tally_domain::DailyMeasures;
+use tally_ingest::rows::CellKey;
 use time::Date;
 
 /// (day, merchant, currency) → measures.
-pub type Cells = BTreeMap<(Date, String, String), DailyMeasures>;
+pub type Cells = BTreeMap<CellKey, DailyMeasures>;
 
 pub const ORACLE_SQL: &str = "
 SELECT day, merchant_id, currency,

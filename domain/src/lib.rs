@@ -17,7 +17,7 @@ pub mod values;
 mod tests;
 
 pub use error::{DomainError, ParseError};
-pub use event::{EventEnvelope, SCHEMA_VERSION};
+pub use event::{DecodeError, EventEnvelope, SCHEMA_VERSION};
 pub use money::{Amount, Currency, Money};
 pub use order::{
     CommandKind, LineItem, LineItems, Order, OrderCommand, OrderEvent, OrderStatus, PlaceOrder,

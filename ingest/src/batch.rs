@@ -43,17 +43,60 @@ pub const CLAIM_SQL: &str = "DELETE FROM outbox WHERE id IN (
      RETURNING id, event_id, aggregate_id, aggregate_version, event_type, schema_version,
                occurred_at, payload::text AS payload, created_at";
 
-#[derive(sqlx::FromRow)]
-struct OutboxRow {
-    id: i64,
-    event_id: Uuid,
-    aggregate_id: Uuid,
-    aggregate_version: i32,
-    event_type: String,
-    schema_version: i16,
-    occurred_at: OffsetDateTime,
-    payload: String,
-    created_at: OffsetDateTime,
+/// [`CLAIM_SQL`] while a rebuild needs the events too: the claimed rows are
+/// copied into `rebuild_journal` by the same statement.
+const CLAIM_AND_JOURNAL_SQL: &str = "WITH claimed AS (
+         DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+         )
+         RETURNING *
+     ), journaled AS (
+         INSERT INTO rebuild_journal (outbox_id, event_id, aggregate_id, aggregate_version, event_type,
+                                      schema_version, occurred_at, payload, created_at)
+         SELECT id, event_id, aggregate_id, aggregate_version, event_type, schema_version,
+                occurred_at, payload, created_at
+         FROM claimed
+     )
+     SELECT id, event_id, aggregate_id, aggregate_version, event_type, schema_version,
+            occurred_at, payload::text AS payload, created_at
+     FROM claimed";
+
+/// Every batch holds this advisory lock (shared) until it commits; a
+/// rebuild takes it exclusively for the moments it must see the ingest at
+/// rest: taking its snapshot and swapping (ARCHITECTURE.md, "Rebuild").
+pub const SEAM_LOCK: i64 = 0x7461_6c6c_7365_616d; // "tallseam"
+
+/// What a batch must know about rebuilds, read under [`SEAM_LOCK`].
+const SEAM_SQL: &str = "SELECT pg_advisory_xact_lock_shared($1)::text,
+            EXISTS (SELECT 1 FROM rebuild_runs WHERE journaling),
+            EXISTS (SELECT 1 FROM rebuild_runs WHERE state = 'swapping')";
+
+/// An outbox row (or a journal row, which has the same shape).
+#[derive(sqlx::FromRow, Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub aggregate_id: Uuid,
+    pub aggregate_version: i32,
+    pub event_type: String,
+    pub schema_version: i16,
+    pub occurred_at: OffsetDateTime,
+    pub payload: String,
+    pub created_at: OffsetDateTime,
+}
+
+impl OutboxRow {
+    pub fn decode(&self) -> Result<EventEnvelope, tally_domain::DecodeError> {
+        EventEnvelope::decode(
+            EventId::from_uuid(self.event_id),
+            OrderId::from_uuid(self.aggregate_id),
+            i64::from(self.aggregate_version),
+            &self.event_type,
+            self.schema_version,
+            self.occurred_at,
+            self.payload.as_bytes(),
+        )
+    }
 }
 
 /// What one batch did.
@@ -63,6 +106,9 @@ pub struct BatchOutcome {
     pub projected: usize,
     pub dead_lettered: usize,
     pub cells: usize,
+    /// A rebuild's swap was interrupted; nothing is claimed until it is
+    /// completed (`tally rebuild` does that first).
+    pub paused: bool,
 }
 
 pub(crate) async fn run_batch(
@@ -74,7 +120,23 @@ pub(crate) async fn run_batch(
 ) -> Result<BatchOutcome, IngestError> {
     let started = Instant::now();
     let mut tx = pool.begin().await?;
-    let rows: Vec<OutboxRow> = sqlx::query_as(CLAIM_SQL)
+    let (_, journaling, swapping): (String, bool, bool) = sqlx::query_as(SEAM_SQL)
+        .bind(SEAM_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    if swapping {
+        tx.rollback().await?;
+        return Ok(BatchOutcome {
+            paused: true,
+            ..BatchOutcome::default()
+        });
+    }
+    let claim = if journaling {
+        CLAIM_AND_JOURNAL_SQL
+    } else {
+        CLAIM_SQL
+    };
+    let rows: Vec<OutboxRow> = sqlx::query_as(claim)
         .bind(batch_size)
         .fetch_all(&mut *tx)
         .await?;
@@ -92,16 +154,7 @@ pub(crate) async fn run_batch(
     let mut oldest_created = rows[0].created_at;
     for r in &rows {
         oldest_created = oldest_created.min(r.created_at);
-        let decoded = EventEnvelope::decode(
-            EventId::from_uuid(r.event_id),
-            OrderId::from_uuid(r.aggregate_id),
-            i64::from(r.aggregate_version),
-            &r.event_type,
-            r.schema_version,
-            r.occurred_at,
-            r.payload.as_bytes(),
-        );
-        match decoded {
+        match r.decode() {
             Ok(e) => events.push(e),
             Err(err) => {
                 dead_letter(&mut tx, r, &err.to_string()).await?;
@@ -124,7 +177,7 @@ pub(crate) async fn run_batch(
     let pending = if cells.is_empty() {
         None
     } else {
-        let totals = add_to_totals(&mut tx, &cells).await?;
+        let totals = add_to_totals(&mut tx, TOTALS_TABLE, &cells).await?;
         Some((
             record_pending(&mut tx, &cells, oldest_created).await?,
             totals,
@@ -171,6 +224,7 @@ pub(crate) async fn run_batch(
         projected: events.len(),
         dead_lettered: dead,
         cells: cells.len(),
+        paused: false,
     })
 }
 
@@ -201,7 +255,7 @@ async fn dead_letter(
 }
 
 #[derive(sqlx::FromRow)]
-struct TotalsRow {
+pub struct TotalsRow {
     day: Date,
     merchant_id: String,
     currency: String,
@@ -231,15 +285,22 @@ impl From<TotalsRow> for DailyRow {
     }
 }
 
-const TOTALS_COLUMNS: &str = "day, merchant_id, currency, orders_placed, gross_minor, captured_minor, \
+/// The ingest's running totals (see migrations/postgres/0002).
+pub const TOTALS_TABLE: &str = "ingest_daily_totals";
+
+pub const TOTALS_COLUMNS: &str = "day, merchant_id, currency, orders_placed, gross_minor, captured_minor, \
                               refunded_minor, orders_cancelled, items_sold, version";
 
 /// Adds the deltas and returns the cells' new absolute totals. Cells are
 /// locked in key order, so concurrent workers cannot deadlock, and each
 /// version is drawn while its row lock is held, so versions follow the
 /// order in which states were written.
-async fn add_to_totals(
+///
+/// `table` is [`TOTALS_TABLE`] or a table of the same shape (a rebuild
+/// moves its own cells forward with the same statement).
+pub async fn add_to_totals(
     tx: &mut Transaction<'_, Postgres>,
+    table: &'static str,
     cells: &BTreeMap<CellKey, DailyMeasures>,
 ) -> Result<Vec<DailyRow>, sqlx::Error> {
     let mut days = Vec::with_capacity(cells.len());
@@ -262,7 +323,7 @@ async fn add_to_totals(
         }
     }
     let rows: Vec<TotalsRow> = sqlx::query_as(&format!(
-        "INSERT INTO ingest_daily_totals AS t ({TOTALS_COLUMNS})
+        "INSERT INTO {table} AS t ({TOTALS_COLUMNS})
          SELECT u.*, nextval('ingest_version_seq')
          FROM unnest($1::date[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
                      $7::int8[], $8::int8[], $9::int8[])
@@ -334,7 +395,7 @@ async fn push_cells(
 /// Re-pushes cells whose pending record is older than `min_age`: left by a
 /// worker that crashed, or whose push failed. Returns how many records it
 /// cleared.
-pub(crate) async fn recover_pending(
+pub async fn recover_pending(
     pool: &PgPool,
     ch: &clickhouse::Client,
     min_age: Duration,
@@ -379,7 +440,7 @@ pub(crate) async fn recover_pending(
 }
 
 /// One INSERT of all `rows` (a single block: atomic in ClickHouse).
-pub(crate) async fn insert_rows<T>(
+pub async fn insert_rows<T>(
     ch: &clickhouse::Client,
     table: &str,
     rows: &[T],

@@ -26,7 +26,10 @@ use sqlx::postgres::PgListener;
 use tally_ops::Shutdown;
 use time::OffsetDateTime;
 
-pub use batch::{BatchOutcome, CLAIM_SQL};
+pub use batch::{
+    BatchOutcome, CLAIM_SQL, OutboxRow, SEAM_LOCK, TOTALS_COLUMNS, TOTALS_TABLE, TotalsRow,
+    add_to_totals, insert_rows, recover_pending,
+};
 pub use metrics::Metrics;
 pub use rows::{DailyRow, FactRow, ReportingZone, WatermarkRow};
 
@@ -88,6 +91,7 @@ pub struct Worker {
     last_measured: Option<Instant>,
     /// Events were projected since the watermark was last measured.
     watermark_behind: bool,
+    last_pause_warning: Option<Instant>,
 }
 
 /// Totals of a [`Worker::drain`] call.
@@ -114,6 +118,7 @@ impl Worker {
             published_watermark_us: i64::MIN,
             last_measured: None,
             watermark_behind: false,
+            last_pause_warning: None,
         }
     }
 
@@ -124,6 +129,17 @@ impl Worker {
         batch::recover_pending(&self.pool, &self.ch, Duration::ZERO).await?;
         loop {
             let b = self.one_batch().await?;
+            if b.paused
+                && self
+                    .last_pause_warning
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
+            {
+                self.last_pause_warning = Some(Instant::now());
+                tracing::warn!(
+                    "a rebuild's swap was interrupted; ingest waits until it is completed \
+                 (run `tally rebuild`, or let the scheduler do it)"
+                );
+            }
             if b.claimed == 0 {
                 break;
             }
@@ -240,6 +256,17 @@ impl Worker {
     async fn cycle(&mut self) -> Result<bool, IngestError> {
         batch::recover_pending(&self.pool, &self.ch, self.config.pending_grace).await?;
         let b = self.one_batch().await?;
+        if b.paused
+            && self
+                .last_pause_warning
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
+        {
+            self.last_pause_warning = Some(Instant::now());
+            tracing::warn!(
+                "a rebuild's swap was interrupted; ingest waits until it is completed \
+                 (run `tally rebuild`, or let the scheduler do it)"
+            );
+        }
         let full = b.claimed as i64 >= self.config.batch_size;
         // Rate-limited even when idle: the measurement (three queries and an
         // insert) would otherwise sit in front of every next batch.

@@ -1,15 +1,24 @@
-//! Projections regenerated from the write store, and the scheduled job
-//! that checks the live ones against them.
+//! Projections regenerated from the write store: rebuild, verification,
+//! rollback, continuous reconciliation, and their schedule.
 //!
 //! The ground truth for every finance figure is the normalised write model
 //! (orders, order_items, payments, refunds), never the outbox: [`oracle`]
-//! states the counting rules once more, in SQL, independently of the
-//! ingest's Rust. [`verify`] compares that with what ClickHouse serves.
-//! Issue #5 extends this into shadow tables, swap and rollback; this crate
-//! already owns the schedule (tokio-cron-scheduler) that will run them.
+//! and [`source`] state the projection rules a second time, in SQL,
+//! independently of the ingest's Rust. [`run`] builds shadow tables from a
+//! snapshot of the write store, compares them with a frozen copy of the live
+//! ones ([`compare`], polars) and swaps them in partition by partition
+//! ([`tables`]); ARCHITECTURE.md ("Rebuild") explains why the seam with the
+//! running ingest loses and doubles nothing.
 
+pub mod compare;
 pub mod oracle;
+pub mod progress;
+pub mod reconcile;
+pub mod report;
+pub mod run;
 pub mod scheduler;
+pub mod source;
+pub mod tables;
 pub mod verify;
 
 pub use oracle::daily_from_write_store;
@@ -22,6 +31,20 @@ pub enum RebuildError {
     Postgres(#[from] sqlx::Error),
     #[error("ClickHouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
+    #[error("ingest: {0}")]
+    Ingest(#[from] tally_ingest::IngestError),
+    #[error("comparison: {0}")]
+    Polars(#[from] polars::error::PolarsError),
+    #[error("report file: {0}")]
+    Io(#[from] std::io::Error),
     #[error("scheduler: {0}")]
     Scheduler(String),
+    /// Another rebuild, verification or rollback holds the lock.
+    #[error("another run is in progress ({0}); this one is skipped")]
+    Busy(String),
+    /// The run cannot go on; the message says what to do.
+    #[error("{0}")]
+    Refused(String),
+    #[error("internal invariant violated: {0}")]
+    Invariant(String),
 }

@@ -1,25 +1,39 @@
-//! The rebuild schedule. Runs inside the long-lived service (`tally up`),
-//! on a cron expression from configuration.
+//! The schedule, inside the long-running service (`tally up`,
+//! `tally scheduler`): a full rebuild on a cron expression (default
+//! nightly) and a cheap reconciliation every few minutes.
+//!
+//! Every replica may run the scheduler: the rebuild's run lock lets one
+//! through and records the others as skipped.
+
+use std::sync::Arc;
 
 use sqlx::PgPool;
+use tally_ingest::rows::ReportingZone;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::RebuildError;
-use crate::verify::verify_daily;
+use crate::progress::ProgressMode;
+use crate::reconcile::{ReconcileMetrics, reconcile_recent};
+use crate::run::{Mode, RunOptions, run};
 
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
     /// Six-field cron expression (with seconds), UTC. Default: 03:00 nightly.
-    pub cron: String,
-    /// The ingest's reporting zone (IANA name).
-    pub reporting_zone: String,
+    pub rebuild_cron: String,
+    /// Six-field cron expression for reconciliation. Default: every 10 minutes.
+    pub reconcile_cron: String,
+    /// How many recent days reconciliation checks.
+    pub reconcile_days: i64,
+    pub reporting_zone: ReportingZone,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
-            cron: "0 0 3 * * *".into(),
-            reporting_zone: "UTC".into(),
+            rebuild_cron: "0 0 3 * * *".into(),
+            reconcile_cron: "0 */10 * * * *".into(),
+            reconcile_days: 7,
+            reporting_zone: ReportingZone::utc(),
         }
     }
 }
@@ -28,48 +42,75 @@ pub struct RebuildScheduler {
     inner: JobScheduler,
 }
 
+fn cron_error(what: &str, cron: &str, e: impl std::fmt::Display) -> RebuildError {
+    RebuildError::Scheduler(format!(
+        "invalid {what} cron expression `{cron}` (six fields, seconds first, e.g. `0 0 3 * * *`): {e}"
+    ))
+}
+
 impl RebuildScheduler {
-    /// Starts the schedule. Each run verifies the live aggregates against
-    /// the write store and logs the outcome.
     pub async fn start(
         config: &SchedulerConfig,
         pool: PgPool,
         ch: clickhouse::Client,
+        metrics: Arc<ReconcileMetrics>,
     ) -> Result<Self, RebuildError> {
         let sched = JobScheduler::new()
             .await
             .map_err(|e| RebuildError::Scheduler(e.to_string()))?;
-        let zone = config.reporting_zone.clone();
-        let job = Job::new_async(config.cron.as_str(), move |_id, _l| {
-            let (pool, ch, zone) = (pool.clone(), ch.clone(), zone.clone());
+
+        let opts = RunOptions {
+            zone: config.reporting_zone.clone(),
+            trigger: "schedule".into(),
+            progress: ProgressMode::Log,
+            ..RunOptions::default()
+        };
+        let (p, c) = (pool.clone(), ch.clone());
+        let rebuild = Job::new_async(config.rebuild_cron.as_str(), move |_id, _l| {
+            let (pool, ch, opts) = (p.clone(), c.clone(), opts.clone());
             Box::pin(async move {
-                match verify_daily(&pool, &ch, &zone).await {
-                    Ok(r) if r.is_clean() => {
-                        tracing::info!(cells = r.matching, "scheduled verification: no drift")
-                    }
-                    Ok(r) => tracing::warn!(
-                        matching = r.matching,
-                        missing = r.missing.len(),
-                        extra = r.extra.len(),
-                        different = r.different.len(),
-                        "scheduled verification found drift"
+                match run(&pool, &ch, Mode::Rebuild, &opts).await {
+                    Ok(o) => tracing::info!(
+                        run_id = o.run_id,
+                        orders = o.orders,
+                        cells = o.cells,
+                        drift_rows = o.daily.differing() + o.facts.differing(),
+                        seconds = o.seconds,
+                        "scheduled rebuild swapped in"
                     ),
-                    Err(e) => tracing::error!(error = %e, "scheduled verification failed"),
+                    Err(RebuildError::Busy(who)) => {
+                        tracing::info!(%who, "scheduled rebuild skipped: another run holds the lock")
+                    }
+                    Err(e) => tracing::error!(error = %e, "scheduled rebuild failed"),
                 }
             })
         })
-        .map_err(|e| {
-            RebuildError::Scheduler(format!("invalid cron expression `{}`: {e}", config.cron))
-        })?;
-        sched
-            .add(job)
-            .await
-            .map_err(|e| RebuildError::Scheduler(e.to_string()))?;
+        .map_err(|e| cron_error("rebuild", &config.rebuild_cron, e))?;
+
+        let zone = config.reporting_zone.clone();
+        let days = config.reconcile_days;
+        let reconcile = Job::new_async(config.reconcile_cron.as_str(), move |_id, _l| {
+            let (pool, ch, zone, metrics) =
+                (pool.clone(), ch.clone(), zone.clone(), metrics.clone());
+            Box::pin(async move {
+                if let Err(e) = reconcile_recent(&pool, &ch, &zone, days, &metrics).await {
+                    tracing::error!(error = %e, "reconciliation could not run");
+                }
+            })
+        })
+        .map_err(|e| cron_error("reconcile", &config.reconcile_cron, e))?;
+
+        for job in [rebuild, reconcile] {
+            sched
+                .add(job)
+                .await
+                .map_err(|e| RebuildError::Scheduler(e.to_string()))?;
+        }
         sched
             .start()
             .await
             .map_err(|e| RebuildError::Scheduler(e.to_string()))?;
-        tracing::info!(cron = %config.cron, "rebuild scheduler started");
+        tracing::info!(rebuild = %config.rebuild_cron, reconcile = %config.reconcile_cron, "rebuild scheduler started");
         Ok(RebuildScheduler { inner: sched })
     }
 

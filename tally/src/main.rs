@@ -6,6 +6,7 @@ mod bench;
 mod bench_freshness;
 mod config;
 mod load;
+mod rebuild_cli;
 mod roles;
 mod up;
 
@@ -45,6 +46,14 @@ enum Command {
     Load(load::LoadArgs),
     /// Measure performance against raw PostgreSQL/ClickHouse baselines.
     Bench(bench::BenchArgs),
+    /// Regenerate the projections from the write store, verify and swap
+    /// them in; or show the `history`, or `rollback` the last swap.
+    Rebuild(rebuild_cli::RebuildCommand),
+    /// Compare the projections with the write store without changing them.
+    /// Exit 0: no drift, 1: drift found, 2: could not verify.
+    Verify(rebuild_cli::VerifyArgs),
+    /// Run the rebuild and reconciliation schedule (also part of `tally up`).
+    Scheduler(rebuild_cli::SchedulerArgs),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(roles::KeysCommand),
@@ -63,23 +72,36 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
+    // Rebuild and verify have exit codes of their own (0, 1 drift, 2 error).
+    let result: Result<u8, (anyhow::Error, u8)> = runtime.block_on(async {
+        let g = &cli.global;
         match cli.command {
-            Command::Up(args) => up::run(&cli.global, args).await,
-            Command::Migrate => roles::migrate(&cli.global).await,
-            Command::Api(args) => roles::api(&cli.global, args).await,
-            Command::Ingest(args) => roles::ingest(&cli.global, args).await,
-            Command::Dashboards(args) => roles::dashboards(&cli.global, args).await,
-            Command::Keys(cmd) => roles::keys(&cli.global, cmd).await,
-            Command::Bench(args) => bench::run(&cli.global, args).await,
-            Command::Load(args) => load::run(&cli.global, args).await,
+            Command::Rebuild(cmd) => rebuild_cli::rebuild(g, cmd).await.map_err(|e| (e, 2)),
+            Command::Verify(args) => rebuild_cli::verify(g, args).await.map_err(|e| (e, 2)),
+            other => run(g, other).await.map(|()| 0).map_err(|e| (e, 1)),
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err((e, code)) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(code)
         }
+    }
+}
+
+async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Up(args) => up::run(g, args).await,
+        Command::Migrate => roles::migrate(g).await,
+        Command::Api(args) => roles::api(g, args).await,
+        Command::Ingest(args) => roles::ingest(g, args).await,
+        Command::Dashboards(args) => roles::dashboards(g, args).await,
+        Command::Keys(cmd) => roles::keys(g, cmd).await,
+        Command::Bench(args) => bench::run(g, args).await,
+        Command::Load(args) => load::run(g, args).await,
+        Command::Scheduler(args) => rebuild_cli::scheduler(g, args).await,
+        Command::Rebuild(cmd) => rebuild_cli::rebuild(g, cmd).await.map(drop),
+        Command::Verify(args) => rebuild_cli::verify(g, args).await.map(drop),
     }
 }

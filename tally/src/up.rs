@@ -25,10 +25,13 @@ pub struct UpArgs {
     /// Address of the dashboards.
     #[arg(long, env = "TALLY_DASHBOARDS_ADDR", default_value = "127.0.0.1:8081")]
     pub dashboards_listen: SocketAddr,
-    /// When the rebuild scheduler verifies the projections (cron, with
+    /// When the projections are rebuilt from the write store (cron, with
     /// seconds, UTC).
     #[arg(long, env = "TALLY_REBUILD_CRON", default_value = "0 0 3 * * *")]
     pub rebuild_cron: String,
+    /// When recent days are reconciled against the write store (cron).
+    #[arg(long, env = "TALLY_RECONCILE_CRON", default_value = "0 */10 * * * *")]
+    pub reconcile_cron: String,
 }
 
 pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
@@ -94,6 +97,8 @@ async fn serve(
     let mut registry = Registry::default();
     let api_metrics = tally_write_api::metrics::Metrics::register(&mut registry);
     let ingest_metrics = tally_ingest::Metrics::register(&mut registry);
+    let reconcile_metrics = Arc::new(tally_rebuild::reconcile::ReconcileMetrics::default());
+    reconcile_metrics.register(&mut registry);
     let registry = Arc::new(registry);
 
     let api_config = tally_write_api::ApiConfig {
@@ -128,11 +133,14 @@ async fn serve(
             })?;
     let scheduler = tally_rebuild::RebuildScheduler::start(
         &tally_rebuild::SchedulerConfig {
-            cron: args.rebuild_cron.clone(),
-            reporting_zone: zone.name().to_owned(),
+            rebuild_cron: args.rebuild_cron.clone(),
+            reconcile_cron: args.reconcile_cron.clone(),
+            reporting_zone: zone.clone(),
+            ..Default::default()
         },
         pool.clone(),
         ch.client(),
+        reconcile_metrics,
     )
     .await?;
 

@@ -24,7 +24,7 @@ async fn place(db: impl sqlx::PgExecutor<'_>, merchant: &str, price: i64) -> Ord
     place_at(db, merchant, price, tally_write_api::orders::now()).await
 }
 
-async fn place_at(
+pub(crate) async fn place_at(
     db: impl sqlx::PgExecutor<'_>,
     merchant: &str,
     price: i64,

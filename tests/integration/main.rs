@@ -5,6 +5,7 @@ mod commands;
 mod e2e;
 mod ingest;
 mod migrations;
+mod rebuild;
 mod stack;
 mod tidy;
 mod write_api;

@@ -1,0 +1,475 @@
+//! Exact comparison of an expected and a live table chunk, with polars.
+//!
+//! Both sides become data frames keyed by one string key (the cell's
+//! `day/merchant/currency`, or the order id); a full join classifies each
+//! key as matching, missing (expected only), extra (live only) or different
+//! (any column differs), and sums the absolute drift of the money columns
+//! per currency. Callers feed chunks of bounded size, so memory stays flat
+//! however large the projections are.
+
+use std::collections::BTreeMap;
+
+use polars::prelude::*;
+use serde::Serialize;
+
+use crate::RebuildError;
+
+/// One column of a [`Frame`].
+pub enum Values {
+    Int(Vec<i64>),
+    Text(Vec<String>),
+}
+
+pub struct ColumnSpec {
+    pub name: &'static str,
+    /// Summed per currency into the drift totals.
+    pub money: bool,
+}
+
+/// The rows of one side of a chunk, column-wise.
+pub struct Frame {
+    pub key: Vec<String>,
+    pub currency: Vec<String>,
+    pub columns: Vec<Values>,
+}
+
+impl Frame {
+    pub fn new(specs: &[ColumnSpec], texts: &[bool]) -> Frame {
+        debug_assert_eq!(specs.len(), texts.len());
+        Frame {
+            key: Vec::new(),
+            currency: Vec::new(),
+            columns: texts
+                .iter()
+                .map(|&t| {
+                    if t {
+                        Values::Text(Vec::new())
+                    } else {
+                        Values::Int(Vec::new())
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.key.is_empty()
+    }
+
+    fn into_df(self, specs: &[ColumnSpec]) -> PolarsResult<DataFrame> {
+        let n = self.key.len();
+        let mut cols = vec![
+            Column::new("key".into(), self.key),
+            Column::new("currency".into(), self.currency),
+            Column::new("present".into(), vec![true; n]),
+        ];
+        for (spec, values) in specs.iter().zip(self.columns) {
+            cols.push(match values {
+                Values::Int(v) => Column::new(spec.name.into(), v),
+                Values::Text(v) => Column::new(spec.name.into(), v),
+            });
+        }
+        DataFrame::new(n, cols)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Missing,
+    Extra,
+    Different,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Missing => "missing",
+            Kind::Extra => "extra",
+            Kind::Different => "different",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FieldDiff {
+    pub field: &'static str,
+    pub expected: Option<String>,
+    pub live: Option<String>,
+    /// live − expected, for integer columns present on both sides.
+    pub delta: Option<i64>,
+}
+
+/// A key that does not match.
+#[derive(Clone, Debug, Serialize)]
+pub struct DriftRow {
+    pub table: &'static str,
+    pub kind: Kind,
+    pub key: String,
+    pub currency: String,
+    pub fields: Vec<FieldDiff>,
+    /// Sum of the absolute differences of the money columns (minor units).
+    pub abs_drift_minor: i128,
+}
+
+/// Totals for one projection across all chunks.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TableDrift {
+    pub compared: u64,
+    pub matching: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub different: u64,
+    /// currency → money column → total absolute drift (minor units).
+    pub drift_by_currency: BTreeMap<String, BTreeMap<&'static str, i128>>,
+    /// The largest offenders by absolute drift (then first seen).
+    pub worst: Vec<DriftRow>,
+}
+
+impl TableDrift {
+    pub const WORST_KEPT: usize = 20;
+
+    pub fn differing(&self) -> u64 {
+        self.missing + self.extra + self.different
+    }
+
+    fn keep_worst(&mut self, row: &DriftRow) {
+        if self.worst.len() < Self::WORST_KEPT {
+            self.worst.push(row.clone());
+        } else if let Some((i, least)) = self
+            .worst
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, r)| r.abs_drift_minor)
+        {
+            if row.abs_drift_minor > least.abs_drift_minor {
+                self.worst[i] = row.clone();
+            }
+        }
+        self.worst
+            .sort_by_key(|r| std::cmp::Reverse(r.abs_drift_minor));
+    }
+}
+
+/// Receives every non-matching row (the report file).
+pub type Sink<'a> = dyn FnMut(&DriftRow) -> Result<(), RebuildError> + Send + 'a;
+
+/// What one chunk's comparison found.
+#[derive(Debug, Default)]
+pub struct ChunkDiff {
+    pub compared: u64,
+    pub matching: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub different: u64,
+    pub drift_by_currency: BTreeMap<String, BTreeMap<&'static str, i128>>,
+    pub rows: Vec<DriftRow>,
+}
+
+impl TableDrift {
+    /// Adds a chunk's findings; every differing row goes to `sink`.
+    pub fn absorb(&mut self, diff: ChunkDiff, sink: &mut Sink<'_>) -> Result<(), RebuildError> {
+        self.compared += diff.compared;
+        self.matching += diff.matching;
+        self.missing += diff.missing;
+        self.extra += diff.extra;
+        self.different += diff.different;
+        for (cur, by) in diff.drift_by_currency {
+            let e = self.drift_by_currency.entry(cur).or_default();
+            for (m, v) in by {
+                *e.entry(m).or_default() += v;
+            }
+        }
+        for row in &diff.rows {
+            sink(row)?;
+            self.keep_worst(row);
+        }
+        Ok(())
+    }
+}
+
+/// Compares one chunk on a blocking thread (polars computes; the async
+/// runtime must not wait on it) and adds the result to `totals`.
+pub async fn compare_chunk(
+    table: &'static str,
+    specs: &'static [ColumnSpec],
+    expected: Frame,
+    live: Frame,
+    totals: &mut TableDrift,
+    sink: &mut Sink<'_>,
+) -> Result<(), RebuildError> {
+    let diff = tokio::task::spawn_blocking(move || compare_frames(table, specs, expected, live))
+        .await
+        .map_err(|e| RebuildError::Invariant(format!("comparison task failed: {e}")))??;
+    totals.absorb(diff, sink)
+}
+
+/// The comparison itself: pure, synchronous.
+pub fn compare_frames(
+    table: &'static str,
+    specs: &[ColumnSpec],
+    expected: Frame,
+    live: Frame,
+) -> Result<ChunkDiff, RebuildError> {
+    let mut totals = ChunkDiff::default();
+    if expected.is_empty() && live.is_empty() {
+        return Ok(totals);
+    }
+    let exp = expected.into_df(specs)?;
+    let liv = live.into_df(specs)?;
+    let args = JoinArgs::new(JoinType::Full)
+        .with_coalesce(JoinCoalesce::CoalesceColumns)
+        .with_suffix(Some("_live".into()));
+    let joined = exp
+        .lazy()
+        .join(liv.lazy(), [col("key")], [col("key")], args);
+
+    let differs = specs
+        .iter()
+        .map(|s| col(s.name).neq_missing(col(format!("{}_live", s.name))))
+        .chain([col("currency").neq_missing(col("currency_live"))])
+        .reduce(|a, b| a.or(b))
+        .unwrap_or(lit(false));
+    let kind = when(col("present_live").is_null())
+        .then(lit("missing"))
+        .when(col("present").is_null())
+        .then(lit("extra"))
+        .when(differs)
+        .then(lit("different"))
+        .otherwise(lit("match"))
+        .alias("kind");
+    let cur = when(col("currency").is_null())
+        .then(col("currency_live"))
+        .otherwise(col("currency"))
+        .alias("cur");
+    let mut abs_cols = Vec::new();
+    for s in specs.iter().filter(|s| s.money) {
+        let d =
+            col(format!("{}_live", s.name)).fill_null(lit(0i64)) - col(s.name).fill_null(lit(0i64));
+        abs_cols.push(
+            when(d.clone().lt(lit(0i64)))
+                .then(lit(0i64) - d.clone())
+                .otherwise(d)
+                .alias(format!("abs_{}", s.name)),
+        );
+    }
+    let classified = joined
+        .with_columns([kind, cur])
+        .with_columns(abs_cols)
+        .collect()?;
+
+    // Counts by kind.
+    let kinds = classified.column("kind")?.str()?.clone();
+    let mut diff_idx = Vec::new();
+    for (i, k) in kinds.iter().enumerate() {
+        totals.compared += 1;
+        match k {
+            Some("match") => totals.matching += 1,
+            Some("missing") => {
+                totals.missing += 1;
+                diff_idx.push(i);
+            }
+            Some("extra") => {
+                totals.extra += 1;
+                diff_idx.push(i);
+            }
+            _ => {
+                totals.different += 1;
+                diff_idx.push(i);
+            }
+        }
+    }
+    if diff_idx.is_empty() {
+        return Ok(totals);
+    }
+
+    // Absolute drift per currency, in polars.
+    let money: Vec<&ColumnSpec> = specs.iter().filter(|s| s.money).collect();
+    let by_currency = classified
+        .clone()
+        .lazy()
+        .filter(col("kind").neq(lit("match")))
+        .group_by([col("cur")])
+        .agg(
+            money
+                .iter()
+                .map(|s| col(format!("abs_{}", s.name)).sum())
+                .collect::<Vec<_>>(),
+        )
+        .collect()?;
+    let curs = by_currency.column("cur")?.str()?.clone();
+    for (i, c) in curs.iter().enumerate() {
+        let entry = totals
+            .drift_by_currency
+            .entry(c.unwrap_or("?").to_owned())
+            .or_default();
+        for s in &money {
+            let v = by_currency
+                .column(&format!("abs_{}", s.name))?
+                .i64()?
+                .get(i)
+                .unwrap_or(0);
+            *entry.entry(s.name).or_default() += i128::from(v);
+        }
+    }
+
+    // The differing rows themselves, for the report and the worst list.
+    for i in diff_idx {
+        let kind = match classified.column("kind")?.get(i)? {
+            AnyValue::String("missing") => Kind::Missing,
+            AnyValue::String("extra") => Kind::Extra,
+            _ => Kind::Different,
+        };
+        let key = text(&classified, "key", i)?.unwrap_or_default();
+        let currency = text(&classified, "cur", i)?.unwrap_or_default();
+        let mut fields = Vec::new();
+        let mut abs: i128 = 0;
+        for s in specs {
+            let e = classified.column(s.name)?.get(i)?;
+            let l = classified.column(&format!("{}_live", s.name))?.get(i)?;
+            if e == l {
+                continue;
+            }
+            let delta = match (&e, &l) {
+                (AnyValue::Int64(a), AnyValue::Int64(b)) => Some(b - a),
+                _ => None,
+            };
+            if s.money {
+                let as_i = |v: &AnyValue| match v {
+                    AnyValue::Int64(x) => i128::from(*x),
+                    _ => 0,
+                };
+                abs += (as_i(&l) - as_i(&e)).abs();
+            }
+            fields.push(FieldDiff {
+                field: s.name,
+                expected: show(&e),
+                live: show(&l),
+                delta,
+            });
+        }
+        let row = DriftRow {
+            table,
+            kind,
+            key,
+            currency,
+            fields,
+            abs_drift_minor: abs,
+        };
+        totals.rows.push(row);
+    }
+    Ok(totals)
+}
+
+fn text(df: &DataFrame, name: &str, i: usize) -> PolarsResult<Option<String>> {
+    Ok(show(&df.column(name)?.get(i)?))
+}
+
+fn show(v: &AnyValue) -> Option<String> {
+    match v {
+        AnyValue::Null => None,
+        AnyValue::String(s) => Some((*s).to_owned()),
+        AnyValue::StringOwned(s) => Some(s.to_string()),
+        other => Some(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPECS: [ColumnSpec; 2] = [
+        ColumnSpec {
+            name: "gross_minor",
+            money: true,
+        },
+        ColumnSpec {
+            name: "status",
+            money: false,
+        },
+    ];
+
+    fn frame(rows: &[(&str, &str, i64, &str)]) -> Frame {
+        let mut f = Frame::new(&SPECS, &[false, true]);
+        for (k, c, g, s) in rows {
+            f.key.push((*k).into());
+            f.currency.push((*c).into());
+            if let Values::Int(v) = &mut f.columns[0] {
+                v.push(*g);
+            }
+            if let Values::Text(v) = &mut f.columns[1] {
+                v.push((*s).into());
+            }
+        }
+        f
+    }
+
+    #[test]
+    fn classifies_every_key_and_sums_drift_per_currency() {
+        let expected = frame(&[
+            ("a", "EUR", 100, "paid"),
+            ("b", "EUR", 50, "paid"),
+            ("c", "USD", 70, "placed"),
+            ("d", "USD", 10, "placed"),
+        ]);
+        let live = frame(&[
+            ("a", "EUR", 100, "paid"),   // match
+            ("b", "EUR", 45, "paid"),    // different by -5
+            ("d", "USD", 10, "shipped"), // different status, no money drift
+            ("e", "JPY", 9, "placed"),   // extra
+        ]); // c missing
+        let mut totals = TableDrift::default();
+        let mut seen = Vec::new();
+        let diff = compare_frames("t", &SPECS, expected, live).unwrap();
+        totals
+            .absorb(diff, &mut |r| {
+                seen.push((r.key.clone(), r.kind));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            (
+                totals.compared,
+                totals.matching,
+                totals.missing,
+                totals.extra,
+                totals.different
+            ),
+            (5, 1, 1, 1, 2)
+        );
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            seen,
+            vec![
+                ("b".into(), Kind::Different),
+                ("c".into(), Kind::Missing),
+                ("d".into(), Kind::Different),
+                ("e".into(), Kind::Extra),
+            ]
+        );
+        assert_eq!(totals.drift_by_currency["EUR"]["gross_minor"], 5);
+        assert_eq!(totals.drift_by_currency["USD"]["gross_minor"], 70);
+        assert_eq!(totals.drift_by_currency["JPY"]["gross_minor"], 9);
+        assert_eq!(totals.worst[0].key, "c");
+        let b = totals.worst.iter().find(|r| r.key == "b").unwrap();
+        assert_eq!(b.fields[0].delta, Some(-5));
+    }
+
+    #[test]
+    fn identical_sides_match_entirely() {
+        let rows = [("a", "EUR", 1, "x"), ("b", "EUR", 2, "y")];
+        let mut totals = TableDrift::default();
+        let diff = compare_frames("t", &SPECS, frame(&rows), frame(&rows)).unwrap();
+        totals
+            .absorb(diff, &mut |_| panic!("no drift expected"))
+            .unwrap();
+        assert_eq!(
+            (totals.compared, totals.matching, totals.differing()),
+            (2, 2, 0)
+        );
+    }
+}

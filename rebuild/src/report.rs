@@ -1,0 +1,187 @@
+//! How a run's findings reach people and machines: a summary table for a
+//! terminal, JSON, and a CSV file with every differing field.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use crate::RebuildError;
+use crate::compare::{DriftRow, TableDrift};
+use crate::run::RunOutcome;
+
+/// Every differing field of every differing row, one CSV line each
+/// (long format, so facts and cells share one file).
+pub struct CsvReport {
+    out: BufWriter<File>,
+    rows: u64,
+}
+
+impl CsvReport {
+    pub const HEADER: &'static str = "table,kind,key,currency,field,expected,live,delta";
+
+    pub fn create(path: &Path) -> Result<CsvReport, RebuildError> {
+        let file = File::create(path).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display()))
+        })?;
+        let mut out = BufWriter::new(file);
+        writeln!(out, "{}", Self::HEADER)?;
+        Ok(CsvReport { out, rows: 0 })
+    }
+
+    pub fn write(&mut self, row: &DriftRow) -> Result<(), RebuildError> {
+        self.rows += 1;
+        for f in &row.fields {
+            writeln!(
+                self.out,
+                "{},{},{},{},{},{},{},{}",
+                row.table,
+                row.kind.as_str(),
+                csv_field(&row.key),
+                csv_field(&row.currency),
+                f.field,
+                csv_field(f.expected.as_deref().unwrap_or("")),
+                csv_field(f.live.as_deref().unwrap_or("")),
+                f.delta.map(|d| d.to_string()).unwrap_or_default()
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<u64, RebuildError> {
+        self.out.flush()?;
+        Ok(self.rows)
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Thousands separated with a thin space, as finance reads them.
+fn n(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The human summary printed by `tally verify` and `tally rebuild`.
+pub fn summary(o: &RunOutcome) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} run #{} — write store snapshot at {} — {} orders, {} daily cells, {:.1} s",
+        o.kind,
+        o.run_id,
+        o.snapshot_at,
+        n(o.orders),
+        n(o.cells),
+        o.seconds
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<14} {:>12} {:>12} {:>9} {:>9} {:>10}",
+        "projection", "compared", "matching", "missing", "extra", "different"
+    );
+    for (name, t) in [("daily_revenue", &o.daily), ("order_facts", &o.facts)] {
+        let _ = writeln!(
+            s,
+            "{:<14} {:>12} {:>12} {:>9} {:>9} {:>10}",
+            name,
+            n(t.compared),
+            n(t.matching),
+            n(t.missing),
+            n(t.extra),
+            n(t.different)
+        );
+    }
+    if o.has_drift() {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "absolute drift per currency (minor units):");
+        drift_table(&mut s, "daily_revenue", &o.daily);
+        drift_table(&mut s, "order_facts", &o.facts);
+        let _ = writeln!(s);
+        let _ = writeln!(s, "worst offenders:");
+        for r in o.daily.worst.iter().chain(o.facts.worst.iter()).take(10) {
+            let fields: Vec<String> = r
+                .fields
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{} {} → {}",
+                        f.field,
+                        f.expected.as_deref().unwrap_or("∅"),
+                        f.live.as_deref().unwrap_or("∅")
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {:<13} {:<9} {}  {}",
+                r.table,
+                r.kind.as_str(),
+                r.key,
+                fields.join(", ")
+            );
+        }
+    }
+    if o.orders_not_compared > 0 {
+        let _ = writeln!(
+            s,
+            "\n{} order(s) had events not yet projected at the snapshot; their facts were not compared.",
+            n(o.orders_not_compared)
+        );
+    }
+    for note in &o.notes {
+        let _ = writeln!(s, "note: {note}");
+    }
+    let _ = writeln!(s);
+    let verdict = match (o.has_drift(), o.swapped) {
+        (false, false) => "no drift".to_owned(),
+        (false, true) => "no drift; rebuilt tables swapped in".to_owned(),
+        (true, true) => "DRIFT found; repaired: the rebuilt tables are live".to_owned(),
+        (true, false) => {
+            "DRIFT found (run `tally verify --repair` to swap the rebuilt tables in)".to_owned()
+        }
+    };
+    let _ = writeln!(s, "result: {verdict}");
+    s
+}
+
+fn drift_table(s: &mut String, name: &str, t: &TableDrift) {
+    for (currency, by) in &t.drift_by_currency {
+        let cols: Vec<String> = by.iter().map(|(m, v)| format!("{m} {v}")).collect();
+        let _ = writeln!(s, "  {name:<14} {currency}  {}", cols.join(", "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_grouped_by_thousands() {
+        assert_eq!(n(0), "0");
+        assert_eq!(n(999), "999");
+        assert_eq!(n(1000), "1 000");
+        assert_eq!(n(1234567), "1 234 567");
+    }
+
+    #[test]
+    fn csv_fields_with_separators_are_quoted() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+}

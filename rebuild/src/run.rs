@@ -1,0 +1,1254 @@
+//! One run — rebuild, verification or rollback — from lock to record.
+//!
+//! The seam with the running ingest (ARCHITECTURE.md, "Rebuild") in short:
+//!
+//! 1. *Register* with the ingest at rest (the exclusive [`SEAM_LOCK`]; every
+//!    batch holds it shared until it commits): re-push pending cells, freeze
+//!    the live tables into `*_frozen`, record the run with `journaling` on,
+//!    and take a REPEATABLE READ snapshot of the write store. At that instant
+//!    the projections hold exactly the events no longer in the outbox.
+//! 2. *Build* from the snapshot: order facts, and daily cells minus the
+//!    contributions of the events still in the snapshot's outbox, so the
+//!    shadow counts exactly what the frozen copy should count. Meanwhile
+//!    every batch copies the events it consumes into `rebuild_journal`.
+//! 3. *Compare* shadow with frozen (polars, in bounded chunks).
+//! 4. *Swap*: replay the journal onto the shadow (most of it while the
+//!    ingest runs, the rest with it at rest again), make the ingest's
+//!    running totals equal to the shadow's cells and the run `swapping` in
+//!    one PostgreSQL transaction, then replace the live partitions. The
+//!    ingest claims nothing while a run is `swapping`, so a crash there is
+//!    completed by the next run, never raced.
+//!
+//! Versions keep ClickHouse right across the seam: the shadow's cells carry
+//! versions drawn after registration, so a push that was still in flight
+//! from before loses to them; a push from after registration is for a cell
+//! the journal replay rewrote with a still newer version.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures_util::TryStreamExt;
+use serde::Serialize;
+use sqlx::{Connection, PgConnection, PgPool};
+use tally_domain::DailyMeasures;
+use tally_ingest::rows::{CellKey, DailyRow, FactRow, ReportingZone, project};
+use tally_ingest::{
+    OutboxRow, SEAM_LOCK, TOTALS_COLUMNS, TOTALS_TABLE, TotalsRow, add_to_totals, insert_rows,
+    recover_pending,
+};
+use time::{Date, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::RebuildError;
+use crate::compare::{ColumnSpec, DriftRow, Frame, Sink, TableDrift, Values, compare_chunk};
+use crate::oracle::ORACLE_SQL;
+use crate::progress::{Progress, ProgressMode};
+use crate::report::CsvReport;
+use crate::source;
+use crate::tables::{self, Copy};
+
+/// Held (session-level) for a whole run: one run at a time across replicas.
+pub const RUN_LOCK: i64 = 0x7461_6c6c_7275_6e73; // "tallruns"
+
+/// The scratch table the cells are built in.
+const CELLS_TABLE: &str = "rebuild_cells";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Build and compare; never swap.
+    Verify,
+    /// Build, compare, and swap if drift was found.
+    Repair,
+    /// Build, compare and swap.
+    Rebuild,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub zone: ReportingZone,
+    /// Who started it (`cli`, `schedule`): recorded in the history.
+    pub trigger: String,
+    pub progress: ProgressMode,
+    /// Most rows per side held in memory by one comparison chunk.
+    pub chunk_rows: usize,
+    /// Rows per ClickHouse insert while building.
+    pub insert_rows: usize,
+    /// Every differing row, as CSV.
+    pub report_file: Option<PathBuf>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            zone: ReportingZone::utc(),
+            trigger: "cli".into(),
+            progress: ProgressMode::Log,
+            chunk_rows: 200_000,
+            insert_rows: 100_000,
+            report_file: None,
+        }
+    }
+}
+
+/// What a run found and did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunOutcome {
+    pub run_id: i64,
+    pub kind: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    pub snapshot_at: OffsetDateTime,
+    pub orders: u64,
+    pub cells: u64,
+    pub daily: TableDrift,
+    pub facts: TableDrift,
+    /// Orders with events still in the outbox (or dead-lettered) at the
+    /// snapshot: their facts are not compared this time.
+    pub orders_not_compared: u64,
+    pub dead_letters: i64,
+    pub swapped: bool,
+    /// Events consumed by the ingest during the run and replayed onto the
+    /// shadow before the swap.
+    pub replayed_events: u64,
+    /// How long the ingest was held for the swap.
+    pub ingest_paused_ms: u64,
+    pub seconds: f64,
+    pub notes: Vec<String>,
+}
+
+impl RunOutcome {
+    pub fn has_drift(&self) -> bool {
+        self.daily.differing() > 0 || self.facts.differing() > 0
+    }
+}
+
+/// One row of `tally rebuild history`.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct HistoryRow {
+    pub run_id: i64,
+    pub kind: String,
+    pub trigger: String,
+    pub state: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    pub orders: Option<i64>,
+    pub cells: Option<i64>,
+    pub drift_rows: Option<i64>,
+    pub swapped: bool,
+    pub message: Option<String>,
+    pub host: String,
+}
+
+pub async fn history(pool: &PgPool, limit: i64) -> Result<Vec<HistoryRow>, RebuildError> {
+    Ok(sqlx::query_as(
+        "SELECT run_id, kind, trigger, state, started_at, finished_at, orders, cells, drift_rows,
+                swapped, message, host
+         FROM rebuild_runs ORDER BY run_id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The locks live on a connection of their own, outside the pool: if the
+/// process dies, PostgreSQL releases them with the connection.
+struct Locks {
+    conn: PgConnection,
+}
+
+impl Locks {
+    async fn connect(pool: &PgPool) -> Result<Locks, RebuildError> {
+        let opts = pool.connect_options();
+        Ok(Locks {
+            conn: PgConnection::connect_with(&opts).await?,
+        })
+    }
+
+    async fn try_run_lock(&mut self) -> Result<bool, RebuildError> {
+        Ok(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(RUN_LOCK)
+            .fetch_one(&mut self.conn)
+            .await?)
+    }
+
+    /// Waits for in-flight ingest batches to commit and keeps new ones out.
+    async fn seam(&mut self) -> Result<(), RebuildError> {
+        let t = Instant::now();
+        sqlx::query("SELECT pg_advisory_lock($1)::text")
+            .bind(SEAM_LOCK)
+            .execute(&mut self.conn)
+            .await?;
+        tracing::debug!(waited_ms = t.elapsed().as_millis() as u64, "ingest at rest");
+        Ok(())
+    }
+
+    async fn release_seam(&mut self) -> Result<(), RebuildError> {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(SEAM_LOCK)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+}
+
+fn host() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("{name} pid {}", std::process::id())
+}
+
+/// Takes the run lock or records a skipped run and says who holds it.
+async fn lock_or_skip(
+    pool: &PgPool,
+    locks: &mut Locks,
+    kind: &str,
+    trigger: &str,
+) -> Result<(), RebuildError> {
+    if locks.try_run_lock().await? {
+        return Ok(());
+    }
+    let holder: Option<(i64, String, String, OffsetDateTime)> = sqlx::query_as(
+        "SELECT run_id, kind, host, started_at FROM rebuild_runs
+         WHERE state IN ('building', 'swapping') ORDER BY run_id DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let who = match holder {
+        Some((id, k, h, at)) => format!("{k} run #{id} on {h}, started {at}"),
+        None => "a run that has not registered yet".into(),
+    };
+    sqlx::query(
+        "INSERT INTO rebuild_runs (kind, trigger, state, finished_at, message, host)
+         VALUES ($1, $2, 'skipped', clock_timestamp(), $3, $4)",
+    )
+    .bind(kind)
+    .bind(trigger)
+    .bind(format!("skipped: {who} holds the lock"))
+    .bind(host())
+    .execute(pool)
+    .await?;
+    Err(RebuildError::Busy(who))
+}
+
+/// Completes swaps a crashed run left half done, and closes runs whose
+/// process died while building (we hold the run lock, so none is alive).
+async fn finish_interrupted(pool: &PgPool, ch: &clickhouse::Client) -> Result<(), RebuildError> {
+    let swapping: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT run_id, kind FROM rebuild_runs WHERE state = 'swapping' ORDER BY run_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (run_id, kind) in swapping {
+        tracing::warn!(run_id, "completing the interrupted swap of an earlier run");
+        complete_swap(pool, ch, run_id, &kind).await?;
+    }
+    let abandoned = sqlx::query(
+        "UPDATE rebuild_runs SET state = 'failed', journaling = false, finished_at = clock_timestamp(),
+                message = 'abandoned: the process running it ended before it finished'
+         WHERE state = 'building'",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if abandoned > 0 {
+        tracing::warn!(runs = abandoned, "marked abandoned runs as failed");
+    }
+    trim_journal(pool).await
+}
+
+/// The journal is only kept while some run needs it.
+async fn trim_journal(pool: &PgPool) -> Result<(), RebuildError> {
+    sqlx::query(
+        "DELETE FROM rebuild_journal WHERE NOT EXISTS (SELECT 1 FROM rebuild_runs WHERE journaling)",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+async fn mark_failed(pool: &PgPool, run_id: i64, error: &RebuildError) {
+    let r = sqlx::query(
+        "UPDATE rebuild_runs SET state = 'failed', journaling = false,
+                finished_at = clock_timestamp(), message = $2
+         WHERE run_id = $1 AND state = 'building'",
+    )
+    .bind(run_id)
+    .bind(error.to_string())
+    .execute(pool)
+    .await;
+    if let Err(e) = r {
+        tracing::error!(run_id, error = %e, "could not record the run's failure");
+    }
+    if let Err(e) = trim_journal(pool).await {
+        tracing::warn!(error = %e, "could not trim the rebuild journal");
+    }
+}
+
+/// Rebuild or verify. `Err(Busy)` if another run holds the lock (recorded
+/// as skipped).
+pub async fn run(
+    pool: &PgPool,
+    ch: &clickhouse::Client,
+    mode: Mode,
+    opts: &RunOptions,
+) -> Result<RunOutcome, RebuildError> {
+    let kind = if mode == Mode::Rebuild {
+        "rebuild"
+    } else {
+        "verify"
+    };
+    let mut locks = Locks::connect(pool).await?;
+    lock_or_skip(pool, &mut locks, kind, &opts.trigger).await?;
+    finish_interrupted(pool, ch).await?;
+    let started = Instant::now();
+    let reg = register(pool, ch, &mut locks, kind, opts).await?;
+    let run_id = reg.run_id;
+    tracing::info!(
+        run_id,
+        kind,
+        "run registered; building from the write store"
+    );
+    match build_compare_swap(pool, ch, &mut locks, mode, opts, reg, started).await {
+        Ok(o) => Ok(o),
+        Err(e) => {
+            mark_failed(pool, run_id, &e).await;
+            Err(e)
+        }
+    }
+}
+
+struct Registered {
+    run_id: i64,
+    journal_from: i64,
+    snapshot_at: OffsetDateTime,
+    snapshot: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+async fn register(
+    pool: &PgPool,
+    ch: &clickhouse::Client,
+    locks: &mut Locks,
+    kind: &str,
+    opts: &RunOptions,
+) -> Result<Registered, RebuildError> {
+    locks.seam().await?;
+    let r = async {
+        // Live = the ingest's totals: no batch is in flight, and every
+        // committed one has its cells pushed.
+        recover_pending(pool, ch, Duration::ZERO).await?;
+        tables::freeze_live(ch, Copy::Frozen).await?;
+        let (run_id, journal_from): (i64, i64) = sqlx::query_as(
+            "INSERT INTO rebuild_runs (kind, trigger, state, journaling, journal_from, host)
+             VALUES ($1, $2, 'building', true,
+                     (SELECT coalesce(max(seq), 0) FROM rebuild_journal), $3)
+             RETURNING run_id, journal_from",
+        )
+        .bind(kind)
+        .bind(&opts.trigger)
+        .bind(host())
+        .fetch_one(pool)
+        .await?;
+        let mut snapshot = pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *snapshot)
+            .await?;
+        let (snap, snapshot_at): (String, OffsetDateTime) =
+            sqlx::query_as("SELECT pg_current_snapshot()::text, now()")
+                .fetch_one(&mut *snapshot)
+                .await?;
+        sqlx::query("UPDATE rebuild_runs SET snapshot = $2 WHERE run_id = $1")
+            .bind(run_id)
+            .bind(&snap)
+            .execute(pool)
+            .await?;
+        Ok::<_, RebuildError>(Registered {
+            run_id,
+            journal_from,
+            snapshot_at,
+            snapshot,
+        })
+    }
+    .await;
+    locks.release_seam().await?;
+    r
+}
+
+/// What the snapshot's outbox (and dead letters) hold: not yet in the
+/// projections, so subtracted from the cells and left out of the facts.
+struct Backlog {
+    cells: BTreeMap<CellKey, DailyMeasures>,
+    orders: HashSet<Uuid>,
+    dead_letters: i64,
+    undecodable: u64,
+}
+
+async fn read_backlog(
+    conn: &mut PgConnection,
+    zone: &ReportingZone,
+) -> Result<Backlog, RebuildError> {
+    let mut b = Backlog {
+        cells: BTreeMap::new(),
+        orders: HashSet::new(),
+        dead_letters: 0,
+        undecodable: 0,
+    };
+    {
+        let mut rows = sqlx::query_as::<_, OutboxRow>(
+            "SELECT id, event_id, aggregate_id, aggregate_version, event_type, schema_version,
+                    occurred_at, payload::text AS payload, created_at FROM outbox",
+        )
+        .fetch(&mut *conn);
+        let mut events = Vec::new();
+        while let Some(r) = rows.try_next().await? {
+            b.orders.insert(r.aggregate_id);
+            match r.decode() {
+                Ok(e) => events.push(e),
+                Err(_) => b.undecodable += 1,
+            }
+            if events.len() >= 10_000 {
+                merge_cells(&mut b.cells, project(&events, zone).1);
+                events.clear();
+            }
+        }
+        merge_cells(&mut b.cells, project(&events, zone).1);
+    }
+    let dead: Vec<(Uuid,)> = sqlx::query_as("SELECT aggregate_id FROM ingest_dead_letters")
+        .fetch_all(&mut *conn)
+        .await?;
+    b.dead_letters = dead.len() as i64;
+    b.orders.extend(dead.into_iter().map(|(id,)| id));
+    Ok(b)
+}
+
+fn merge_cells(
+    into: &mut BTreeMap<CellKey, DailyMeasures>,
+    from: BTreeMap<CellKey, DailyMeasures>,
+) {
+    for (k, d) in from {
+        into.entry(k).or_default().add(&d);
+    }
+}
+
+fn negate(d: &DailyMeasures) -> DailyMeasures {
+    DailyMeasures {
+        orders_placed: -d.orders_placed,
+        gross_minor: -d.gross_minor,
+        captured_minor: -d.captured_minor,
+        refunded_minor: -d.refunded_minor,
+        orders_cancelled: -d.orders_cancelled,
+        items_sold: -d.items_sold,
+    }
+}
+
+async fn build_compare_swap(
+    pool: &PgPool,
+    ch: &clickhouse::Client,
+    locks: &mut Locks,
+    mode: Mode,
+    opts: &RunOptions,
+    reg: Registered,
+    started: Instant,
+) -> Result<RunOutcome, RebuildError> {
+    let Registered {
+        run_id,
+        journal_from,
+        snapshot_at,
+        mut snapshot,
+    } = reg;
+    let zone = opts.zone.name().to_owned();
+
+    // Build, all from one snapshot.
+    let backlog = read_backlog(&mut snapshot, &opts.zone).await?;
+    sqlx::query("TRUNCATE rebuild_cells")
+        .execute(&mut *snapshot)
+        .await?;
+    let v0: i64 = sqlx::query_scalar("SELECT nextval('ingest_version_seq')")
+        .fetch_one(&mut *snapshot)
+        .await?;
+    sqlx::query(&format!(
+        "INSERT INTO {CELLS_TABLE} ({TOTALS_COLUMNS}) SELECT c.*, $2 FROM ({ORACLE_SQL}) c"
+    ))
+    .bind(&zone)
+    .bind(v0)
+    .execute(&mut *snapshot)
+    .await?;
+    if !backlog.cells.is_empty() {
+        let negated = backlog
+            .cells
+            .iter()
+            .map(|(k, d)| (k.clone(), negate(d)))
+            .collect();
+        add_to_totals(&mut snapshot, CELLS_TABLE, &negated).await?;
+        sqlx::query(
+            "DELETE FROM rebuild_cells WHERE orders_placed = 0 AND gross_minor = 0 AND captured_minor = 0
+               AND refunded_minor = 0 AND orders_cancelled = 0 AND items_sold = 0",
+        )
+        .execute(&mut *snapshot)
+        .await?;
+    }
+    let cells: i64 = sqlx::query_scalar("SELECT count(*) FROM rebuild_cells")
+        .fetch_one(&mut *snapshot)
+        .await?;
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&mut *snapshot)
+        .await?;
+
+    tables::recreate(ch, Copy::Shadow).await?;
+    let mut progress = Progress::start(opts.progress, "order facts", orders as u64);
+    {
+        let shadow = Copy::Shadow.of("order_facts");
+        let mut rows = source::facts(&mut snapshot, &zone);
+        let mut chunk: Vec<FactRow> = Vec::with_capacity(opts.insert_rows.min(100_000));
+        while let Some(row) = rows.try_next().await? {
+            chunk.push(row);
+            if chunk.len() >= opts.insert_rows {
+                insert_rows(ch, &shadow, &chunk).await?;
+                progress.inc(chunk.len() as u64);
+                chunk.clear();
+            }
+        }
+        insert_rows(ch, &shadow, &chunk).await?;
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish();
+    snapshot.commit().await?;
+
+    // Compare.
+    let mut report = match &opts.report_file {
+        Some(p) => Some(CsvReport::create(p)?),
+        None => None,
+    };
+    let mut sink = |row: &DriftRow| -> Result<(), RebuildError> {
+        if let Some(r) = report.as_mut() {
+            r.write(row)?;
+        }
+        Ok(())
+    };
+    let daily = compare_daily(pool, ch, opts, &mut sink).await?;
+    let (facts, not_compared) = compare_facts(ch, opts, &backlog.orders, &mut sink).await?;
+    if let Some(r) = report {
+        r.finish()?;
+    }
+
+    let mut outcome = RunOutcome {
+        run_id,
+        kind: if mode == Mode::Rebuild {
+            "rebuild"
+        } else {
+            "verify"
+        },
+        snapshot_at,
+        orders: orders as u64,
+        cells: cells as u64,
+        daily,
+        facts,
+        orders_not_compared: not_compared,
+        dead_letters: backlog.dead_letters,
+        swapped: false,
+        replayed_events: 0,
+        ingest_paused_ms: 0,
+        seconds: 0.0,
+        notes: Vec::new(),
+    };
+    if backlog.dead_letters > 0 {
+        outcome.notes.push(format!(
+            "{} dead-lettered event(s) are in the write store but not in the projections, so their \
+             cells differ; see `tally ingest dead-letters`",
+            backlog.dead_letters
+        ));
+    }
+    if backlog.undecodable > 0 {
+        outcome.notes.push(format!(
+            "{} event(s) in the outbox could not be decoded; the ingest will dead-letter them",
+            backlog.undecodable
+        ));
+    }
+    sqlx::query(
+        "UPDATE rebuild_runs SET orders = $2, cells = $3, drift_rows = $4, drift = $5 WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .bind(orders)
+    .bind(cells)
+    .bind((outcome.daily.differing() + outcome.facts.differing()) as i64)
+    .bind(sqlx::types::Json(serde_json::json!({
+        "daily": &outcome.daily, "facts": &outcome.facts,
+    })))
+    .execute(pool)
+    .await?;
+
+    let swap = match mode {
+        Mode::Verify => false,
+        Mode::Repair => outcome.has_drift(),
+        Mode::Rebuild => true,
+    };
+    if swap {
+        if backlog.dead_letters > 0 {
+            return Err(RebuildError::Refused(format!(
+                "not swapping: {} dead-lettered event(s) would be counted by the rebuild but not by \
+                 the ingest's running totals. Fix and retry them first (`tally ingest dead-letters`, \
+                 `tally ingest retry <id>`), then run again",
+                backlog.dead_letters
+            )));
+        }
+        if orders == 0 && outcome.daily.extra + outcome.facts.extra > 0 {
+            return Err(RebuildError::Refused(
+                "not swapping: the write store has no orders but the live projections have rows. \
+                 Is --postgres-url pointing at the right database?"
+                    .into(),
+            ));
+        }
+        let installed = install(pool, ch, locks, run_id, journal_from, &opts.zone, false).await?;
+        outcome.swapped = true;
+        outcome.replayed_events = installed.replayed;
+        outcome.ingest_paused_ms = installed.paused_ms;
+    } else {
+        sqlx::query(
+            "UPDATE rebuild_runs SET state = 'verified', journaling = false, finished_at = clock_timestamp()
+             WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .execute(pool)
+        .await?;
+        trim_journal(pool).await?;
+        tables::drop_copy(ch, Copy::Shadow).await?;
+        tables::drop_copy(ch, Copy::Frozen).await?;
+    }
+    outcome.seconds = started.elapsed().as_secs_f64();
+    Ok(outcome)
+}
+
+const DAILY_SPECS: [ColumnSpec; 6] = [
+    ColumnSpec {
+        name: "orders_placed",
+        money: false,
+    },
+    ColumnSpec {
+        name: "gross_minor",
+        money: true,
+    },
+    ColumnSpec {
+        name: "captured_minor",
+        money: true,
+    },
+    ColumnSpec {
+        name: "refunded_minor",
+        money: true,
+    },
+    ColumnSpec {
+        name: "orders_cancelled",
+        money: false,
+    },
+    ColumnSpec {
+        name: "items_sold",
+        money: false,
+    },
+];
+
+pub(crate) fn daily_frame<'a>(rows: impl IntoIterator<Item = &'a DailyRow>) -> Frame {
+    let mut f = Frame::new(&DAILY_SPECS, &[false; 6]);
+    for r in rows {
+        let m = r.measures();
+        if m.is_zero() {
+            continue;
+        }
+        let cur = String::from_utf8_lossy(&r.currency).into_owned();
+        f.key.push(format!("{}/{}/{}", r.day, r.merchant_id, cur));
+        f.currency.push(cur);
+        for (col, v) in f.columns.iter_mut().zip([
+            m.orders_placed,
+            m.gross_minor,
+            m.captured_minor,
+            m.refunded_minor,
+            m.orders_cancelled,
+            m.items_sold,
+        ]) {
+            if let Values::Int(c) = col {
+                c.push(v);
+            }
+        }
+    }
+    f
+}
+
+pub(crate) async fn compare_daily_rows(
+    expected: &[DailyRow],
+    live: &[DailyRow],
+    totals: &mut TableDrift,
+    sink: &mut Sink<'_>,
+) -> Result<(), RebuildError> {
+    compare_chunk(
+        "daily_revenue",
+        &DAILY_SPECS,
+        daily_frame(expected),
+        daily_frame(live),
+        totals,
+        sink,
+    )
+    .await
+}
+
+/// Day ranges holding at most about `limit` cells on either side.
+fn day_ranges(counts: &BTreeMap<Date, u64>, limit: u64) -> Vec<(Date, Date)> {
+    let mut out = Vec::new();
+    let mut current: Option<(Date, Date, u64)> = None;
+    for (&day, &n) in counts {
+        current = match current {
+            Some((from, _, acc)) if acc + n <= limit => Some((from, day, acc + n)),
+            Some((from, to, _)) => {
+                out.push((from, to));
+                Some((day, day, n))
+            }
+            None => Some((day, day, n)),
+        };
+    }
+    if let Some((from, to, _)) = current {
+        out.push((from, to));
+    }
+    out
+}
+
+/// Streams `rebuild_cells` into the shadow table and compares it with the
+/// frozen live cells, a range of days at a time.
+async fn compare_daily(
+    pool: &PgPool,
+    ch: &clickhouse::Client,
+    opts: &RunOptions,
+    sink: &mut Sink<'_>,
+) -> Result<TableDrift, RebuildError> {
+    let frozen = Copy::Frozen.of("daily_revenue");
+    let shadow = Copy::Shadow.of("daily_revenue");
+    let mut counts: BTreeMap<Date, u64> = BTreeMap::new();
+    let pg_counts: Vec<(Date, i64)> =
+        sqlx::query_as("SELECT day, count(*) FROM rebuild_cells GROUP BY day")
+            .fetch_all(pool)
+            .await?;
+    for (d, n) in pg_counts {
+        *counts.entry(d).or_default() += n as u64;
+    }
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct DayCount {
+        #[serde(with = "clickhouse::serde::time::date")]
+        day: Date,
+        n: u64,
+    }
+    let ch_counts: Vec<DayCount> = ch
+        .query(&format!(
+            "SELECT day, count() AS n FROM {frozen} GROUP BY day"
+        ))
+        .fetch_all()
+        .await?;
+    for c in ch_counts {
+        let e = counts.entry(c.day).or_default();
+        *e = (*e).max(c.n);
+    }
+    let total: u64 = counts.values().sum();
+    let mut progress = Progress::start(opts.progress, "daily cells", total);
+    let mut totals = TableDrift::default();
+    for (from, to) in day_ranges(&counts, opts.chunk_rows as u64) {
+        let expected: Vec<DailyRow> = sqlx::query_as::<_, TotalsRow>(&format!(
+            "SELECT {TOTALS_COLUMNS} FROM rebuild_cells WHERE day BETWEEN $1 AND $2"
+        ))
+        .bind(from)
+        .bind(to)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(DailyRow::from)
+        .collect();
+        insert_rows(ch, &shadow, &expected).await?;
+        let live: Vec<DailyRow> = ch
+            .query(&format!(
+                "SELECT ?fields FROM {frozen} FINAL WHERE day >= toDate(?) AND day <= toDate(?)"
+            ))
+            .bind(from.to_string())
+            .bind(to.to_string())
+            .fetch_all()
+            .await?;
+        progress.inc(expected.len().max(live.len()) as u64);
+        compare_daily_rows(&expected, &live, &mut totals, sink).await?;
+    }
+    progress.finish();
+    Ok(totals)
+}
+
+const FACT_SPECS: [ColumnSpec; 11] = [
+    ColumnSpec {
+        name: "version",
+        money: false,
+    },
+    ColumnSpec {
+        name: "merchant_id",
+        money: false,
+    },
+    ColumnSpec {
+        name: "customer_id",
+        money: false,
+    },
+    ColumnSpec {
+        name: "status",
+        money: false,
+    },
+    ColumnSpec {
+        name: "placed_at",
+        money: false,
+    },
+    ColumnSpec {
+        name: "placed_day",
+        money: false,
+    },
+    ColumnSpec {
+        name: "item_count",
+        money: false,
+    },
+    ColumnSpec {
+        name: "total_minor",
+        money: true,
+    },
+    ColumnSpec {
+        name: "captured_minor",
+        money: true,
+    },
+    ColumnSpec {
+        name: "refunded_minor",
+        money: true,
+    },
+    ColumnSpec {
+        name: "updated_at",
+        money: false,
+    },
+];
+
+const FACT_TEXT: [bool; 11] = [
+    false, true, true, true, true, true, false, false, false, false, true,
+];
+
+fn fact_frame(rows: &[FactRow], skip: &HashSet<Uuid>) -> Frame {
+    let mut f = Frame::new(&FACT_SPECS, &FACT_TEXT);
+    for r in rows.iter().filter(|r| !skip.contains(&r.order_id)) {
+        f.key.push(r.order_id.to_string());
+        f.currency
+            .push(String::from_utf8_lossy(&r.currency).into_owned());
+        let ints = [
+            i64::from(r.version),
+            r.item_count as i64,
+            r.total_minor,
+            r.captured_minor,
+            r.refunded_minor,
+        ];
+        let texts = [
+            r.merchant_id.clone(),
+            r.customer_id.clone(),
+            r.status.clone(),
+            r.placed_at.to_string(),
+            r.placed_day.to_string(),
+            r.updated_at.to_string(),
+        ];
+        let (mut i, mut t) = (0, 0);
+        for col in f.columns.iter_mut() {
+            match col {
+                Values::Int(c) => {
+                    c.push(ints[i]);
+                    i += 1;
+                }
+                Values::Text(c) => {
+                    c.push(texts[t].clone());
+                    t += 1;
+                }
+            }
+        }
+    }
+    f
+}
+
+/// Compares shadow and frozen facts in hash buckets of about
+/// `chunk_rows` orders. Returns the totals and how many orders were left
+/// out because events of theirs were not yet projected at the snapshot.
+async fn compare_facts(
+    ch: &clickhouse::Client,
+    opts: &RunOptions,
+    skip: &HashSet<Uuid>,
+    sink: &mut Sink<'_>,
+) -> Result<(TableDrift, u64), RebuildError> {
+    let frozen = Copy::Frozen.of("order_facts");
+    let shadow = Copy::Shadow.of("order_facts");
+    let n = tables::count(ch, &shadow)
+        .await?
+        .max(tables::count(ch, &frozen).await?);
+    let buckets = n.div_ceil(opts.chunk_rows.max(1) as u64).max(1);
+    let mut progress = Progress::start(opts.progress, "order facts", n);
+    let mut totals = TableDrift::default();
+    let mut not_compared: HashSet<Uuid> = HashSet::new();
+    for b in 0..buckets {
+        let read = |table: &str, fin: &str| {
+            ch.query(&format!(
+                "SELECT ?fields FROM {table} {fin} WHERE cityHash64(toString(order_id)) % ? = ?"
+            ))
+            .bind(buckets)
+            .bind(b)
+        };
+        let expected: Vec<FactRow> = read(&shadow, "").fetch_all().await?;
+        let live: Vec<FactRow> = read(&frozen, "FINAL").fetch_all().await?;
+        progress.inc(expected.len().max(live.len()) as u64);
+        for r in expected.iter().chain(live.iter()) {
+            if skip.contains(&r.order_id) {
+                not_compared.insert(r.order_id);
+            }
+        }
+        compare_chunk(
+            "order_facts",
+            &FACT_SPECS,
+            fact_frame(&expected, skip),
+            fact_frame(&live, skip),
+            &mut totals,
+            sink,
+        )
+        .await?;
+    }
+    progress.finish();
+    Ok((totals, not_compared.len() as u64))
+}
+
+/// Replays journal rows after `after` onto the shadow (facts) and
+/// `rebuild_cells` + the shadow cells. Returns the last sequence applied
+/// and how many events were replayed.
+async fn catch_up(
+    pool: &PgPool,
+    ch: &clickhouse::Client,
+    after: i64,
+    zone: &ReportingZone,
+) -> Result<(i64, u64), RebuildError> {
+    let mut replayed = 0u64;
+    let facts_shadow = Copy::Shadow.of("order_facts");
+    let cells_shadow = Copy::Shadow.of("daily_revenue");
+    let mut last = after;
+    loop {
+        let rows: Vec<(i64, OutboxRow)> = sqlx::query_as::<_, JournalRow>(
+            "SELECT seq, outbox_id AS id, event_id, aggregate_id, aggregate_version, event_type,
+                    schema_version, occurred_at, payload::text AS payload, created_at
+             FROM rebuild_journal WHERE seq > $1 ORDER BY seq LIMIT 10000",
+        )
+        .bind(last)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|j| (j.seq, j.row))
+        .collect();
+        let Some((max_seq, _)) = rows.last() else {
+            return Ok((last, replayed));
+        };
+        replayed += rows.len() as u64;
+        last = *max_seq;
+        // Rows the ingest could not decode were dead-lettered, not counted.
+        let events: Vec<_> = rows.iter().filter_map(|(_, r)| r.decode().ok()).collect();
+        let (facts, cells) = project(&events, zone);
+        insert_rows(ch, &facts_shadow, &facts).await?;
+        if !cells.is_empty() {
+            let mut tx = pool.begin().await?;
+            let rows = add_to_totals(&mut tx, CELLS_TABLE, &cells).await?;
+            insert_rows(ch, &cells_shadow, &rows).await?;
+            tx.commit().await?;
+        }
+        tracing::debug!(events = events.len(), last_seq = last, "journal replayed");
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct JournalRow {
+    seq: i64,
+    #[sqlx(flatten)]
+    row: OutboxRow,
+}
+
+/// Replays the journal, aligns the ingest's totals with the shadow cells
+/// and swaps the shadow in. `final_state` closes the rollback window when
+/// the installed tables are themselves a rollback.
+async fn install(
+    pool: &PgPool,
+    ch: &clickhouse::Client,
+    locks: &mut Locks,
+    run_id: i64,
+    journal_from: i64,
+    zone: &ReportingZone,
+    is_rollback: bool,
+) -> Result<Installed, RebuildError> {
+    let t = Instant::now();
+    let (applied, before) = catch_up(pool, ch, journal_from, zone).await?;
+    tracing::info!(
+        replayed_to = applied,
+        seconds = t.elapsed().as_secs_f64(),
+        "journal replayed; pausing the ingest for the swap"
+    );
+    locks.seam().await?;
+    let paused = Instant::now();
+    let r = async {
+        let (_, during) = catch_up(pool, ch, applied, zone).await?;
+        let mut tx = pool.begin().await?;
+        sqlx::query(&format!(
+            "DELETE FROM {TOTALS_TABLE} t WHERE NOT EXISTS (
+                 SELECT 1 FROM {CELLS_TABLE} r
+                 WHERE r.day = t.day AND r.merchant_id = t.merchant_id AND r.currency = t.currency)"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {TOTALS_TABLE} AS t ({TOTALS_COLUMNS})
+             SELECT {TOTALS_COLUMNS} FROM {CELLS_TABLE}
+             ON CONFLICT (day, merchant_id, currency) DO UPDATE SET
+                 orders_placed = excluded.orders_placed, gross_minor = excluded.gross_minor,
+                 captured_minor = excluded.captured_minor, refunded_minor = excluded.refunded_minor,
+                 orders_cancelled = excluded.orders_cancelled, items_sold = excluded.items_sold,
+                 version = excluded.version
+             WHERE (t.orders_placed, t.gross_minor, t.captured_minor, t.refunded_minor,
+                    t.orders_cancelled, t.items_sold)
+                IS DISTINCT FROM (excluded.orders_placed, excluded.gross_minor, excluded.captured_minor,
+                                  excluded.refunded_minor, excluded.orders_cancelled, excluded.items_sold)"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE rebuild_runs SET state = 'swapping', swapped = true, journaling = NOT $2
+             WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .bind(is_rollback)
+        .execute(&mut *tx)
+        .await?;
+        // The previous rollback window ends here.
+        sqlx::query("UPDATE rebuild_runs SET journaling = false WHERE journaling AND run_id <> $1")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        let keep_after = if is_rollback { i64::MAX } else { journal_from };
+        sqlx::query("DELETE FROM rebuild_journal WHERE seq <= $1")
+            .bind(keep_after)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        complete_swap(pool, ch, run_id, if is_rollback { "rollback" } else { "rebuild" }).await?;
+        Ok::<_, RebuildError>(before + during)
+    }
+    .await;
+    let released = locks.release_seam().await;
+    tracing::info!(
+        run_id,
+        paused_ms = paused.elapsed().as_millis() as u64,
+        ok = r.is_ok(),
+        "swap finished; ingest resumed"
+    );
+    let replayed = r?;
+    released?;
+    Ok(Installed {
+        replayed,
+        paused_ms: paused.elapsed().as_millis() as u64,
+    })
+}
+
+struct Installed {
+    replayed: u64,
+    paused_ms: u64,
+}
+
+/// The ClickHouse half of a swap; safe to repeat until it has finished.
+async fn complete_swap(
+    pool: &PgPool,
+    ch: &clickhouse::Client,
+    run_id: i64,
+    kind: &str,
+) -> Result<(), RebuildError> {
+    let shadow_there = tables::exists(ch, &Copy::Shadow.of("order_facts")).await?
+        && tables::exists(ch, &Copy::Shadow.of("daily_revenue")).await?;
+    if shadow_there {
+        let partitions = tables::swap_into_live(ch, Copy::Shadow).await?;
+        tracing::info!(run_id, partitions, "shadow tables swapped in");
+    }
+    if kind == "rollback" {
+        tables::drop_copy(ch, Copy::Previous).await?;
+    } else if tables::exists(ch, &Copy::Frozen.of("order_facts")).await? {
+        tables::rename_copy(ch, Copy::Frozen, Copy::Previous).await?;
+    }
+    sqlx::query(
+        "UPDATE rebuild_runs SET state = 'swapped', finished_at = clock_timestamp() WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .execute(pool)
+    .await?;
+    tables::drop_copy(ch, Copy::Shadow).await?;
+    Ok(())
+}
+
+/// What `tally rebuild rollback` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RollbackOutcome {
+    pub run_id: i64,
+    pub rolled_back_run: i64,
+    pub cells: u64,
+    pub seconds: f64,
+}
+
+/// Puts the tables from before the last swap back, moved forward by every
+/// event consumed since (the journal), and ends the rollback window.
+pub async fn rollback(
+    pool: &PgPool,
+    ch: &clickhouse::Client,
+    opts: &RunOptions,
+) -> Result<RollbackOutcome, RebuildError> {
+    let started = Instant::now();
+    let mut locks = Locks::connect(pool).await?;
+    lock_or_skip(pool, &mut locks, "rollback", &opts.trigger).await?;
+    finish_interrupted(pool, ch).await?;
+    let target: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT run_id, journal_from FROM rebuild_runs
+         WHERE journaling AND swapped AND state = 'swapped' AND kind IN ('rebuild', 'verify')
+         ORDER BY run_id DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let Some((target, journal_from)) = target else {
+        return Err(RebuildError::Refused(
+            "nothing to roll back: a rollback is possible after a swap, until the next successful \
+             one or rollback (see `tally rebuild history`)"
+                .into(),
+        ));
+    };
+    for live in tables::PROJECTIONS {
+        if !tables::exists(ch, &Copy::Previous.of(live)).await? {
+            return Err(RebuildError::Refused(format!(
+                "cannot roll back run #{target}: ClickHouse table {} is gone",
+                Copy::Previous.of(live)
+            )));
+        }
+    }
+    let (run_id,): (i64,) = sqlx::query_as(
+        "INSERT INTO rebuild_runs (kind, trigger, state, journaling, journal_from, host, message)
+         VALUES ('rollback', $1, 'building', false, $2, $3, $4) RETURNING run_id",
+    )
+    .bind(&opts.trigger)
+    .bind(journal_from)
+    .bind(host())
+    .bind(format!("rollback of run #{target}"))
+    .fetch_one(pool)
+    .await?;
+    let r = async {
+        // Shadow := previous. Facts keep their versions (states by
+        // aggregate version); cells get a version newer than any push so
+        // far, like a rebuild's.
+        tables::recreate(ch, Copy::Shadow).await?;
+        tables::replace_all_partitions(
+            ch,
+            &Copy::Previous.of("order_facts"),
+            &Copy::Shadow.of("order_facts"),
+        )
+        .await?;
+        let v0: i64 = sqlx::query_scalar("SELECT nextval('ingest_version_seq')")
+            .fetch_one(pool)
+            .await?;
+        sqlx::query("TRUNCATE rebuild_cells").execute(pool).await?;
+        let mut cursor = ch
+            .query(&format!(
+                "SELECT ?fields FROM {} FINAL",
+                Copy::Previous.of("daily_revenue")
+            ))
+            .fetch::<DailyRow>()?;
+        let mut cells = 0u64;
+        let mut chunk = Vec::new();
+        loop {
+            let next = cursor.next().await?;
+            let done = next.is_none();
+            if let Some(mut row) = next {
+                row.version = v0 as u64;
+                chunk.push(row);
+            }
+            if chunk.len() >= 10_000 || (done && !chunk.is_empty()) {
+                cells += chunk.len() as u64;
+                load_cells(pool, &chunk).await?;
+                insert_rows(ch, &Copy::Shadow.of("daily_revenue"), &chunk).await?;
+                chunk.clear();
+            }
+            if done {
+                break;
+            }
+        }
+        install(pool, ch, &mut locks, run_id, journal_from, &opts.zone, true).await?;
+        sqlx::query("UPDATE rebuild_runs SET state = 'rolled_back' WHERE run_id = $1")
+            .bind(target)
+            .execute(pool)
+            .await?;
+        sqlx::query("UPDATE rebuild_runs SET cells = $2 WHERE run_id = $1")
+            .bind(run_id)
+            .bind(cells as i64)
+            .execute(pool)
+            .await?;
+        Ok::<_, RebuildError>(cells)
+    }
+    .await;
+    match r {
+        Ok(cells) => Ok(RollbackOutcome {
+            run_id,
+            rolled_back_run: target,
+            cells,
+            seconds: started.elapsed().as_secs_f64(),
+        }),
+        Err(e) => {
+            mark_failed(pool, run_id, &e).await;
+            Err(e)
+        }
+    }
+}
+
+async fn load_cells(pool: &PgPool, rows: &[DailyRow]) -> Result<(), RebuildError> {
+    let days: Vec<Date> = rows.iter().map(|r| r.day).collect();
+    let merchants: Vec<&str> = rows.iter().map(|r| r.merchant_id.as_str()).collect();
+    let currencies: Vec<String> = rows
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.currency).into_owned())
+        .collect();
+    let col = |f: fn(&DailyRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+    sqlx::query(&format!(
+        "INSERT INTO {CELLS_TABLE} ({TOTALS_COLUMNS})
+         SELECT * FROM unnest($1::date[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
+                              $7::int8[], $8::int8[], $9::int8[], $10::int8[])"
+    ))
+    .bind(&days)
+    .bind(&merchants)
+    .bind(&currencies)
+    .bind(col(|r| r.orders_placed))
+    .bind(col(|r| r.gross_minor))
+    .bind(col(|r| r.captured_minor))
+    .bind(col(|r| r.refunded_minor))
+    .bind(col(|r| r.orders_cancelled))
+    .bind(col(|r| r.items_sold))
+    .bind(col(|r| r.version as i64))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::date;
+
+    #[test]
+    fn day_ranges_respect_the_limit_and_cover_every_day() {
+        let counts: BTreeMap<Date, u64> = [
+            (date!(2026 - 01 - 01), 5),
+            (date!(2026 - 01 - 02), 5),
+            (date!(2026 - 01 - 03), 20),
+            (date!(2026 - 01 - 05), 1),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            day_ranges(&counts, 10),
+            vec![
+                (date!(2026 - 01 - 01), date!(2026 - 01 - 02)),
+                (date!(2026 - 01 - 03), date!(2026 - 01 - 03)),
+                (date!(2026 - 01 - 05), date!(2026 - 01 - 05)),
+            ]
+        );
+        assert!(day_ranges(&BTreeMap::new(), 10).is_empty());
+    }
+}

@@ -1,0 +1,159 @@
+//! The ClickHouse side of a run: copies of the live projection tables and
+//! the partition-by-partition swap.
+//!
+//! Why partitions: ClickHouse 18.16 has no `EXCHANGE TABLES`, and a
+//! `RENAME` of two tables leaves readers a moment with no table at all.
+//! `ALTER TABLE t REPLACE PARTITION ID p FROM s` is atomic for each
+//! partition on every version since 18.x and costs no copy (parts are hard
+//! links), so a reader sees either the old or the new month, each complete.
+//! The same statement freezes the live tables into a run's own copy.
+
+use std::collections::BTreeSet;
+
+use crate::RebuildError;
+
+/// The projections a run regenerates, by live table name.
+pub const PROJECTIONS: [&str; 2] = ["order_facts", "daily_revenue"];
+
+/// A run's copies of a live table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Copy {
+    /// Rebuilt from the write store; swapped in on success.
+    Shadow,
+    /// The live table at the run's snapshot: what verification compares.
+    Frozen,
+    /// The live table before the last swap, kept for `tally rebuild rollback`.
+    Previous,
+}
+
+impl Copy {
+    pub fn of(self, live: &str) -> String {
+        let suffix = match self {
+            Copy::Shadow => "shadow",
+            Copy::Frozen => "frozen",
+            Copy::Previous => "previous",
+        };
+        format!("{live}_{suffix}")
+    }
+}
+
+/// Drops `copy` of every projection and creates it empty, with the live
+/// table's structure.
+pub async fn recreate(ch: &clickhouse::Client, copy: Copy) -> Result<(), RebuildError> {
+    for live in PROJECTIONS {
+        let name = copy.of(live);
+        ch.query(&format!("DROP TABLE IF EXISTS {name}"))
+            .execute()
+            .await?;
+        ch.query(&format!("CREATE TABLE {name} AS {live}"))
+            .execute()
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn drop_copy(ch: &clickhouse::Client, copy: Copy) -> Result<(), RebuildError> {
+    for live in PROJECTIONS {
+        ch.query(&format!("DROP TABLE IF EXISTS {}", copy.of(live)))
+            .execute()
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn exists(ch: &clickhouse::Client, table: &str) -> Result<bool, RebuildError> {
+    let n: u64 = ch
+        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?")
+        .bind(table)
+        .fetch_one()
+        .await?;
+    Ok(n > 0)
+}
+
+/// Active partition ids of `table`.
+pub async fn partitions(
+    ch: &clickhouse::Client,
+    table: &str,
+) -> Result<BTreeSet<String>, RebuildError> {
+    let ids: Vec<String> = ch
+        .query(
+            "SELECT DISTINCT partition_id FROM system.parts
+             WHERE database = currentDatabase() AND table = ? AND active",
+        )
+        .bind(table)
+        .fetch_all()
+        .await?;
+    for id in &ids {
+        // Interpolated below; ids of toYYYYMM partitions are digits.
+        if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(RebuildError::Invariant(format!(
+                "unexpected partition id {id:?} in {table}"
+            )));
+        }
+    }
+    Ok(ids.into_iter().collect())
+}
+
+/// Makes `to` hold exactly `from`'s rows, one atomic partition replace at a
+/// time (a partition `from` lacks is replaced by nothing, i.e. emptied).
+pub async fn replace_all_partitions(
+    ch: &clickhouse::Client,
+    from: &str,
+    to: &str,
+) -> Result<usize, RebuildError> {
+    let mut ids = partitions(ch, from).await?;
+    ids.extend(partitions(ch, to).await?);
+    for id in &ids {
+        ch.query(&format!(
+            "ALTER TABLE {to} REPLACE PARTITION ID '{id}' FROM {from}"
+        ))
+        .execute()
+        .await?;
+    }
+    Ok(ids.len())
+}
+
+/// Copies every projection's live table into `copy` (recreated first).
+pub async fn freeze_live(ch: &clickhouse::Client, copy: Copy) -> Result<(), RebuildError> {
+    recreate(ch, copy).await?;
+    for live in PROJECTIONS {
+        replace_all_partitions(ch, live, &copy.of(live)).await?;
+    }
+    Ok(())
+}
+
+/// Swaps `copy` into the live tables, partition by partition.
+pub async fn swap_into_live(ch: &clickhouse::Client, copy: Copy) -> Result<usize, RebuildError> {
+    let mut n = 0;
+    for live in PROJECTIONS {
+        n += replace_all_partitions(ch, &copy.of(live), live).await?;
+    }
+    Ok(n)
+}
+
+/// Renames `from` to `to` for every projection (these copies are never read
+/// by dashboards, so the rename's non-atomicity does not matter).
+pub async fn rename_copy(
+    ch: &clickhouse::Client,
+    from: Copy,
+    to: Copy,
+) -> Result<(), RebuildError> {
+    drop_copy(ch, to).await?;
+    for live in PROJECTIONS {
+        ch.query(&format!(
+            "RENAME TABLE {} TO {}",
+            from.of(live),
+            to.of(live)
+        ))
+        .execute()
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn count(ch: &clickhouse::Client, table: &str) -> Result<u64, RebuildError> {
+    Ok(ch
+        .query(&format!("SELECT count() FROM {table}"))
+        .fetch_one()
+        .await?)
+}

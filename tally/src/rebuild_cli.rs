@@ -1,0 +1,327 @@
+//! `tally rebuild`, `tally verify` and `tally scheduler`: what operators run.
+//!
+//! Exit codes are part of the interface (scripts and CI gate on them):
+//! 0 no drift, 1 drift found, 2 could not verify (or the run was skipped
+//! because another holds the lock).
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use prometheus_client::registry::Registry;
+use tally_rebuild::progress::ProgressMode;
+use tally_rebuild::reconcile::{ReconcileMetrics, reconcile};
+use tally_rebuild::report::{CsvReport, summary};
+use tally_rebuild::run::{Mode, RunOptions, RunOutcome};
+use time::Date;
+
+use crate::config::Global;
+use crate::roles::{pg_for_cli, shutdown_on_signal};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct Output {
+    /// `human` (a summary table) or `json`.
+    #[arg(long, value_enum, default_value = "human")]
+    pub format: Format,
+    /// Write every differing row to this CSV file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Args, Clone, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RebuildCommand {
+    #[command(subcommand)]
+    pub action: Option<RebuildAction>,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum RebuildAction {
+    /// Recent rebuilds, verifications and rollbacks, newest first.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+    },
+    /// Put back the projections from before the last swap (moved forward by
+    /// every event since). Possible until the next successful rebuild.
+    Rollback,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct VerifyArgs {
+    /// Swap the verified shadow tables in if drift was found.
+    #[arg(long, conflicts_with = "since")]
+    pub repair: bool,
+    /// Only the cheap check: daily cells from this day (YYYY-MM-DD) up to
+    /// the last complete one, write store sums against live cells.
+    #[arg(long, value_parser = parse_day, value_name = "DATE")]
+    pub since: Option<Date>,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SchedulerArgs {
+    /// When to rebuild (cron with seconds, UTC).
+    #[arg(long, env = "TALLY_REBUILD_CRON", default_value = "0 0 3 * * *")]
+    pub rebuild_cron: String,
+    /// When to reconcile recent days (cron with seconds, UTC).
+    #[arg(long, env = "TALLY_RECONCILE_CRON", default_value = "0 */10 * * * *")]
+    pub reconcile_cron: String,
+    /// Address for /livez, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "TALLY_SCHEDULER_OPS_ADDR",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub ops_listen: SocketAddr,
+}
+
+fn parse_day(s: &str) -> Result<Date, String> {
+    Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+        .map_err(|_| format!("`{s}` is not a date; use YYYY-MM-DD, e.g. 2026-11-01"))
+}
+
+pub fn ch_for_cli(g: &Global) -> anyhow::Result<tally_ops::ChSettings> {
+    match &g.clickhouse_url {
+        Some(_) => g.ch(),
+        None => {
+            let stack = tally_stack::StackFile::read(&g.data_dir).context(
+                "CLICKHOUSE_URL is not set and no `tally up` is running in the data directory",
+            )?;
+            tally_ops::ChSettings::from_url(&stack.clickhouse_url).map_err(anyhow::Error::msg)
+        }
+    }
+}
+
+struct Stores {
+    pool: sqlx::PgPool,
+    ch: clickhouse::Client,
+}
+
+async fn stores(g: &Global, app: &str) -> anyhow::Result<Stores> {
+    let pool = pg_for_cli(g, app)?
+        .connect()
+        .await
+        .context("connecting to PostgreSQL")?;
+    let ch = ch_for_cli(g)?;
+    tally_migrations::migrate(&pool, &ch)
+        .await
+        .context("migrating")?;
+    Ok(Stores {
+        pool,
+        ch: ch.client(),
+    })
+}
+
+fn options(g: &Global, output: &Output) -> anyhow::Result<RunOptions> {
+    let interactive = std::io::stderr().is_terminal() && output.format == Format::Human;
+    Ok(RunOptions {
+        zone: g.reporting_zone()?,
+        trigger: "cli".into(),
+        progress: if interactive {
+            ProgressMode::Bar
+        } else {
+            ProgressMode::Log
+        },
+        report_file: output.report.clone(),
+        ..RunOptions::default()
+    })
+}
+
+fn print_outcome(o: &RunOutcome, output: &Output) -> anyhow::Result<u8> {
+    match output.format {
+        Format::Human => print!("{}", summary(o)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(o)?),
+    }
+    if let Some(p) = &output.report {
+        eprintln!("differing rows written to {}", p.display());
+    }
+    Ok(u8::from(o.has_drift()))
+}
+
+pub async fn rebuild(g: &Global, cmd: RebuildCommand) -> anyhow::Result<u8> {
+    let s = stores(g, "tally-rebuild").await?;
+    match cmd.action {
+        None => {
+            let opts = options(g, &cmd.output)?;
+            let o = tally_rebuild::run::run(&s.pool, &s.ch, Mode::Rebuild, &opts).await?;
+            print_outcome(&o, &cmd.output)?;
+            // The rebuild swapped: drift was repaired, which is success.
+            Ok(0)
+        }
+        Some(RebuildAction::History { limit, format }) => {
+            let rows = tally_rebuild::run::history(&s.pool, limit).await?;
+            if format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(0);
+            }
+            if rows.is_empty() {
+                println!("no runs yet");
+            }
+            println!(
+                "{:>5}  {:<8} {:<8} {:<11} {:<20} {:>8} {:>10} {:>9} {:>6} {:<7}  message",
+                "run",
+                "kind",
+                "trigger",
+                "state",
+                "started (UTC)",
+                "seconds",
+                "orders",
+                "cells",
+                "drift",
+                "swapped"
+            );
+            for r in rows {
+                let secs = r
+                    .finished_at
+                    .map(|f| format!("{:.1}", (f - r.started_at).as_seconds_f64()))
+                    .unwrap_or_else(|| "…".into());
+                let started = r
+                    .started_at
+                    .format(time::macros::format_description!(
+                        "[year]-[month]-[day] [hour]:[minute]:[second]"
+                    ))
+                    .unwrap_or_default();
+                let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:>5}  {:<8} {:<8} {:<11} {:<20} {:>8} {:>10} {:>9} {:>6} {:<7}  {}",
+                    r.run_id,
+                    r.kind,
+                    r.trigger,
+                    r.state,
+                    started,
+                    secs,
+                    opt(r.orders),
+                    opt(r.cells),
+                    opt(r.drift_rows),
+                    if r.swapped { "yes" } else { "no" },
+                    r.message.unwrap_or_default()
+                );
+            }
+            Ok(0)
+        }
+        Some(RebuildAction::Rollback) => {
+            let opts = options(g, &cmd.output)?;
+            let o = tally_rebuild::run::rollback(&s.pool, &s.ch, &opts).await?;
+            match cmd.output.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&o)?),
+                Format::Human => println!(
+                    "rolled back run #{} (as run #{}): {} daily cells restored and moved forward by \
+                     the events since, in {:.1} s",
+                    o.rolled_back_run, o.run_id, o.cells, o.seconds
+                ),
+            }
+            Ok(0)
+        }
+    }
+}
+
+pub async fn verify(g: &Global, args: VerifyArgs) -> anyhow::Result<u8> {
+    let s = stores(g, "tally-verify").await?;
+    if let Some(since) = args.since {
+        let zone = g.reporting_zone()?;
+        let mut report = match &args.output.report {
+            Some(p) => Some(CsvReport::create(p)?),
+            None => None,
+        };
+        let out = reconcile(&s.pool, &s.ch, &zone, since, &mut |row| {
+            if let Some(r) = report.as_mut() {
+                r.write(row)?;
+            }
+            Ok(())
+        })
+        .await?;
+        if let Some(r) = report {
+            r.finish()?;
+        }
+        match args.output.format {
+            Format::Json => println!("{}", serde_json::to_string_pretty(&out)?),
+            Format::Human => {
+                let t = &out.daily;
+                println!(
+                    "daily cells {} .. {} (complete up to the watermark {}):",
+                    out.from,
+                    out.until,
+                    out.watermark
+                        .map(|w| w.to_string())
+                        .unwrap_or_else(|| "none yet".into())
+                );
+                println!(
+                    "  compared {}, matching {}, missing {}, extra {}, different {}",
+                    t.compared, t.matching, t.missing, t.extra, t.different
+                );
+                for (cur, by) in &t.drift_by_currency {
+                    let cols: Vec<String> = by.iter().map(|(m, v)| format!("{m} {v}")).collect();
+                    println!("  drift {cur}: {}", cols.join(", "));
+                }
+                for r in &t.worst {
+                    println!("  {} {}", r.kind.as_str(), r.key);
+                }
+                println!(
+                    "result: {}",
+                    if out.has_drift() {
+                        "DRIFT found"
+                    } else {
+                        "no drift"
+                    }
+                );
+            }
+        }
+        return Ok(u8::from(out.has_drift()));
+    }
+    let opts = options(g, &args.output)?;
+    let mode = if args.repair {
+        Mode::Repair
+    } else {
+        Mode::Verify
+    };
+    let o = tally_rebuild::run::run(&s.pool, &s.ch, mode, &opts).await?;
+    let code = print_outcome(&o, &args.output)?;
+    // Repaired drift is still reported as drift found: the live tables were wrong.
+    Ok(code)
+}
+
+pub async fn scheduler(g: &Global, args: SchedulerArgs) -> anyhow::Result<()> {
+    let s = stores(g, "tally-scheduler").await?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(ReconcileMetrics::default());
+    metrics.register(&mut registry);
+    let sched = tally_rebuild::RebuildScheduler::start(
+        &tally_rebuild::SchedulerConfig {
+            rebuild_cron: args.rebuild_cron,
+            reconcile_cron: args.reconcile_cron,
+            reporting_zone: g.reporting_zone()?,
+            ..Default::default()
+        },
+        s.pool.clone(),
+        s.ch,
+        metrics,
+    )
+    .await?;
+    let shutdown = shutdown_on_signal();
+    let ops = axum::Router::new().merge(tally_ops::http::ops_routes(
+        Arc::new(registry),
+        tally_write_api::readiness(s.pool.clone()),
+    ));
+    let listener = tokio::net::TcpListener::bind(args.ops_listen)
+        .await
+        .with_context(|| format!("binding {} (use --ops-listen)", args.ops_listen))?;
+    tracing::info!(addr = %args.ops_listen, "scheduler running; ops endpoints listening");
+    let served = tally_ops::http::serve(listener, ops, shutdown.clone()).await;
+    sched.shutdown().await;
+    Ok(served?)
+}

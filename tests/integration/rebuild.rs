@@ -1,0 +1,480 @@
+//! Rebuild, verification, rollback and reconciliation against real stores:
+//! drift injected into the live projections is reported row by row and
+//! repaired; a rebuild under concurrent load loses and doubles nothing at
+//! the seam; a rollback puts the old tables back, moved forward; a crashed
+//! swap holds the ingest until the next run completes it.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tally_ingest::{DailyRow, FactRow};
+use tally_rebuild::RebuildError;
+use tally_rebuild::compare::Kind;
+use tally_rebuild::run::{Mode, RunOptions, RunOutcome, history, rollback, run};
+use tally_tests::load::drive;
+use tally_tests::{
+    Ingest, TestApp, TestDb, assert_projections_exact, eventually, init_logs, spawn_app,
+};
+
+/// Small chunks, so every test crosses chunk boundaries.
+fn opts() -> RunOptions {
+    RunOptions {
+        chunk_rows: 7,
+        insert_rows: 50,
+        ..RunOptions::default()
+    }
+}
+
+/// Waits until the running ingest has consumed the outbox and pushed
+/// everything, then checks the projections against the write store.
+async fn settle(db: &TestDb) {
+    eventually(Duration::from_secs(30), || async {
+        let (outbox, pending): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM ingest_pending_pushes)",
+        )
+        .fetch_one(&db.pg)
+        .await
+        .ok()?;
+        (outbox == 0 && pending == 0).then_some(())
+    })
+    .await
+    .expect("the ingest drains the outbox within 30 s");
+    assert_projections_exact(db).await;
+}
+
+async fn verify(db: &TestDb, mode: Mode) -> RunOutcome {
+    run(&db.pg, &db.ch.client(), mode, &opts())
+        .await
+        .expect("run")
+}
+
+async fn wait_for_mutations(db: &TestDb) {
+    eventually(Duration::from_secs(20), || async {
+        let pending: u64 = db
+            .ch
+            .client()
+            .query("SELECT count() FROM system.mutations WHERE database = currentDatabase() AND is_done = 0")
+            .fetch_one()
+            .await
+            .ok()?;
+        (pending == 0).then_some(())
+    })
+    .await
+    .expect("ClickHouse finishes the delete mutation");
+}
+
+fn cell_key(r: &DailyRow) -> String {
+    format!(
+        "{}/{}/{}",
+        r.day,
+        r.merchant_id,
+        String::from_utf8_lossy(&r.currency)
+    )
+}
+
+/// Keys of the differing rows, from the CSV report.
+fn report_keys(path: &std::path::Path) -> BTreeSet<(String, String, String)> {
+    let text = std::fs::read_to_string(path).expect("report written");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(tally_rebuild::report::CsvReport::HEADER));
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_owned(), f[1].to_owned(), f[2].to_owned())
+        })
+        .collect()
+}
+
+async fn load(app: &TestApp, orders: usize, seed: u64) {
+    let r = drive(app, orders, 4, seed).await;
+    assert!(r.orders >= orders as u64, "{r:?}");
+}
+
+#[tokio::test]
+async fn verify_reports_exactly_the_injected_drift_and_repair_removes_it() {
+    init_logs();
+    let app = spawn_app(Ingest::Running).await;
+    load(&app, 60, 5).await;
+    settle(&app.db).await;
+    let ch = app.db.ch.client();
+
+    let clean = verify(&app.db, Mode::Verify).await;
+    assert!(!clean.has_drift(), "{clean:#?}");
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&app.db.pg)
+        .await
+        .unwrap();
+    assert_eq!(clean.facts.compared, orders as u64);
+    assert_eq!(clean.orders, orders as u64);
+    assert!(
+        clean.daily.compared > 7,
+        "crosses chunks: {}",
+        clean.daily.compared
+    );
+
+    // Three kinds of drift in each projection.
+    let cells: Vec<DailyRow> = ch
+        .query(
+            "SELECT ?fields FROM daily_revenue FINAL ORDER BY day, merchant_id, currency LIMIT 2",
+        )
+        .fetch_all()
+        .await
+        .unwrap();
+    let mut changed = cells[0].clone();
+    changed.gross_minor += 123;
+    changed.version += 1;
+    let deleted = cells[1].clone();
+    let mut ghost = cells[0].clone();
+    ghost.merchant_id = "m-ghost".into();
+    ch.query("ALTER TABLE daily_revenue DELETE WHERE day = toDate(?) AND merchant_id = ? AND currency = ?")
+        .bind(deleted.day.to_string())
+        .bind(&deleted.merchant_id)
+        .bind(String::from_utf8_lossy(&deleted.currency).into_owned())
+        .execute()
+        .await
+        .unwrap();
+    let facts: Vec<FactRow> = ch
+        .query("SELECT ?fields FROM order_facts FINAL ORDER BY order_id LIMIT 2")
+        .fetch_all()
+        .await
+        .unwrap();
+    let mut changed_fact = facts[0].clone();
+    changed_fact.captured_minor += 1;
+    changed_fact.version += 1;
+    let deleted_fact = facts[1].clone();
+    let mut ghost_fact = facts[0].clone();
+    ghost_fact.order_id = uuid::Uuid::now_v7();
+    ch.query("ALTER TABLE order_facts DELETE WHERE order_id = toUUID(?)")
+        .bind(deleted_fact.order_id.to_string())
+        .execute()
+        .await
+        .unwrap();
+    wait_for_mutations(&app.db).await;
+    tally_ingest::insert_rows(&ch, "daily_revenue", &[changed.clone(), ghost.clone()])
+        .await
+        .unwrap();
+    tally_ingest::insert_rows(
+        &ch,
+        "order_facts",
+        &[changed_fact.clone(), ghost_fact.clone()],
+    )
+    .await
+    .unwrap();
+
+    let report = std::env::temp_dir().join(format!("tally-drift-{}.csv", uuid::Uuid::now_v7()));
+    let drifted = run(
+        &app.db.pg,
+        &ch,
+        Mode::Verify,
+        &RunOptions {
+            report_file: Some(report.clone()),
+            ..opts()
+        },
+    )
+    .await
+    .unwrap();
+    let d = &drifted.daily;
+    assert_eq!((d.missing, d.extra, d.different), (1, 1, 1), "{d:#?}");
+    let f = &drifted.facts;
+    assert_eq!((f.missing, f.extra, f.different), (1, 1, 1), "{f:#?}");
+    assert_eq!(
+        d.matching + 2,
+        clean.daily.matching,
+        "every other cell matches"
+    );
+    assert!(!drifted.swapped);
+    let cur = String::from_utf8_lossy(&changed.currency).into_owned();
+    let deleted_same_currency = if deleted.currency == changed.currency {
+        deleted.gross_minor
+    } else {
+        0
+    };
+    assert_eq!(
+        d.drift_by_currency[&cur]["gross_minor"],
+        i128::from(123 + ghost.gross_minor + deleted_same_currency),
+        "changed by 123, plus the ghost's and the deleted cell's whole amounts"
+    );
+    let by_key: Vec<(String, Kind)> = d
+        .worst
+        .iter()
+        .chain(f.worst.iter())
+        .map(|r| (r.key.clone(), r.kind))
+        .collect();
+    for want in [
+        (cell_key(&changed), Kind::Different),
+        (cell_key(&deleted), Kind::Missing),
+        (cell_key(&ghost), Kind::Extra),
+        (changed_fact.order_id.to_string(), Kind::Different),
+        (deleted_fact.order_id.to_string(), Kind::Missing),
+        (ghost_fact.order_id.to_string(), Kind::Extra),
+    ] {
+        assert!(by_key.contains(&want), "{want:?} not in {by_key:?}");
+    }
+    let keys: BTreeSet<String> = report_keys(&report)
+        .into_iter()
+        .map(|(_, _, k)| k)
+        .collect();
+    assert_eq!(keys.len(), 6, "exactly the six injected rows: {keys:?}");
+    let _ = std::fs::remove_file(&report);
+
+    let repaired = verify(&app.db, Mode::Repair).await;
+    assert!(repaired.swapped && repaired.has_drift());
+    let after = verify(&app.db, Mode::Verify).await;
+    assert!(!after.has_drift(), "{after:#?}");
+
+    // The ingest carries on from the repaired tables.
+    load(&app, 20, 6).await;
+    settle(&app.db).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rebuild_under_concurrent_load_loses_and_doubles_nothing() {
+    init_logs();
+    let app = spawn_app(Ingest::Running).await;
+    load(&app, 40, 7).await;
+    settle(&app.db).await;
+
+    // Drift in the ingest's own running totals: the next push of that cell
+    // would carry it into ClickHouse. A rebuild must fix the source too.
+    sqlx::query(
+        "UPDATE ingest_daily_totals SET gross_minor = gross_minor + 7
+         WHERE (day, merchant_id, currency) IN (SELECT day, merchant_id, currency FROM ingest_daily_totals LIMIT 1)",
+    )
+    .execute(&app.db.pg)
+    .await
+    .unwrap();
+
+    let traffic = {
+        let app = app.handle();
+        tokio::spawn(async move { drive(&app, 600, 6, 8).await })
+    };
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        runs.push(verify(&app.db, Mode::Rebuild).await);
+    }
+    let report = traffic.await.unwrap();
+    assert!(report.orders >= 600, "{report:?}");
+    for r in &runs {
+        assert!(r.swapped, "run #{} swapped", r.run_id);
+    }
+    assert!(
+        runs.iter().any(|r| r.replayed_events > 0),
+        "the ingest consumed events during a run, so the seam was exercised: {:?}",
+        runs.iter().map(|r| r.replayed_events).collect::<Vec<_>>()
+    );
+    // Later runs, on repaired tables, find nothing though commands and
+    // ingest kept going: the snapshot and the frozen copy are the same instant.
+    assert!(
+        !runs[2].has_drift(),
+        "no drift at the seam under load: {:#?}",
+        runs[2]
+    );
+    settle(&app.db).await;
+    let last = verify(&app.db, Mode::Verify).await;
+    assert!(!last.has_drift(), "{last:#?}");
+    let totals_drift: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM ingest_daily_totals t FULL JOIN ({}) o
+           ON (o.day, o.merchant_id, o.currency) = (t.day, t.merchant_id, t.currency)
+         WHERE o.gross_minor IS DISTINCT FROM t.gross_minor::numeric
+            OR o.captured_minor IS DISTINCT FROM t.captured_minor::numeric",
+        "SELECT day, merchant_id, currency, sum(gross)::numeric AS gross_minor, sum(captured)::numeric AS captured_minor FROM (
+            SELECT placed_at::date AS day, merchant_id, currency,
+                   (SELECT sum(quantity::int8 * unit_price_minor) FROM order_items i WHERE i.order_id = o.order_id) AS gross, 0 AS captured
+            FROM orders o
+            UNION ALL
+            SELECT p.captured_at::date, o.merchant_id, o.currency, 0, p.amount_minor FROM payments p JOIN orders o USING (order_id)
+         ) c GROUP BY 1, 2, 3"
+    ))
+    .fetch_one(&app.db.pg)
+    .await
+    .unwrap();
+    assert_eq!(
+        totals_drift, 0,
+        "the ingest's running totals equal the write store"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rollback_restores_the_previous_tables_moved_forward_by_later_events() {
+    init_logs();
+    let app = spawn_app(Ingest::Running).await;
+    load(&app, 30, 9).await;
+    settle(&app.db).await;
+    let ch = app.db.ch.client();
+
+    // Nothing to roll back yet.
+    let err = rollback(&app.db.pg, &ch, &opts()).await.unwrap_err();
+    assert!(matches!(err, RebuildError::Refused(_)), "{err}");
+
+    // A ghost cell the rebuild removes and the rollback brings back.
+    let mut ghost: DailyRow = ch
+        .query("SELECT ?fields FROM daily_revenue FINAL LIMIT 1")
+        .fetch_one()
+        .await
+        .unwrap();
+    ghost.merchant_id = "m-ghost".into();
+    tally_ingest::insert_rows(&ch, "daily_revenue", std::slice::from_ref(&ghost))
+        .await
+        .unwrap();
+    let rebuilt = verify(&app.db, Mode::Rebuild).await;
+    assert_eq!(rebuilt.daily.extra, 1);
+    assert!(!verify(&app.db, Mode::Verify).await.has_drift());
+
+    load(&app, 25, 10).await; // events after the swap
+    settle(&app.db).await;
+    let rolled = rollback(&app.db.pg, &ch, &opts()).await.unwrap();
+    assert_eq!(rolled.rolled_back_run, rebuilt.run_id);
+
+    // The previous tables are back (with the ghost) and include every
+    // event consumed since: only the ghost differs from the write store.
+    let after = verify(&app.db, Mode::Verify).await;
+    assert_eq!(
+        (
+            after.daily.extra,
+            after.daily.missing,
+            after.daily.different
+        ),
+        (1, 0, 0),
+        "{after:#?}"
+    );
+    assert_eq!(after.facts.differing(), 0, "{after:#?}");
+    assert_eq!(after.daily.worst[0].key, cell_key(&ghost));
+
+    let again = rollback(&app.db.pg, &ch, &opts()).await.unwrap_err();
+    assert!(matches!(again, RebuildError::Refused(_)), "{again}");
+
+    let h = history(&app.db.pg, 10).await.unwrap();
+    let states: Vec<(&str, &str)> = h
+        .iter()
+        .map(|r| (r.kind.as_str(), r.state.as_str()))
+        .collect();
+    assert!(states.contains(&("rollback", "swapped")), "{states:?}");
+    assert!(states.contains(&("rebuild", "rolled_back")), "{states:?}");
+    assert!(states.contains(&("verify", "verified")), "{states:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_run_is_skipped_and_recorded_while_one_holds_the_lock() {
+    init_logs();
+    let db = TestDb::new().await;
+    let mut holder = sqlx::PgConnection::connect(&db.pg_settings.url)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(tally_rebuild::run::RUN_LOCK)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let err = run(&db.pg, &db.ch.client(), Mode::Rebuild, &opts())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RebuildError::Busy(_)), "{err}");
+    let h = history(&db.pg, 5).await.unwrap();
+    assert_eq!(h[0].state, "skipped");
+    assert!(
+        h[0].message
+            .as_deref()
+            .unwrap_or("")
+            .contains("holds the lock")
+    );
+    drop(holder);
+    let ok = run(&db.pg, &db.ch.client(), Mode::Rebuild, &opts())
+        .await
+        .unwrap();
+    assert!(ok.swapped && !ok.has_drift());
+}
+
+use sqlx::Connection as _;
+
+#[tokio::test]
+async fn an_interrupted_swap_holds_the_ingest_until_the_next_run_completes_it() {
+    init_logs();
+    let app = spawn_app(Ingest::Running).await;
+    load(&app, 10, 11).await;
+    settle(&app.db).await;
+    let ch = app.db.ch.client();
+    // What a crash between the PostgreSQL commit and the partition swap
+    // leaves: a `swapping` run and its shadow tables.
+    tally_rebuild::tables::freeze_live(&ch, tally_rebuild::tables::Copy::Shadow)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO rebuild_runs (kind, trigger, state, swapped, host) VALUES ('rebuild', 'test', 'swapping', true, 'crashed')",
+    )
+    .execute(&app.db.pg)
+    .await
+    .unwrap();
+
+    load(&app, 10, 12).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&app.db.pg)
+        .await
+        .unwrap();
+    assert!(
+        waiting > 0,
+        "the ingest claims nothing during an interrupted swap"
+    );
+
+    let next = verify(&app.db, Mode::Verify).await;
+    let h = history(&app.db.pg, 5).await.unwrap();
+    assert!(
+        h.iter()
+            .any(|r| r.host == "crashed" && r.state == "swapped"),
+        "{h:#?}"
+    );
+    assert!(!next.has_drift(), "{next:#?}");
+    settle(&app.db).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reconciliation_checks_complete_days_and_reports_drift_per_currency() {
+    init_logs();
+    let db = TestDb::new().await;
+    let ch = db.ch.client();
+    let zone = tally_ingest::ReportingZone::utc();
+    // Orders three days ago, projected by a worker.
+    let past = time::OffsetDateTime::now_utc() - time::Duration::days(3);
+    for i in 0..5 {
+        crate::ingest::place_at(&db.pg, &format!("m-{i}"), 1000 + i, past).await;
+    }
+    let mut worker = db.ingest_worker(tally_ingest::IngestConfig::default());
+    worker.drain().await.unwrap();
+
+    let since = zone.day(past) - time::Duration::days(1);
+    let clean = tally_rebuild::reconcile::reconcile(&db.pg, &ch, &zone, since, &mut |_| Ok(()))
+        .await
+        .unwrap();
+    assert_eq!(clean.daily.compared, 5);
+    assert!(!clean.has_drift());
+
+    let mut bad: DailyRow = ch
+        .query("SELECT ?fields FROM daily_revenue FINAL WHERE merchant_id = 'm-2'")
+        .fetch_one()
+        .await
+        .unwrap();
+    bad.captured_minor += 250;
+    bad.version += 1;
+    tally_ingest::insert_rows(&ch, "daily_revenue", &[bad])
+        .await
+        .unwrap();
+
+    let metrics = std::sync::Arc::new(tally_rebuild::reconcile::ReconcileMetrics::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let drift = tally_rebuild::reconcile::reconcile_recent(&db.pg, &ch, &zone, 7, &metrics)
+        .await
+        .unwrap();
+    assert_eq!(drift.daily.different, 1);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("tally_reconcile_drift_minor{currency=\"EUR\"} 250"),
+        "{text}"
+    );
+}

@@ -4,11 +4,9 @@
 
 use std::time::Duration;
 
-use tally_domain::{EventEnvelope, EventId, Order, OrderId, order};
+use tally_domain::OrderId;
 use tally_ingest::{FactRow, IngestConfig};
 use tally_tests::{Ingest, TestDb, init_logs, order_body, spawn_app};
-use tally_write_api::orders::PlaceOrderRequest;
-use uuid::Uuid;
 
 fn config(batch_size: i64) -> IngestConfig {
     IngestConfig {
@@ -18,10 +16,8 @@ fn config(batch_size: i64) -> IngestConfig {
     }
 }
 
-/// Writes a placed order (rows and outbox event) through the write API's
-/// store on `db`, which may be an open transaction.
 async fn place(db: impl sqlx::PgExecutor<'_>, merchant: &str, price: i64) -> OrderId {
-    place_at(db, merchant, price, tally_write_api::orders::now()).await
+    tally_tests::place_direct(db, merchant, price).await
 }
 
 pub(crate) async fn place_at(
@@ -30,17 +26,7 @@ pub(crate) async fn place_at(
     price: i64,
     at: time::OffsetDateTime,
 ) -> OrderId {
-    let req: PlaceOrderRequest =
-        serde_json::from_value(order_body(merchant, "EUR", &[("sku", 1, price)])).unwrap();
-    let id = OrderId::from_uuid(Uuid::now_v7());
-    let cmd = req.parse(id).unwrap();
-    let event = order::place(&cmd).unwrap();
-    let state = Order::from_placed(id, &event, at).unwrap();
-    let env = EventEnvelope::record(EventId::from_uuid(Uuid::now_v7()), at, event, state);
-    tally_write_api::store::insert_placed_order(db, &cmd, &env)
-        .await
-        .unwrap();
-    id
+    tally_tests::place_direct_at(db, merchant, price, at).await
 }
 
 async fn fact_count(db: &TestDb) -> u64 {

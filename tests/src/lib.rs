@@ -464,3 +464,34 @@ pub async fn assert_projections_exact(db: &TestDb) {
         expected.len()
     );
 }
+
+/// Writes a placed order (rows and outbox event) through the write API's
+/// store on `db`, which may be an open transaction: no HTTP in between.
+pub async fn place_direct(
+    db: impl sqlx::PgExecutor<'_>,
+    merchant: &str,
+    price: i64,
+) -> tally_domain::OrderId {
+    place_direct_at(db, merchant, price, tally_write_api::orders::now()).await
+}
+
+/// [`place_direct`] with the event stamped at `at`.
+pub async fn place_direct_at(
+    db: impl sqlx::PgExecutor<'_>,
+    merchant: &str,
+    price: i64,
+    at: time::OffsetDateTime,
+) -> tally_domain::OrderId {
+    use tally_domain::{EventEnvelope, EventId, Order, OrderId, order};
+    let req: tally_write_api::orders::PlaceOrderRequest =
+        serde_json::from_value(order_body(merchant, "EUR", &[("sku", 1, price)])).unwrap();
+    let id = OrderId::from_uuid(uuid::Uuid::now_v7());
+    let cmd = req.parse(id).unwrap();
+    let event = order::place(&cmd).unwrap();
+    let state = Order::from_placed(id, &event, at).unwrap();
+    let env = EventEnvelope::record(EventId::from_uuid(uuid::Uuid::now_v7()), at, event, state);
+    tally_write_api::store::insert_placed_order(db, &cmd, &env)
+        .await
+        .unwrap();
+    id
+}

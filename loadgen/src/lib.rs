@@ -7,6 +7,8 @@
 //! retries `409` and `503` with the same Idempotency-Key. The same seed
 //! gives the same sequence of decisions.
 
+pub mod bulk;
+
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;

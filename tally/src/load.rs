@@ -37,9 +37,20 @@ pub struct LoadArgs {
     /// The same seed gives the same traffic.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Instead of HTTP traffic, write this many orders (with items,
+    /// payments, shipments, refunds) straight into the write store, for
+    /// rebuild benchmarks; only a rebuild puts them into ClickHouse.
+    #[arg(long, value_name = "ORDERS", conflicts_with_all = ["rate", "duration", "orders"])]
+    pub bulk: Option<u64>,
+    /// With --bulk: spread placed times over this many past days.
+    #[arg(long, default_value_t = 365, requires = "bulk")]
+    pub days: u32,
 }
 
 pub async fn run(g: &Global, a: LoadArgs) -> anyhow::Result<()> {
+    if let Some(n) = a.bulk {
+        return bulk(g, &a, n).await;
+    }
     if a.orders.is_none() && a.duration.is_none() {
         anyhow::bail!("say when to stop: --orders N or --duration SECONDS (or both)");
     }
@@ -85,6 +96,40 @@ pub async fn run(g: &Global, a: LoadArgs) -> anyhow::Result<()> {
         ms(r.percentile(0.9)),
         ms(r.percentile(0.99)),
         ms(r.percentile(1.0))
+    );
+    Ok(())
+}
+
+async fn bulk(g: &Global, a: &LoadArgs, orders: u64) -> anyhow::Result<()> {
+    for c in &a.currencies {
+        tally_domain::Currency::parse(c).map_err(|e| anyhow::anyhow!("--currencies: {e}"))?;
+    }
+    let pool = crate::roles::pg_for_cli(g, "tally-load")?
+        .connect()
+        .await
+        .context("connecting to PostgreSQL")?;
+    let start: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&pool)
+        .await
+        .context("counting existing orders (is the database migrated? run `tally migrate`)")?;
+    let cur = |i: usize| a.currencies[i % a.currencies.len()].clone();
+    let cfg = tally_loadgen::bulk::BulkConfig {
+        orders,
+        merchants: a.merchants,
+        currencies: [cur(0), cur(1), cur(2)],
+        days: a.days,
+        seed: a.seed,
+        ..Default::default()
+    };
+    eprintln!("writing {orders} orders into the write store …");
+    let took = tally_loadgen::bulk::seed_write_store(&pool, &cfg, start as u64, |done| {
+        eprintln!("  {done} / {orders}");
+    })
+    .await?;
+    println!(
+        "seeded {orders} orders in {:.1} s ({:.0} orders/s); run `tally rebuild` to project them",
+        took.as_secs_f64(),
+        orders as f64 / took.as_secs_f64().max(1e-9)
     );
     Ok(())
 }

@@ -68,6 +68,16 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 16)]
         clients: usize,
     },
+    /// Rebuild + verification of bulk-seeded orders vs PostgreSQL's `COPY`
+    /// of the write tables, and peak memory at N and 4 N orders.
+    Rebuild {
+        /// Orders (default 1 000 000; --quick 100 000).
+        #[arg(long)]
+        orders: Option<u64>,
+        /// Peak memory is also measured at this multiple of --orders.
+        #[arg(long, default_value_t = 4)]
+        rss_factor: u64,
+    },
 }
 
 pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
@@ -76,6 +86,10 @@ pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Freshness { seconds, clients } => {
             let secs = seconds.unwrap_or(if args.quick { 8 } else { 20 });
             crate::bench_freshness::run(g, secs, clients.max(1), args.runs.max(1), record).await
+        }
+        BenchKind::Rebuild { orders, rss_factor } => {
+            let n = orders.unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
+            crate::bench_rebuild::run(g, n, rss_factor.max(1), args.runs.max(1), record).await
         }
         BenchKind::Drain {
             events,

@@ -1,0 +1,218 @@
+//! `tally bench rebuild`: rebuild plus verification of N bulk-seeded orders
+//! against PostgreSQL merely reading the write tables out (`COPY … TO
+//! STDOUT`, same run, same server), and the peak memory of the rebuild
+//! process at N and at 4 N orders.
+//!
+//! The rebuild runs as what operators run, a `tally rebuild` child process,
+//! so its peak RSS (VmHWM) is its own and not the benchmark's.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::TryStreamExt;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolCopyExt;
+
+use crate::bench::{Servers, record_result, servers, stat};
+use crate::config::Global;
+
+const TABLES: [&str; 5] = ["orders", "order_items", "payments", "shipments", "refunds"];
+
+/// Seconds for PostgreSQL to stream every write table out.
+async fn copy_out(pool: &PgPool) -> anyhow::Result<(f64, u64)> {
+    let t = Instant::now();
+    let mut bytes = 0u64;
+    for table in TABLES {
+        let mut s = pool
+            .copy_out_raw(&format!("COPY {table} TO STDOUT"))
+            .await?;
+        while let Some(chunk) = s.try_next().await? {
+            bytes += chunk.len() as u64;
+        }
+    }
+    Ok((t.elapsed().as_secs_f64(), bytes))
+}
+
+struct ChildRun {
+    seconds: f64,
+    peak_rss_mib: f64,
+    report: serde_json::Value,
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Runs `tally rebuild --format json` against the bench's servers.
+async fn rebuild_child(s: &Servers) -> anyhow::Result<ChildRun> {
+    let exe = std::env::current_exe().context("locating the tally binary")?;
+    let t = Instant::now();
+    let mut child = tokio::process::Command::new(exe)
+        .args(["rebuild", "--format", "json"])
+        .env("DATABASE_URL", &s.pg.url)
+        .env("CLICKHOUSE_URL", s.ch.to_url())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting tally rebuild")?;
+    let pid = child.id().context("child pid")?;
+    let mut peak = 0u64;
+    let mut stdout = child.stdout.take().context("child stdout")?;
+    let reader = tokio::spawn(async move {
+        let mut out = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stdout, &mut out)
+            .await
+            .map(|_| out)
+    });
+    let status = loop {
+        if let Some(kib) = vm_hwm_kib(pid) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let seconds = t.elapsed().as_secs_f64();
+    let out = reader.await??;
+    anyhow::ensure!(
+        status.success(),
+        "tally rebuild failed ({status}); its stderr is above"
+    );
+    Ok(ChildRun {
+        seconds,
+        peak_rss_mib: peak as f64 / 1024.0,
+        report: serde_json::from_slice(&out).context("parsing the rebuild's JSON")?,
+    })
+}
+
+async fn seed(pool: &PgPool, from: u64, orders: u64) -> anyhow::Result<()> {
+    let cfg = tally_loadgen::bulk::BulkConfig {
+        orders,
+        ..Default::default()
+    };
+    eprintln!("seeding {orders} orders into the write store …");
+    let took = tally_loadgen::bulk::seed_write_store(pool, &cfg, from, |done| {
+        if done % 500_000 == 0 || done == orders {
+            eprintln!("  {done} / {orders}");
+        }
+    })
+    .await?;
+    eprintln!("  seeded in {:.1} s", took.as_secs_f64());
+    Ok(())
+}
+
+pub async fn run(
+    g: &Global,
+    orders: u64,
+    rss_factor: u64,
+    runs: usize,
+    record: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let s = servers(g).await?;
+    let pool = s.pg.connect().await.context("connecting to PostgreSQL")?;
+    tally_migrations::migrate(&pool, &s.ch).await?;
+    let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&pool)
+        .await?;
+    anyhow::ensure!(
+        existing == 0,
+        "the bench needs an empty write store ({existing} orders found); unset DATABASE_URL to let it start its own"
+    );
+    seed(&pool, 0, orders).await?;
+    eprintln!("first rebuild (fills the live tables) …");
+    rebuild_child(&s).await?;
+
+    let (mut copy, mut ours, mut ratios, mut rss) = (vec![], vec![], vec![], vec![]);
+    let mut bytes = 0;
+    for run in 1..=runs {
+        let (c, b) = copy_out(&pool).await?;
+        bytes = b;
+        let r = rebuild_child(&s).await?;
+        let drift = r.report["daily"]["missing"].as_u64().unwrap_or(0)
+            + r.report["daily"]["extra"].as_u64().unwrap_or(0)
+            + r.report["daily"]["different"].as_u64().unwrap_or(0)
+            + r.report["facts"]["missing"].as_u64().unwrap_or(0)
+            + r.report["facts"]["extra"].as_u64().unwrap_or(0)
+            + r.report["facts"]["different"].as_u64().unwrap_or(0);
+        anyhow::ensure!(drift == 0, "the rebuild found drift on a quiet store: {}", r.report);
+        eprintln!(
+            "run {run}: COPY {c:.2} s ({:.0} MiB), rebuild + verify {:.2} s, peak RSS {:.0} MiB, ingest paused {} ms",
+            b as f64 / 1048576.0,
+            r.seconds,
+            r.peak_rss_mib,
+            r.report["ingest_paused_ms"]
+        );
+        copy.push(c);
+        ours.push(r.seconds);
+        ratios.push(r.seconds / c);
+        rss.push(r.peak_rss_mib);
+    }
+    let (copy, ours, ratios, rss_small) = (stat(copy), stat(ours), stat(ratios), stat(rss));
+
+    let big = orders * rss_factor;
+    seed(&pool, orders, big - orders).await?;
+    eprintln!("rebuild at {big} orders (first fills, second is measured) …");
+    rebuild_child(&s).await?;
+    let large = rebuild_child(&s).await?;
+    let rss_ratio = large.peak_rss_mib / rss_small.median;
+
+    let mut table = String::new();
+    writeln!(table, "| figure | value |")?;
+    writeln!(table, "|---|---|")?;
+    writeln!(
+        table,
+        "| PostgreSQL `COPY … TO STDOUT` of the write tables, {orders} orders ({:.0} MiB) | {:.2} s ({:.2}–{:.2}) |",
+        bytes as f64 / 1048576.0,
+        copy.median,
+        copy.min,
+        copy.max
+    )?;
+    writeln!(
+        table,
+        "| `tally rebuild` (build shadow + verify + swap), {orders} orders | {:.2} s ({:.2}–{:.2}) = {:.0} orders/s |",
+        ours.median,
+        ours.min,
+        ours.max,
+        orders as f64 / ours.median
+    )?;
+    writeln!(
+        table,
+        "| **ratio rebuild / COPY** (target ≤ 2) | **{:.2}** ({:.2}–{:.2}) |",
+        ratios.median, ratios.min, ratios.max
+    )?;
+    writeln!(
+        table,
+        "| peak RSS of the rebuild process, {orders} orders | {:.0} MiB ({:.0}–{:.0}) |",
+        rss_small.median, rss_small.min, rss_small.max
+    )?;
+    writeln!(
+        table,
+        "| peak RSS, {big} orders ({:.1} s) | {:.0} MiB |",
+        large.seconds, large.peak_rss_mib
+    )?;
+    writeln!(
+        table,
+        "| **RSS ratio {big} / {orders}** (target ≤ 1.2) | **{rss_ratio:.2}** |"
+    )?;
+    println!("{table}");
+    record_result(
+        record.as_deref(),
+        "rebuild",
+        &format!(
+            "{runs} runs at {orders} orders; medians with min–max. Command: `tally bench rebuild --orders {orders} --runs {runs}` (release build). The rebuild is a `tally rebuild` child process; RSS is its VmHWM."
+        ),
+        &table,
+    )?;
+    drop(pool);
+    s.stop().await;
+    Ok(())
+}

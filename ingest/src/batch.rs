@@ -66,9 +66,11 @@ const CLAIM_AND_JOURNAL_SQL: &str = "WITH claimed AS (
 /// rest: taking its snapshot and swapping (ARCHITECTURE.md, "Rebuild").
 pub const SEAM_LOCK: i64 = 0x7461_6c6c_7365_616d; // "tallseam"
 
-/// What a batch must know about rebuilds, read under [`SEAM_LOCK`].
-const SEAM_SQL: &str = "SELECT pg_advisory_xact_lock_shared($1)::text,
-            EXISTS (SELECT 1 FROM rebuild_runs WHERE journaling),
+/// What a batch must know about rebuilds. Read by a statement *after* the
+/// one that takes [`SEAM_LOCK`]: a statement sees the database as of its
+/// start, so one that waited for the lock would miss a run registered
+/// while it waited, and claim events the run never hears about.
+const SEAM_STATE_SQL: &str = "SELECT EXISTS (SELECT 1 FROM rebuild_runs WHERE journaling),
             EXISTS (SELECT 1 FROM rebuild_runs WHERE state = 'swapping')";
 
 /// An outbox row (or a journal row, which has the same shape).
@@ -120,10 +122,12 @@ pub(crate) async fn run_batch(
 ) -> Result<BatchOutcome, IngestError> {
     let started = Instant::now();
     let mut tx = pool.begin().await?;
-    let (_, journaling, swapping): (String, bool, bool) = sqlx::query_as(SEAM_SQL)
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)::text")
         .bind(SEAM_LOCK)
-        .fetch_one(&mut *tx)
+        .execute(&mut *tx)
         .await?;
+    let (journaling, swapping): (bool, bool) =
+        sqlx::query_as(SEAM_STATE_SQL).fetch_one(&mut *tx).await?;
     if swapping {
         tx.rollback().await?;
         return Ok(BatchOutcome {

@@ -105,11 +105,17 @@ pub struct RunOutcome {
     /// Orders with events still in the outbox (or dead-lettered) at the
     /// snapshot: their facts are not compared this time.
     pub orders_not_compared: u64,
+    /// Cells where the ingest's running totals (`ingest_daily_totals`)
+    /// disagreed with the write store at the snapshot: drift that the next
+    /// push of those cells would carry into ClickHouse.
+    pub ingest_totals_drift: u64,
     pub dead_letters: i64,
     pub swapped: bool,
     /// Events consumed by the ingest during the run and replayed onto the
     /// shadow before the swap.
     pub replayed_events: u64,
+    /// How long the ingest was held to freeze the live tables.
+    pub register_paused_ms: u64,
     /// How long the ingest was held for the swap.
     pub ingest_paused_ms: u64,
     pub seconds: f64,
@@ -118,7 +124,7 @@ pub struct RunOutcome {
 
 impl RunOutcome {
     pub fn has_drift(&self) -> bool {
-        self.daily.differing() > 0 || self.facts.differing() > 0
+        self.daily.differing() > 0 || self.facts.differing() > 0 || self.ingest_totals_drift > 0
     }
 }
 
@@ -325,6 +331,7 @@ struct Registered {
     journal_from: i64,
     snapshot_at: OffsetDateTime,
     snapshot: sqlx::Transaction<'static, sqlx::Postgres>,
+    paused_ms: u64,
 }
 
 async fn register(
@@ -334,12 +341,15 @@ async fn register(
     kind: &str,
     opts: &RunOptions,
 ) -> Result<Registered, RebuildError> {
+    // Empty copies first: only the partition copy needs the ingest at rest.
+    tables::recreate(ch, Copy::Frozen).await?;
     locks.seam().await?;
+    let paused = Instant::now();
     let r = async {
         // Live = the ingest's totals: no batch is in flight, and every
         // committed one has its cells pushed.
         recover_pending(pool, ch, Duration::ZERO).await?;
-        tables::freeze_live(ch, Copy::Frozen).await?;
+        tables::copy_live_into(ch, Copy::Frozen).await?;
         let (run_id, journal_from): (i64, i64) = sqlx::query_as(
             "INSERT INTO rebuild_runs (kind, trigger, state, journaling, journal_from, host)
              VALUES ($1, $2, 'building', true,
@@ -369,11 +379,104 @@ async fn register(
             journal_from,
             snapshot_at,
             snapshot,
+            paused_ms: 0,
         })
     }
-    .await;
+    .await
+    .map(|mut r| {
+        r.paused_ms = paused.elapsed().as_millis() as u64;
+        r
+    });
     locks.release_seam().await?;
     r
+}
+
+/// Daily cells as of the snapshot, minus what its outbox still holds, in
+/// `rebuild_cells` (with a version newer than any push so far), and the
+/// cells where the ingest's running totals disagree with them.
+async fn build_cells(
+    conn: &mut PgConnection,
+    zone: &ReportingZone,
+) -> Result<(Backlog, i64, i64), RebuildError> {
+    let backlog = read_backlog(&mut *conn, zone).await?;
+    sqlx::query("TRUNCATE rebuild_cells, rebuild_totals_drift")
+        .execute(&mut *conn)
+        .await?;
+    let v0: i64 = sqlx::query_scalar("SELECT nextval('ingest_version_seq')")
+        .fetch_one(&mut *conn)
+        .await?;
+    sqlx::query(&format!(
+        "INSERT INTO {CELLS_TABLE} ({TOTALS_COLUMNS}) SELECT c.*, $2 FROM ({ORACLE_SQL}) c"
+    ))
+    .bind(zone.name())
+    .bind(v0)
+    .execute(&mut *conn)
+    .await?;
+    if !backlog.cells.is_empty() {
+        let negated = backlog
+            .cells
+            .iter()
+            .map(|(k, d)| (k.clone(), negate(d)))
+            .collect();
+        let mut tx = conn.begin().await?; // a savepoint: add_to_totals wants a transaction
+        add_to_totals(&mut tx, CELLS_TABLE, &negated).await?;
+        tx.commit().await?;
+        sqlx::query(
+            "DELETE FROM rebuild_cells WHERE orders_placed = 0 AND gross_minor = 0 AND captured_minor = 0
+               AND refunded_minor = 0 AND orders_cancelled = 0 AND items_sold = 0",
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    // Both sides as of the snapshot; afterwards both move by the same
+    // journaled deltas, so this set is what a swap has to rewrite.
+    let totals_drift = sqlx::query(&format!(
+        "INSERT INTO rebuild_totals_drift (day, merchant_id, currency)
+         SELECT coalesce(r.day, t.day), coalesce(r.merchant_id, t.merchant_id),
+                coalesce(r.currency, t.currency)
+         FROM {CELLS_TABLE} r FULL JOIN {TOTALS_TABLE} t
+           ON r.day = t.day AND r.merchant_id = t.merchant_id AND r.currency = t.currency
+         WHERE (r.orders_placed, r.gross_minor, r.captured_minor, r.refunded_minor,
+                r.orders_cancelled, r.items_sold)
+            IS DISTINCT FROM (t.orders_placed, t.gross_minor, t.captured_minor, t.refunded_minor,
+                              t.orders_cancelled, t.items_sold)"
+    ))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected() as i64;
+    let cells: i64 = sqlx::query_scalar("SELECT count(*) FROM rebuild_cells")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok((backlog, cells, totals_drift))
+}
+
+/// Every order's fact row as of the snapshot, into the shadow table.
+async fn build_facts(
+    conn: &mut PgConnection,
+    ch: &clickhouse::Client,
+    opts: &RunOptions,
+) -> Result<i64, RebuildError> {
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&mut *conn)
+        .await?;
+    tables::recreate(ch, Copy::Shadow).await?;
+    let mut progress = Progress::start(opts.progress, "order facts", orders as u64);
+    let shadow = Copy::Shadow.of("order_facts");
+    let zone = opts.zone.name().to_owned();
+    let mut rows = source::facts(conn, &zone);
+    let mut chunk: Vec<FactRow> = Vec::with_capacity(opts.insert_rows.min(100_000));
+    while let Some(row) = rows.try_next().await? {
+        chunk.push(row);
+        if chunk.len() >= opts.insert_rows {
+            insert_rows(ch, &shadow, &chunk).await?;
+            progress.inc(chunk.len() as u64);
+            chunk.clear();
+        }
+    }
+    insert_rows(ch, &shadow, &chunk).await?;
+    progress.inc(chunk.len() as u64);
+    progress.finish();
+    Ok(orders)
 }
 
 /// What the snapshot's outbox (and dead letters) hold: not yet in the
@@ -457,63 +560,33 @@ async fn build_compare_swap(
         journal_from,
         snapshot_at,
         mut snapshot,
+        paused_ms: register_paused_ms,
     } = reg;
-    let zone = opts.zone.name().to_owned();
 
-    // Build, all from one snapshot.
-    let backlog = read_backlog(&mut snapshot, &opts.zone).await?;
-    sqlx::query("TRUNCATE rebuild_cells")
-        .execute(&mut *snapshot)
-        .await?;
-    let v0: i64 = sqlx::query_scalar("SELECT nextval('ingest_version_seq')")
+    // Build, all from one snapshot: the cells in PostgreSQL on this
+    // connection while a second one, importing the same snapshot, streams
+    // the facts into ClickHouse (two halves of the work, side by side).
+    let exported: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
         .fetch_one(&mut *snapshot)
         .await?;
-    sqlx::query(&format!(
-        "INSERT INTO {CELLS_TABLE} ({TOTALS_COLUMNS}) SELECT c.*, $2 FROM ({ORACLE_SQL}) c"
-    ))
-    .bind(&zone)
-    .bind(v0)
-    .execute(&mut *snapshot)
-    .await?;
-    if !backlog.cells.is_empty() {
-        let negated = backlog
-            .cells
-            .iter()
-            .map(|(k, d)| (k.clone(), negate(d)))
-            .collect();
-        add_to_totals(&mut snapshot, CELLS_TABLE, &negated).await?;
-        sqlx::query(
-            "DELETE FROM rebuild_cells WHERE orders_placed = 0 AND gross_minor = 0 AND captured_minor = 0
-               AND refunded_minor = 0 AND orders_cancelled = 0 AND items_sold = 0",
-        )
-        .execute(&mut *snapshot)
-        .await?;
+    if !exported.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(RebuildError::Invariant(format!(
+            "unexpected snapshot id {exported:?}"
+        )));
     }
-    let cells: i64 = sqlx::query_scalar("SELECT count(*) FROM rebuild_cells")
-        .fetch_one(&mut *snapshot)
+    let mut facts_tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *facts_tx)
         .await?;
-    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-        .fetch_one(&mut *snapshot)
+    sqlx::query(&format!("SET TRANSACTION SNAPSHOT '{exported}'"))
+        .execute(&mut *facts_tx)
         .await?;
-
-    tables::recreate(ch, Copy::Shadow).await?;
-    let mut progress = Progress::start(opts.progress, "order facts", orders as u64);
-    {
-        let shadow = Copy::Shadow.of("order_facts");
-        let mut rows = source::facts(&mut snapshot, &zone);
-        let mut chunk: Vec<FactRow> = Vec::with_capacity(opts.insert_rows.min(100_000));
-        while let Some(row) = rows.try_next().await? {
-            chunk.push(row);
-            if chunk.len() >= opts.insert_rows {
-                insert_rows(ch, &shadow, &chunk).await?;
-                progress.inc(chunk.len() as u64);
-                chunk.clear();
-            }
-        }
-        insert_rows(ch, &shadow, &chunk).await?;
-        progress.inc(chunk.len() as u64);
-    }
-    progress.finish();
+    let cells_work = build_cells(&mut snapshot, &opts.zone);
+    let facts_work = build_facts(&mut facts_tx, ch, opts);
+    let (cells_built, orders) = tokio::join!(cells_work, facts_work);
+    let (backlog, cells, totals_drift) = cells_built?;
+    let orders = orders?;
+    facts_tx.rollback().await?;
     snapshot.commit().await?;
 
     // Compare.
@@ -546,9 +619,11 @@ async fn build_compare_swap(
         daily,
         facts,
         orders_not_compared: not_compared,
+        ingest_totals_drift: totals_drift as u64,
         dead_letters: backlog.dead_letters,
         swapped: false,
         replayed_events: 0,
+        register_paused_ms,
         ingest_paused_ms: 0,
         seconds: 0.0,
         notes: Vec::new(),
@@ -986,16 +1061,27 @@ async fn install(
     let r = async {
         let (_, during) = catch_up(pool, ch, applied, zone).await?;
         let mut tx = pool.begin().await?;
+        // A rebuild rewrites the cells found to differ at its snapshot; a
+        // rollback, whose base is older, compares every cell.
+        let (only, join) = if is_rollback {
+            ("", "")
+        } else {
+            (
+                "AND EXISTS (SELECT 1 FROM rebuild_totals_drift d
+                             WHERE d.day = t.day AND d.merchant_id = t.merchant_id AND d.currency = t.currency)",
+                "JOIN rebuild_totals_drift USING (day, merchant_id, currency)",
+            )
+        };
         sqlx::query(&format!(
             "DELETE FROM {TOTALS_TABLE} t WHERE NOT EXISTS (
                  SELECT 1 FROM {CELLS_TABLE} r
-                 WHERE r.day = t.day AND r.merchant_id = t.merchant_id AND r.currency = t.currency)"
+                 WHERE r.day = t.day AND r.merchant_id = t.merchant_id AND r.currency = t.currency) {only}"
         ))
         .execute(&mut *tx)
         .await?;
         sqlx::query(&format!(
             "INSERT INTO {TOTALS_TABLE} AS t ({TOTALS_COLUMNS})
-             SELECT {TOTALS_COLUMNS} FROM {CELLS_TABLE}
+             SELECT {TOTALS_COLUMNS} FROM {CELLS_TABLE} {join}
              ON CONFLICT (day, merchant_id, currency) DO UPDATE SET
                  orders_placed = excluded.orders_placed, gross_minor = excluded.gross_minor,
                  captured_minor = excluded.captured_minor, refunded_minor = excluded.refunded_minor,

@@ -116,6 +116,12 @@ pub async fn replace_all_partitions(
 /// Copies every projection's live table into `copy` (recreated first).
 pub async fn freeze_live(ch: &clickhouse::Client, copy: Copy) -> Result<(), RebuildError> {
     recreate(ch, copy).await?;
+    copy_live_into(ch, copy).await
+}
+
+/// Replaces every partition of an existing `copy` with the live table's:
+/// the part of a freeze that must happen at one instant.
+pub async fn copy_live_into(ch: &clickhouse::Client, copy: Copy) -> Result<(), RebuildError> {
     for live in PROJECTIONS {
         replace_all_partitions(ch, live, &copy.of(live)).await?;
     }

@@ -51,14 +51,18 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 }
 
 /// Runs `tally rebuild --format json` against the bench's servers.
-async fn rebuild_child(s: &Servers) -> anyhow::Result<ChildRun> {
+async fn rebuild_child(s: &Servers, chunk_rows: u64) -> anyhow::Result<ChildRun> {
     let exe = std::env::current_exe().context("locating the tally binary")?;
     let t = Instant::now();
     let mut child = tokio::process::Command::new(exe)
-        .args(["rebuild", "--format", "json"])
+        .args(["rebuild", "--format", "json", "--chunk-rows"])
+        .arg(chunk_rows.to_string())
         .env("DATABASE_URL", &s.pg.url)
         .env("CLICKHOUSE_URL", s.ch.to_url())
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -117,6 +121,9 @@ pub async fn run(
     runs: usize,
     record: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    // The same memory budget at both sizes, smaller than either, so the
+    // RSS comparison shows whether memory follows the budget or the store.
+    let chunk_rows = (orders / 4).clamp(1_000, 200_000);
     let s = servers(g).await?;
     let pool = s.pg.connect().await.context("connecting to PostgreSQL")?;
     tally_migrations::migrate(&pool, &s.ch).await?;
@@ -129,26 +136,31 @@ pub async fn run(
     );
     seed(&pool, 0, orders).await?;
     eprintln!("first rebuild (fills the live tables) …");
-    rebuild_child(&s).await?;
+    rebuild_child(&s, chunk_rows).await?;
 
     let (mut copy, mut ours, mut ratios, mut rss) = (vec![], vec![], vec![], vec![]);
     let mut bytes = 0;
     for run in 1..=runs {
         let (c, b) = copy_out(&pool).await?;
         bytes = b;
-        let r = rebuild_child(&s).await?;
+        let r = rebuild_child(&s, chunk_rows).await?;
         let drift = r.report["daily"]["missing"].as_u64().unwrap_or(0)
             + r.report["daily"]["extra"].as_u64().unwrap_or(0)
             + r.report["daily"]["different"].as_u64().unwrap_or(0)
             + r.report["facts"]["missing"].as_u64().unwrap_or(0)
             + r.report["facts"]["extra"].as_u64().unwrap_or(0)
             + r.report["facts"]["different"].as_u64().unwrap_or(0);
-        anyhow::ensure!(drift == 0, "the rebuild found drift on a quiet store: {}", r.report);
+        anyhow::ensure!(
+            drift == 0,
+            "the rebuild found drift on a quiet store: {}",
+            r.report
+        );
         eprintln!(
-            "run {run}: COPY {c:.2} s ({:.0} MiB), rebuild + verify {:.2} s, peak RSS {:.0} MiB, ingest paused {} ms",
+            "run {run}: COPY {c:.2} s ({:.0} MiB), rebuild + verify {:.2} s, peak RSS {:.0} MiB, ingest paused {} + {} ms",
             b as f64 / 1048576.0,
             r.seconds,
             r.peak_rss_mib,
+            r.report["register_paused_ms"],
             r.report["ingest_paused_ms"]
         );
         copy.push(c);
@@ -161,8 +173,8 @@ pub async fn run(
     let big = orders * rss_factor;
     seed(&pool, orders, big - orders).await?;
     eprintln!("rebuild at {big} orders (first fills, second is measured) …");
-    rebuild_child(&s).await?;
-    let large = rebuild_child(&s).await?;
+    rebuild_child(&s, chunk_rows).await?;
+    let large = rebuild_child(&s, chunk_rows).await?;
     let rss_ratio = large.peak_rss_mib / rss_small.median;
 
     let mut table = String::new();
@@ -208,7 +220,7 @@ pub async fn run(
         record.as_deref(),
         "rebuild",
         &format!(
-            "{runs} runs at {orders} orders; medians with min–max. Command: `tally bench rebuild --orders {orders} --runs {runs}` (release build). The rebuild is a `tally rebuild` child process; RSS is its VmHWM."
+            "{runs} runs at {orders} orders; medians with min–max. Command: `tally bench rebuild --orders {orders} --runs {runs}` (release build). The rebuild is a `tally rebuild --chunk-rows {chunk_rows}` child process; RSS is its VmHWM."
         ),
         &table,
     )?;

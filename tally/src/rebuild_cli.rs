@@ -35,6 +35,10 @@ pub struct Output {
     /// Write every differing row to this CSV file.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Most rows per side the comparison holds in memory at once: the
+    /// memory budget (about 1 KiB per row), whatever the store's size.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1_000..))]
+    pub chunk_rows: u64,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -138,6 +142,7 @@ fn options(g: &Global, output: &Output) -> anyhow::Result<RunOptions> {
             ProgressMode::Log
         },
         report_file: output.report.clone(),
+        chunk_rows: output.chunk_rows as usize,
         ..RunOptions::default()
     })
 }

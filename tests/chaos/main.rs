@@ -57,6 +57,29 @@ async fn sigkilled_ingest_workers_lose_and_double_nothing() {
     }
     .to_url();
 
+    // Rebuilds and swaps in the middle of it all: the journal and the seam
+    // must survive workers dying mid-batch.
+    let rebuilds = {
+        let db_pg = app.db.pg.clone();
+        let ch = app.db.ch.client();
+        tokio::spawn(async move {
+            let mut done = Vec::new();
+            for _ in 0..2 {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let opts = tally_rebuild::run::RunOptions {
+                    chunk_rows: 500,
+                    ..Default::default()
+                };
+                done.push(
+                    tally_rebuild::run::run(&db_pg, &ch, tally_rebuild::run::Mode::Rebuild, &opts)
+                        .await
+                        .expect("rebuild during chaos"),
+                );
+            }
+            done
+        })
+    };
+
     let started = Instant::now();
     let (mut kills, mut kills_with_pending, mut duplicate_fact_rows) = (0, 0, 0);
     let mut seen_pending = std::collections::HashSet::new();
@@ -99,6 +122,7 @@ async fn sigkilled_ingest_workers_lose_and_double_nothing() {
         duplicate_fact_rows = duplicate_fact_rows.max(raw - settled); // merges collapse them later
     }
     let outcome = load.await.unwrap();
+    let rebuilt = rebuilds.await.unwrap();
 
     // Recovery: one clean worker drains what is left.
     let mut w = app.db.ingest_worker(Default::default());
@@ -111,6 +135,17 @@ async fn sigkilled_ingest_workers_lose_and_double_nothing() {
         outcome.retries,
         started.elapsed().as_secs_f64()
     );
+    for r in &rebuilt {
+        println!(
+            "chaos: rebuild #{} swapped {}, {} events replayed at the seam, ingest paused {} ms, drift rows {}",
+            r.run_id,
+            r.swapped,
+            r.replayed_events,
+            r.ingest_paused_ms,
+            r.daily.differing() + r.facts.differing()
+        );
+        assert!(r.swapped);
+    }
     assert_eq!(count(&app, "SELECT count(*) FROM outbox").await, 0);
     assert!(
         kills_with_pending > 0,

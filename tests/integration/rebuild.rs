@@ -259,6 +259,11 @@ async fn rebuild_under_concurrent_load_loses_and_doubles_nothing() {
     for r in &runs {
         assert!(r.swapped, "run #{} swapped", r.run_id);
     }
+    assert_eq!(
+        runs[0].ingest_totals_drift, 1,
+        "the corrupted running total is found at the snapshot"
+    );
+    assert_eq!(runs[1].ingest_totals_drift, 0, "and aligned by the swap");
     assert!(
         runs.iter().any(|r| r.replayed_events > 0),
         "the ingest consumed events during a run, so the seam was exercised: {:?}",

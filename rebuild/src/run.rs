@@ -938,9 +938,72 @@ fn fact_frame(rows: &[FactRow], skip: &HashSet<Uuid>) -> Frame {
     f
 }
 
-/// Compares shadow and frozen facts in hash buckets of about
-/// `chunk_rows` orders. Returns the totals and how many orders were left
-/// out because events of theirs were not yet projected at the snapshot.
+/// A part of `order_facts` its primary key `(merchant_id, order_id)` finds
+/// without reading the rest, so every row is read once per side.
+#[derive(Debug, PartialEq, Eq)]
+enum FactSlice {
+    /// Merchants `from ..= to`.
+    Merchants(String, String),
+    /// One merchant too large for a chunk, split by order id hash.
+    Bucket(String, u64, u64),
+}
+
+fn fact_slices(counts: &BTreeMap<String, u64>, limit: u64) -> Vec<FactSlice> {
+    let limit = limit.max(1);
+    let mut out = Vec::new();
+    let mut current: Option<(String, String, u64)> = None;
+    for (merchant, &n) in counts {
+        if n > limit {
+            if let Some((a, b, _)) = current.take() {
+                out.push(FactSlice::Merchants(a, b));
+            }
+            let k = n.div_ceil(limit);
+            out.extend((0..k).map(|i| FactSlice::Bucket(merchant.clone(), k, i)));
+            continue;
+        }
+        current = match current {
+            Some((a, _, acc)) if acc + n <= limit => Some((a, merchant.clone(), acc + n)),
+            Some((a, b, _)) => {
+                out.push(FactSlice::Merchants(a, b));
+                Some((merchant.clone(), merchant.clone(), n))
+            }
+            None => Some((merchant.clone(), merchant.clone(), n)),
+        };
+    }
+    if let Some((a, b, _)) = current {
+        out.push(FactSlice::Merchants(a, b));
+    }
+    out
+}
+
+async fn read_facts(
+    ch: &clickhouse::Client,
+    table: &str,
+    fin: &str,
+    slice: &FactSlice,
+) -> Result<Vec<FactRow>, RebuildError> {
+    let q = match slice {
+        FactSlice::Merchants(a, b) => ch
+            .query(&format!(
+                "SELECT ?fields FROM {table} {fin} WHERE merchant_id >= ? AND merchant_id <= ?"
+            ))
+            .bind(a)
+            .bind(b),
+        FactSlice::Bucket(m, k, i) => ch
+            .query(&format!(
+                "SELECT ?fields FROM {table} {fin}
+                 WHERE merchant_id = ? AND cityHash64(toString(order_id)) % ? = ?"
+            ))
+            .bind(m)
+            .bind(*k)
+            .bind(*i),
+    };
+    Ok(q.fetch_all().await?)
+}
+
+/// Compares shadow and frozen facts in slices of about `chunk_rows` orders.
+/// Returns the totals and how many orders were left out because events of
+/// theirs were not yet projected at the snapshot.
 async fn compare_facts(
     ch: &clickhouse::Client,
     opts: &RunOptions,
@@ -949,23 +1012,33 @@ async fn compare_facts(
 ) -> Result<(TableDrift, u64), RebuildError> {
     let frozen = Copy::Frozen.of("order_facts");
     let shadow = Copy::Shadow.of("order_facts");
-    let n = tables::count(ch, &shadow)
-        .await?
-        .max(tables::count(ch, &frozen).await?);
-    let buckets = n.div_ceil(opts.chunk_rows.max(1) as u64).max(1);
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct MerchantCount {
+        merchant_id: String,
+        n: u64,
+    }
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for table in [&shadow, &frozen] {
+        let rows: Vec<MerchantCount> = ch
+            .query(&format!(
+                "SELECT merchant_id, count() AS n FROM {table} GROUP BY merchant_id"
+            ))
+            .fetch_all()
+            .await?;
+        for r in rows {
+            let e = counts.entry(r.merchant_id).or_default();
+            *e = (*e).max(r.n);
+        }
+    }
+    let n: u64 = counts.values().sum();
+    let slices = fact_slices(&counts, opts.chunk_rows as u64);
+    drop(counts);
     let mut progress = Progress::start(opts.progress, "order facts", n);
     let mut totals = TableDrift::default();
     let mut not_compared: HashSet<Uuid> = HashSet::new();
-    for b in 0..buckets {
-        let read = |table: &str, fin: &str| {
-            ch.query(&format!(
-                "SELECT ?fields FROM {table} {fin} WHERE cityHash64(toString(order_id)) % ? = ?"
-            ))
-            .bind(buckets)
-            .bind(b)
-        };
-        let expected: Vec<FactRow> = read(&shadow, "").fetch_all().await?;
-        let live: Vec<FactRow> = read(&frozen, "FINAL").fetch_all().await?;
+    for slice in &slices {
+        let expected = read_facts(ch, &shadow, "", slice).await?;
+        let live = read_facts(ch, &frozen, "FINAL", slice).await?;
         progress.inc(expected.len().max(live.len()) as u64);
         for r in expected.iter().chain(live.iter()) {
             if skip.contains(&r.order_id) {
@@ -1316,6 +1389,23 @@ async fn load_cells(pool: &PgPool, rows: &[DailyRow]) -> Result<(), RebuildError
 mod tests {
     use super::*;
     use time::macros::date;
+
+    #[test]
+    fn fact_slices_group_merchants_and_split_large_ones() {
+        let counts: BTreeMap<String, u64> = [("a", 3), ("b", 3), ("c", 9), ("d", 1), ("e", 4)]
+            .into_iter()
+            .map(|(m, n)| (m.to_owned(), n))
+            .collect();
+        assert_eq!(
+            fact_slices(&counts, 6),
+            vec![
+                FactSlice::Merchants("a".into(), "b".into()),
+                FactSlice::Bucket("c".into(), 2, 0),
+                FactSlice::Bucket("c".into(), 2, 1),
+                FactSlice::Merchants("d".into(), "e".into()),
+            ]
+        );
+    }
 
     #[test]
     fn day_ranges_respect_the_limit_and_cover_every_day() {

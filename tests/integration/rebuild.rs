@@ -505,7 +505,14 @@ async fn bulk_seeded_orders_reach_clickhouse_only_through_a_rebuild() {
             .unwrap();
     assert_eq!((orders, outbox), (2_500, 0));
 
-    let first = verify(&db, Mode::Rebuild).await;
+    // Slices of a few merchants each (125 orders per merchant).
+    let ranges = RunOptions {
+        chunk_rows: 300,
+        ..opts()
+    };
+    let first = run(&db.pg, &db.ch.client(), Mode::Rebuild, &ranges)
+        .await
+        .unwrap();
     assert!(first.swapped);
     assert_eq!(first.facts.missing, 2_500, "everything was missing before");
     assert_eq!(first.orders_not_compared, 0);

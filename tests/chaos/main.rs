@@ -59,15 +59,17 @@ async fn sigkilled_ingest_workers_lose_and_double_nothing() {
 
     // Rebuilds and swaps in the middle of it all: the journal and the seam
     // must survive workers dying mid-batch.
+    // Small comparison chunks make each run take seconds, so workers
+    // commit (and die) while it builds.
     let rebuilds = {
         let db_pg = app.db.pg.clone();
         let ch = app.db.ch.client();
         tokio::spawn(async move {
             let mut done = Vec::new();
-            for _ in 0..2 {
-                tokio::time::sleep(Duration::from_secs(3)).await;
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(2)).await;
                 let opts = tally_rebuild::run::RunOptions {
-                    chunk_rows: 500,
+                    chunk_rows: 10,
                     ..Default::default()
                 };
                 done.push(
@@ -135,6 +137,8 @@ async fn sigkilled_ingest_workers_lose_and_double_nothing() {
         outcome.retries,
         started.elapsed().as_secs_f64()
     );
+    let replayed: u64 = rebuilt.iter().map(|r| r.replayed_events).sum();
+    println!("chaos: {replayed} events consumed during rebuilds and replayed at their swaps");
     for r in &rebuilt {
         println!(
             "chaos: rebuild #{} swapped {}, {} events replayed at the seam, ingest paused {} ms, drift rows {}",

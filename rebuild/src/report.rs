@@ -62,6 +62,15 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// `2026-11-23 14:18:07 UTC`: what an operator reads in a summary.
+pub fn utc(t: time::OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
+        ))
+        .unwrap_or_else(|_| t.to_string())
+}
+
 /// Thousands separated with a thin space, as finance reads them.
 fn n(v: u64) -> String {
     let s = v.to_string();

@@ -258,12 +258,12 @@ pub async fn verify(g: &Global, args: VerifyArgs) -> anyhow::Result<u8> {
             Format::Human => {
                 let t = &out.daily;
                 println!(
-                    "daily cells {} .. {} (complete up to the watermark {}):",
+                    "daily cells from {} up to {} (exclusive: the first day not complete; data complete up to {}):",
                     out.from,
                     out.until,
                     out.watermark
-                        .map(|w| w.to_string())
-                        .unwrap_or_else(|| "none yet".into())
+                        .map(tally_rebuild::report::utc)
+                        .unwrap_or_else(|| "nothing yet".into())
                 );
                 println!(
                     "  compared {}, matching {}, missing {}, extra {}, different {}",

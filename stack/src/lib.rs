@@ -25,6 +25,7 @@ pub use child::ChildServer;
 pub use clickhouse_server::{READER_USER, start_clickhouse};
 pub use lock::DataDirLock;
 pub use postgres_server::find_bin_dir as find_postgres_bin_dir;
+pub use postgres_server::start_on as start_postgres;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {

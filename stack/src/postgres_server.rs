@@ -85,6 +85,19 @@ pub(crate) async fn start(
     max_connections: u32,
     durable: bool,
 ) -> Result<(ChildServer, String), StackError> {
+    start_on(data_dir, max_connections, durable, None).await
+}
+
+/// [`start`] on a given port (a restart that clients must find again), or
+/// a free one.
+pub async fn start_on(
+    data_dir: &Path,
+    max_connections: u32,
+    durable: bool,
+    fixed_port: Option<u16>,
+) -> Result<(ChildServer, String), StackError> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(StackError::io(format!("creating {}", data_dir.display())))?;
     let bin = find_bin_dir()?;
     let owner = run_as()?;
     let pgdata = cluster_dir(data_dir, &owner)?;
@@ -99,7 +112,10 @@ pub(crate) async fn start(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let port = free_port()?;
+        let port = match fixed_port {
+            Some(p) => p,
+            None => free_port()?,
+        };
         let mut cmd = Command::new(bin.join("postgres"));
         cmd.arg("-D").arg(&pgdata).arg("-p").arg(port.to_string());
         cmd.args(["-c", "listen_addresses=127.0.0.1"]);

@@ -250,3 +250,116 @@ async fn clickhouse_stopped_under_load_then_restarted_loses_and_doubles_nothing(
     server.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_under_load_loses_and_doubles_nothing() {
+    tally_tests::init_logs();
+    // A PostgreSQL of this test's own, so that restarting it harms no other
+    // test; ClickHouse is the shared one (a database of its own).
+    let dir = std::env::temp_dir().join(format!("tally-chaos-pg-{}", uuid::Uuid::new_v4()));
+    let (server, url) = tally_stack::start_postgres(&dir, 100, false, None)
+        .await
+        .expect("start PostgreSQL");
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|s| s.split('/').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut pg_settings = tally_ops::PgSettings::new(&url, "tally-chaos");
+    pg_settings.max_connections = 10;
+    let pg = pg_settings.connect().await.expect("connect");
+    let ch = tally_tests::TestDb::fresh_clickhouse();
+    tally_migrations::migrate(&pg, &ch).await.expect("migrate");
+    let db = tally_tests::TestDb {
+        pg,
+        pg_settings,
+        ch,
+    };
+    let app = tally_tests::spawn_app_on(db, Ingest::Running).await;
+
+    let keep_loading = tally_ops::Shutdown::new();
+    let load = {
+        let (handle, stop) = (app.handle(), keep_loading.clone());
+        tokio::spawn(async move {
+            let mut total = tally_tests::load::LoadOutcome::default();
+            let mut round = 0;
+            while !stop.is_cancelled() {
+                let o = tally_tests::load::drive(&handle, 40, 4, 21 + round).await;
+                total.commands += o.commands;
+                total.retries += o.retries;
+                total.orders += o.orders;
+                round += 1;
+            }
+            total
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    server.stop().await;
+    let stopped_at = Instant::now();
+    // The API stays up and says "try again", with a hint when.
+    let down = app
+        .post_order(&tally_tests::order_body("m-down", "EUR", &[("a", 1, 100)]))
+        .await;
+    assert_eq!(
+        down.status(),
+        503,
+        "commands are refused while PostgreSQL is down"
+    );
+    assert!(down.headers().contains_key("retry-after"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (server, _) = tally_stack::start_postgres(&dir, 100, false, Some(port))
+        .await
+        .expect("restart PostgreSQL on the same port");
+    let down_for = stopped_at.elapsed();
+    // Commands succeed again without restarting the services.
+    let back = tally_tests::eventually(Duration::from_secs(20), || async {
+        let r = app
+            .post_order(&tally_tests::order_body("m-back", "EUR", &[("a", 1, 100)]))
+            .await;
+        (r.status() == 201).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "the API recovers by itself");
+    let recovered_in = stopped_at.elapsed() - down_for;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    keep_loading.cancel();
+    let outcome = load.await.unwrap();
+
+    // Every lifecycle the clients completed is one order, however many
+    // times its commands were retried across the outage.
+    let orders = count(
+        &app,
+        "SELECT count(*) FROM orders WHERE merchant_id NOT IN ('m-down', 'm-back')",
+    )
+    .await;
+    assert_eq!(
+        orders as u64, outcome.orders,
+        "one order per client lifecycle ({} retries)",
+        outcome.retries
+    );
+    let drained = tally_tests::eventually(Duration::from_secs(30), || async {
+        let left = count(
+            &app,
+            "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM ingest_pending_pushes)",
+        )
+        .await;
+        (left == 0).then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "the ingest reconnects and drains");
+    println!(
+        "chaos: PostgreSQL down {:.1} s; {} commands, {} retried by clients, {orders} orders; \
+         commands accepted again {:.1} s after restart",
+        down_for.as_secs_f64(),
+        outcome.commands,
+        outcome.retries,
+        recovered_in.as_secs_f64()
+    );
+    assert!(outcome.retries > 0, "the outage was felt by the clients");
+    assert_projections_exact(&app.db).await;
+    app.stop().await;
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

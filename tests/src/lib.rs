@@ -243,7 +243,11 @@ pub enum Ingest {
 }
 
 pub async fn spawn_app(ingest: Ingest) -> TestApp {
-    let db = TestDb::new().await;
+    spawn_app_on(TestDb::new().await, ingest).await
+}
+
+/// [`spawn_app`] on databases the test prepared (a server of its own).
+pub async fn spawn_app_on(db: TestDb, ingest: Ingest) -> TestApp {
     let mut registry = Registry::default();
     let api_metrics = tally_write_api::metrics::Metrics::register(&mut registry);
     let ingest_metrics = tally_ingest::Metrics::register(&mut registry);

@@ -3,7 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::sync::OnceLock;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Phases can run side by side; their bars share the terminal.
+fn bars() -> &'static MultiProgress {
+    static BARS: OnceLock<MultiProgress> = OnceLock::new();
+    BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+}
 
 /// How progress is shown; chosen once by the binary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,7 +34,7 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 impl Progress {
     pub fn start(mode: ProgressMode, label: &'static str, total: u64) -> Progress {
         let bar = (mode == ProgressMode::Bar).then(|| {
-            let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            let b = bars().add(ProgressBar::new(total));
             b.set_style(
                 ProgressStyle::with_template(
                     "{prefix:>14} [{bar:30}] {human_pos}/{human_len} {per_sec} ETA {eta}",

@@ -589,20 +589,31 @@ async fn build_compare_swap(
     facts_tx.rollback().await?;
     snapshot.commit().await?;
 
-    // Compare.
-    let mut report = match &opts.report_file {
+    // Compare: cells and facts side by side (PostgreSQL + ClickHouse, and
+    // ClickHouse + polars), one report file between them.
+    let report = std::sync::Mutex::new(match &opts.report_file {
         Some(p) => Some(CsvReport::create(p)?),
         None => None,
-    };
-    let mut sink = |row: &DriftRow| -> Result<(), RebuildError> {
-        if let Some(r) = report.as_mut() {
+    });
+    let write = |row: &DriftRow| -> Result<(), RebuildError> {
+        let mut guard = report
+            .lock()
+            .map_err(|_| RebuildError::Invariant("report writer poisoned".into()))?;
+        if let Some(r) = guard.as_mut() {
             r.write(row)?;
         }
         Ok(())
     };
-    let daily = compare_daily(pool, ch, opts, &mut sink).await?;
-    let (facts, not_compared) = compare_facts(ch, opts, &backlog.orders, &mut sink).await?;
-    if let Some(r) = report {
+    let (mut sink_daily, mut sink_facts) = (write, write);
+    let (daily, facts) = tokio::join!(
+        compare_daily(pool, ch, opts, &mut sink_daily),
+        compare_facts(ch, opts, &backlog.orders, &mut sink_facts)
+    );
+    let (daily, (facts, not_compared)) = (daily?, facts?);
+    if let Some(r) = report
+        .into_inner()
+        .map_err(|_| RebuildError::Invariant("report writer poisoned".into()))?
+    {
         r.finish()?;
     }
 

@@ -129,17 +129,6 @@ impl Worker {
         batch::recover_pending(&self.pool, &self.ch, Duration::ZERO).await?;
         loop {
             let b = self.one_batch().await?;
-            if b.paused
-                && self
-                    .last_pause_warning
-                    .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
-            {
-                self.last_pause_warning = Some(Instant::now());
-                tracing::warn!(
-                    "a rebuild's swap was interrupted; ingest waits until it is completed \
-                 (run `tally rebuild`, or let the scheduler do it)"
-                );
-            }
             if b.claimed == 0 {
                 break;
             }
@@ -240,22 +229,16 @@ impl Worker {
         }
     }
 
-    async fn one_batch(&self) -> Result<BatchOutcome, IngestError> {
+    async fn one_batch(&mut self) -> Result<BatchOutcome, IngestError> {
         let c = &self.config;
-        batch::run_batch(
+        let b = batch::run_batch(
             &self.pool,
             &self.ch,
             c.batch_size,
             &c.reporting_zone,
             &self.metrics,
         )
-        .await
-    }
-
-    /// One batch plus housekeeping. `Ok(true)` if the batch was full.
-    async fn cycle(&mut self) -> Result<bool, IngestError> {
-        batch::recover_pending(&self.pool, &self.ch, self.config.pending_grace).await?;
-        let b = self.one_batch().await?;
+        .await?;
         if b.paused
             && self
                 .last_pause_warning
@@ -267,6 +250,13 @@ impl Worker {
                  (run `tally rebuild`, or let the scheduler do it)"
             );
         }
+        Ok(b)
+    }
+
+    /// One batch plus housekeeping. `Ok(true)` if the batch was full.
+    async fn cycle(&mut self) -> Result<bool, IngestError> {
+        batch::recover_pending(&self.pool, &self.ch, self.config.pending_grace).await?;
+        let b = self.one_batch().await?;
         let full = b.claimed as i64 >= self.config.batch_size;
         // Rate-limited even when idle: the measurement (three queries and an
         // insert) would otherwise sit in front of every next batch.

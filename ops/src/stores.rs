@@ -16,6 +16,9 @@ pub struct PgSettings {
     pub acquire_timeout: Duration,
     /// `application_name`, visible in `pg_stat_activity`.
     pub application_name: String,
+    /// Statements slower than this are logged as warnings. Services keep
+    /// the default; batch jobs (rebuild) run long statements by design.
+    pub slow_statement: Duration,
 }
 
 impl PgSettings {
@@ -25,6 +28,7 @@ impl PgSettings {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(3),
             application_name: application_name.into(),
+            slow_statement: Duration::from_secs(1),
         }
     }
 
@@ -34,7 +38,7 @@ impl PgSettings {
             .parse::<PgConnectOptions>()?
             .application_name(&self.application_name)
             .log_statements(tracing::log::LevelFilter::Trace)
-            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1)))
+            .log_slow_statements(tracing::log::LevelFilter::Warn, self.slow_statement))
     }
 
     /// A pool that connects lazily: a service starts even if PostgreSQL is

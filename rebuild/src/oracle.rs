@@ -40,7 +40,24 @@ FROM (
 ) contributions
 GROUP BY day, merchant_id, currency";
 
-type OracleRow = (Date, String, String, i64, i64, i64, i64, i64, i64);
+/// One row of [`ORACLE_SQL`]: day, merchant, currency, then the measures.
+pub type OracleRow = (Date, String, String, i64, i64, i64, i64, i64, i64);
+
+/// A cell's key and measures, from an oracle row.
+pub fn cell(row: OracleRow) -> (CellKey, DailyMeasures) {
+    let (day, merchant, currency, op, gross, cap, refd, canc, items) = row;
+    (
+        (day, merchant, currency.trim_end().to_owned()),
+        DailyMeasures {
+            orders_placed: op,
+            gross_minor: gross,
+            captured_minor: cap,
+            refunded_minor: refd,
+            orders_cancelled: canc,
+            items_sold: items,
+        },
+    )
+}
 
 /// `zone` is an IANA name (`UTC`, `Europe/Berlin`): the ingest's reporting zone.
 pub async fn daily_from_write_store(pool: &PgPool, zone: &str) -> Result<Cells, sqlx::Error> {
@@ -48,20 +65,9 @@ pub async fn daily_from_write_store(pool: &PgPool, zone: &str) -> Result<Cells, 
     let mut rows = sqlx::query_as::<_, OracleRow>(ORACLE_SQL)
         .bind(zone)
         .fetch(pool);
-    while let Some((day, merchant, currency, op, gross, cap, refd, canc, items)) =
-        rows.try_next().await?
-    {
-        out.insert(
-            (day, merchant, currency.trim_end().to_owned()),
-            DailyMeasures {
-                orders_placed: op,
-                gross_minor: gross,
-                captured_minor: cap,
-                refunded_minor: refd,
-                orders_cancelled: canc,
-                items_sold: items,
-            },
-        );
+    while let Some(row) = rows.try_next().await? {
+        let (key, measures) = cell(row);
+        out.insert(key, measures);
     }
     Ok(out)
 }

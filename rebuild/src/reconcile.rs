@@ -20,7 +20,7 @@ use time::{Date, Duration, OffsetDateTime};
 
 use crate::RebuildError;
 use crate::compare::{Sink, TableDrift};
-use crate::oracle::ORACLE_SQL;
+use crate::oracle::{ORACLE_SQL, OracleRow, cell};
 use crate::run::compare_daily_rows;
 
 /// Events are stamped when the command runs and committed a little later:
@@ -111,31 +111,31 @@ pub async fn reconcile(
     if since >= until {
         return Ok(out);
     }
-    let expected: Vec<DailyRow> =
-        sqlx::query_as::<_, (Date, String, String, i64, i64, i64, i64, i64, i64)>(&format!(
-            "SELECT * FROM ({ORACLE_SQL}) c WHERE day >= $2 AND day < $3"
-        ))
-        .bind(zone.name())
-        .bind(since)
-        .bind(until)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(
-            |(day, merchant_id, cur, op, gross, cap, refd, canc, items)| DailyRow {
-                day,
-                merchant_id,
-                currency: currency_bytes(cur.trim_end()),
-                orders_placed: op,
-                gross_minor: gross,
-                captured_minor: cap,
-                refunded_minor: refd,
-                orders_cancelled: canc,
-                items_sold: items,
-                version: 0,
-            },
-        )
-        .collect();
+    let expected: Vec<DailyRow> = sqlx::query_as::<_, OracleRow>(&format!(
+        "SELECT * FROM ({ORACLE_SQL}) c WHERE day >= $2 AND day < $3"
+    ))
+    .bind(zone.name())
+    .bind(since)
+    .bind(until)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|row| {
+        let ((day, merchant_id, cur), m) = cell(row);
+        DailyRow {
+            day,
+            merchant_id,
+            currency: currency_bytes(&cur),
+            orders_placed: m.orders_placed,
+            gross_minor: m.gross_minor,
+            captured_minor: m.captured_minor,
+            refunded_minor: m.refunded_minor,
+            orders_cancelled: m.orders_cancelled,
+            items_sold: m.items_sold,
+            version: 0,
+        }
+    })
+    .collect();
     let live: Vec<DailyRow> = ch
         .query("SELECT ?fields FROM daily_revenue FINAL WHERE day >= toDate(?) AND day < toDate(?)")
         .bind(since.to_string())

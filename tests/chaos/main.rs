@@ -31,6 +31,28 @@ async fn count(app: &TestApp, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&app.db.pg).await.unwrap()
 }
 
+/// Order traffic in rounds until `stop` fires: load that lasts as long as
+/// the outage, not a fixed amount.
+fn load_until(
+    app: &TestApp,
+    stop: &tally_ops::Shutdown,
+    seed: u64,
+) -> tokio::task::JoinHandle<tally_tests::load::LoadOutcome> {
+    let (handle, stop) = (app.handle(), stop.clone());
+    tokio::spawn(async move {
+        let mut total = tally_tests::load::LoadOutcome::default();
+        let mut round = 0;
+        while !stop.is_cancelled() {
+            let o = tally_tests::load::drive(&handle, 40, 4, seed + round).await;
+            total.commands += o.commands;
+            total.retries += o.retries;
+            total.orders += o.orders;
+            round += 1;
+        }
+        total
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_ingest_workers_lose_and_double_nothing() {
     tally_tests::init_logs();
@@ -181,23 +203,8 @@ async fn clickhouse_stopped_under_load_then_restarted_loses_and_doubles_nothing(
         ..Default::default()
     });
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
-    // Load that lasts until the outage is over, not a fixed amount.
     let keep_loading = tally_ops::Shutdown::new();
-    let load = {
-        let (handle, stop) = (app.handle(), keep_loading.clone());
-        tokio::spawn(async move {
-            let mut total = tally_tests::load::LoadOutcome::default();
-            let mut round = 0;
-            while !stop.is_cancelled() {
-                let o = tally_tests::load::drive(&handle, 40, 4, 11 + round).await;
-                total.commands += o.commands;
-                total.retries += o.retries;
-                total.orders += o.orders;
-                round += 1;
-            }
-            total
-        })
-    };
+    let load = load_until(&app, &keep_loading, 11);
 
     tokio::time::sleep(Duration::from_millis(700)).await;
     server.stop().await;
@@ -280,21 +287,7 @@ async fn postgres_restarted_under_load_loses_and_doubles_nothing() {
     let app = tally_tests::spawn_app_on(db, Ingest::Running).await;
 
     let keep_loading = tally_ops::Shutdown::new();
-    let load = {
-        let (handle, stop) = (app.handle(), keep_loading.clone());
-        tokio::spawn(async move {
-            let mut total = tally_tests::load::LoadOutcome::default();
-            let mut round = 0;
-            while !stop.is_cancelled() {
-                let o = tally_tests::load::drive(&handle, 40, 4, 21 + round).await;
-                total.commands += o.commands;
-                total.retries += o.retries;
-                total.orders += o.orders;
-                round += 1;
-            }
-            total
-        })
-    };
+    let load = load_until(&app, &keep_loading, 21);
     tokio::time::sleep(Duration::from_millis(800)).await;
     server.stop().await;
     let stopped_at = Instant::now();

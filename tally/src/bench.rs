@@ -68,6 +68,15 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 16)]
         clients: usize,
     },
+    /// PlaceOrder through the write API against pgbench running the same
+    /// SQL transaction with the same number of clients.
+    Place {
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds per measurement (default 10; --quick 4).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
     /// Rebuild + verification of bulk-seeded orders vs PostgreSQL's `COPY`
     /// of the write tables, and peak memory at N and 4 N orders.
     Rebuild {
@@ -86,6 +95,10 @@ pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Freshness { seconds, clients } => {
             let secs = seconds.unwrap_or(if args.quick { 8 } else { 20 });
             crate::bench_freshness::run(g, secs, clients.max(1), args.runs.max(1), record).await
+        }
+        BenchKind::Place { clients, seconds } => {
+            let secs = seconds.unwrap_or(if args.quick { 4 } else { 10 });
+            crate::bench_place::run(g, clients.max(1), secs.max(1), args.runs.max(1), record).await
         }
         BenchKind::Rebuild { orders, rss_factor } => {
             let n = orders.unwrap_or(if args.quick { 100_000 } else { 1_000_000 });

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_freshness;
+mod bench_place;
 mod bench_rebuild;
 mod config;
 mod load;

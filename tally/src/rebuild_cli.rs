@@ -36,7 +36,8 @@ pub struct Output {
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Most rows per side the comparison holds in memory at once: the
-    /// memory budget (about 1 KiB per row), whatever the store's size.
+    /// memory budget (the default peaks near 650 MiB), whatever the size of
+    /// the store.
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1_000..))]
     pub chunk_rows: u64,
 }

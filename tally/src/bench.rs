@@ -44,6 +44,9 @@ pub struct BenchArgs {
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum BenchKind {
+    /// Every benchmark below in turn, with default sizes (or --quick ones),
+    /// summarised in one table.
+    All,
     /// Outbox backlog drain by the ingest worker vs PostgreSQL alone
     /// claiming and deleting the same rows.
     Drain {
@@ -91,36 +94,81 @@ pub enum BenchKind {
 
 pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
     let record = (!args.no_record).then_some(args.record.clone());
+    let runs = args.runs.max(1);
+    let q = args.quick;
     match args.which {
+        BenchKind::All => all(g, q, if q { runs.min(2) } else { runs }, record).await,
         BenchKind::Freshness { seconds, clients } => {
-            let secs = seconds.unwrap_or(if args.quick { 8 } else { 20 });
-            crate::bench_freshness::run(g, secs, clients.max(1), args.runs.max(1), record).await
+            let secs = seconds.unwrap_or(if q { 8 } else { 20 });
+            crate::bench_freshness::run(g, secs, clients.max(1), runs, record)
+                .await
+                .map(drop)
         }
         BenchKind::Place { clients, seconds } => {
-            let secs = seconds.unwrap_or(if args.quick { 4 } else { 10 });
-            crate::bench_place::run(g, clients.max(1), secs.max(1), args.runs.max(1), record).await
+            let secs = seconds.unwrap_or(if q { 4 } else { 10 });
+            crate::bench_place::run(g, clients.max(1), secs.max(1), runs, record)
+                .await
+                .map(drop)
         }
         BenchKind::Rebuild { orders, rss_factor } => {
-            let n = orders.unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
-            crate::bench_rebuild::run(g, n, rss_factor.max(1), args.runs.max(1), record).await
+            let n = orders.unwrap_or(if q { 100_000 } else { 1_000_000 });
+            crate::bench_rebuild::run(g, n, rss_factor.max(1), runs, record)
+                .await
+                .map(drop)
         }
         BenchKind::Drain {
             events,
             workers,
             batch_size,
         } => {
-            let n = events.unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
-            drain(
-                g,
-                n,
-                workers.max(1),
-                batch_size.max(1),
-                args.runs.max(1),
-                (!args.no_record).then_some(args.record),
-            )
-            .await
+            let n = events.unwrap_or(if q { 100_000 } else { 1_000_000 });
+            drain(g, n, workers.max(1), batch_size.max(1), runs, record)
+                .await
+                .map(drop)
         }
     }
+}
+
+/// Every benchmark with its default (or quick) sizes, one summary table.
+async fn all(g: &Global, quick: bool, runs: usize, record: Option<PathBuf>) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut rows = Vec::new();
+    eprintln!("== PlaceOrder vs pgbench");
+    rows.extend(crate::bench_place::run(g, 16, if quick { 4 } else { 10 }, runs, None).await?);
+    eprintln!("== outbox drain");
+    let events = if quick { 100_000 } else { 1_000_000 };
+    rows.extend(drain(g, events, 2, 10_000, runs, None).await?);
+    eprintln!("== freshness");
+    rows.extend(crate::bench_freshness::run(g, if quick { 8 } else { 20 }, 16, runs, None).await?);
+    eprintln!("== rebuild");
+    let orders = if quick { 100_000 } else { 1_000_000 };
+    rows.extend(crate::bench_rebuild::run(g, orders, 4, runs, None).await?);
+    rows.push(Summary {
+        figure: "dashboard queries vs clickhouse-client".into(),
+        result: "not measured yet: the dashboards of issue #6 come first".into(),
+        target: "p99 ≤ 50 ms, ≤ 1.5×".into(),
+    });
+    let mut table = String::new();
+    writeln!(
+        table,
+        "| figure | result (median of {runs} runs) | target |"
+    )?;
+    writeln!(table, "|---|---|---|")?;
+    for r in &rows {
+        writeln!(table, "| {} | {} | {} |", r.figure, r.result, r.target)?;
+    }
+    println!("{table}");
+    let took = started.elapsed().as_secs_f64();
+    eprintln!("all benchmarks took {took:.0} s");
+    record_result(
+        record.as_deref(),
+        "all",
+        &format!(
+            "Command: `tally bench all{}` (release build), {took:.0} s in all; each figure is measured beside its raw PostgreSQL baseline in the same run (details: the per-benchmark sections).",
+            if quick { " --quick" } else { "" }
+        ),
+        &table,
+    )
 }
 
 /// A fresh embedded stack in a temporary directory (or the given servers).
@@ -337,7 +385,7 @@ async fn drain(
     batch_size: i64,
     runs: usize,
     record: Option<PathBuf>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Summary>> {
     let s = servers(g).await?;
     let pool = s.pg.connect().await.context("connecting to PostgreSQL")?;
     tally_migrations::migrate(&pool, &s.ch).await?;
@@ -441,7 +489,23 @@ async fn drain(
         &table,
     )?;
     s.stop().await;
-    Ok(())
+    Ok(vec![Summary {
+        figure: format!("outbox drain, {n} events: ingest vs PostgreSQL alone"),
+        result: format!(
+            "{:.0} vs {:.0} events/s = **{:.0} %**",
+            o.median,
+            b.median,
+            100.0 * r.median
+        ),
+        target: "≥ 70 % and ≥ 50 000/s".into(),
+    }])
+}
+
+/// One line of `tally bench all`'s table.
+pub(crate) struct Summary {
+    pub(crate) figure: String,
+    pub(crate) result: String,
+    pub(crate) target: String,
 }
 
 impl Servers {

@@ -78,7 +78,7 @@ pub async fn run(
     clients: usize,
     runs: usize,
     record: Option<PathBuf>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<crate::bench::Summary>> {
     let s = servers(g).await?;
     let pg = tally_ops::PgSettings {
         max_connections: clients as u32 + 4,
@@ -186,7 +186,14 @@ pub async fn run(
         &table,
     )?;
     s.stop().await;
-    Ok(())
+    Ok(vec![crate::bench::Summary {
+        figure: format!(
+            "freshness at half the max write rate ({:.0} of {:.0} orders/s): ack → visible",
+            rate.median, max.median
+        ),
+        result: format!("p50 **{:.0} ms**, p99 **{:.0} ms**", p50.median, p99.median),
+        target: "p50 ≤ 100 ms, p99 ≤ 250 ms".into(),
+    }])
 }
 
 /// Sends probes at `rate` for `d`, and measures when each becomes visible.

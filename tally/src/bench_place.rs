@@ -160,7 +160,7 @@ pub async fn run(
     secs: u64,
     runs: usize,
     record: Option<PathBuf>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<crate::bench::Summary>> {
     let s = servers(g).await?;
     let pg = tally_ops::PgSettings {
         max_connections: clients as u32 + 4,
@@ -277,5 +277,18 @@ pub async fn run(
     let _ = std::fs::remove_dir_all(&dir);
     drop(pool);
     s.stop().await;
-    Ok(())
+    Ok(vec![crate::bench::Summary {
+        figure: format!("PlaceOrder, {clients} clients: write API vs pgbench, same SQL"),
+        result: format!(
+            "{:.0} vs {:.0}/s = **{:.2}**; p50 {:.1} vs {:.1} ms; p99 {:.1} vs {:.1} ms",
+            ours.median,
+            theirs.median,
+            ratios.median,
+            op50.median,
+            pp50.median,
+            op99.median,
+            pp99.median
+        ),
+        target: "(reported)".into(),
+    }])
 }

@@ -51,6 +51,9 @@ use crate::tables::{self, Copy};
 /// Held (session-level) for a whole run: one run at a time across replicas.
 pub const RUN_LOCK: i64 = 0x7461_6c6c_7275_6e73; // "tallruns"
 
+/// Longest wait for in-flight ingest batches to commit.
+const SEAM_WAIT: Duration = Duration::from_secs(60);
+
 /// The scratch table the cells are built in.
 const CELLS_TABLE: &str = "rebuild_cells";
 
@@ -167,9 +170,13 @@ struct Locks {
 impl Locks {
     async fn connect(pool: &PgPool) -> Result<Locks, RebuildError> {
         let opts = pool.connect_options();
-        Ok(Locks {
-            conn: PgConnection::connect_with(&opts).await?,
-        })
+        let mut conn = PgConnection::connect_with(&opts).await?;
+        // Waiting for the ingest to come to rest is bounded: a batch that
+        // holds the seam for minutes is a fault to report, not to wait out.
+        sqlx::query(&format!("SET lock_timeout = '{}s'", SEAM_WAIT.as_secs()))
+            .execute(&mut conn)
+            .await?;
+        Ok(Locks { conn })
     }
 
     async fn try_run_lock(&mut self) -> Result<bool, RebuildError> {
@@ -182,10 +189,21 @@ impl Locks {
     /// Waits for in-flight ingest batches to commit and keeps new ones out.
     async fn seam(&mut self) -> Result<(), RebuildError> {
         let t = Instant::now();
-        sqlx::query("SELECT pg_advisory_lock($1)::text")
+        let r = sqlx::query("SELECT pg_advisory_lock($1)::text")
             .bind(SEAM_LOCK)
             .execute(&mut self.conn)
-            .await?;
+            .await;
+        if let Err(sqlx::Error::Database(e)) = &r {
+            if e.code().as_deref() == Some("55P03") {
+                return Err(RebuildError::Refused(format!(
+                    "the ingest did not come to rest within {} s: an ingest batch held its lock \
+                     that long (see pg_stat_activity for `tally-ingest` sessions); nothing was \
+                     swapped, run again once it is healthy",
+                    SEAM_WAIT.as_secs()
+                )));
+            }
+        }
+        r?;
         tracing::debug!(waited_ms = t.elapsed().as_millis() as u64, "ingest at rest");
         Ok(())
     }

@@ -34,22 +34,37 @@ use crate::rows::{CellKey, DailyRow, ReportingZone, currency_bytes, project};
 /// (and retried from PostgreSQL).
 const INSERT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Claims (locks, reads and deletes) up to `$1` outbox rows that no other
-/// worker holds. Public so that `tally bench drain` measures PostgreSQL
-/// alone with exactly this statement.
-pub const CLAIM_SQL: &str = "DELETE FROM outbox WHERE id IN (
-         SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
-     )
-     RETURNING id, event_id, aggregate_id, aggregate_version, event_type, schema_version,
-               occurred_at, payload::text AS payload, created_at";
+/// The claim itself, shared by both forms below: lock, read and delete up
+/// to `$1` outbox rows that no other worker holds.
+macro_rules! claim {
+    () => {
+        "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+         )"
+    };
+}
+
+/// What a batch reads of each claimed row ([`OutboxRow`]).
+macro_rules! outbox_columns {
+    () => {
+        "id, event_id, aggregate_id, aggregate_version, event_type, schema_version,
+         occurred_at, payload::text AS payload, created_at"
+    };
+}
+
+/// The columns of an [`OutboxRow`], for anyone reading the outbox.
+pub const OUTBOX_COLUMNS: &str = outbox_columns!();
+
+/// Claims up to `$1` outbox rows. Public so that `tally bench drain`
+/// measures PostgreSQL alone with exactly this statement.
+pub const CLAIM_SQL: &str = concat!(claim!(), " RETURNING ", outbox_columns!());
 
 /// [`CLAIM_SQL`] while a rebuild needs the events too: the claimed rows are
 /// copied into `rebuild_journal` by the same statement.
-const CLAIM_AND_JOURNAL_SQL: &str = "WITH claimed AS (
-         DELETE FROM outbox WHERE id IN (
-             SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
-         )
-         RETURNING *
+const CLAIM_AND_JOURNAL_SQL: &str = concat!(
+    "WITH claimed AS (",
+    claim!(),
+    " RETURNING *
      ), journaled AS (
          INSERT INTO rebuild_journal (outbox_id, event_id, aggregate_id, aggregate_version, event_type,
                                       schema_version, occurred_at, payload, created_at)
@@ -57,9 +72,10 @@ const CLAIM_AND_JOURNAL_SQL: &str = "WITH claimed AS (
                 occurred_at, payload, created_at
          FROM claimed
      )
-     SELECT id, event_id, aggregate_id, aggregate_version, event_type, schema_version,
-            occurred_at, payload::text AS payload, created_at
-     FROM claimed";
+     SELECT ",
+    outbox_columns!(),
+    " FROM claimed"
+);
 
 /// Every batch holds this advisory lock (shared) until it commits; a
 /// rebuild takes it exclusively for the moments it must see the ingest at

@@ -27,8 +27,8 @@ use tally_ops::Shutdown;
 use time::OffsetDateTime;
 
 pub use batch::{
-    BatchOutcome, CLAIM_SQL, OutboxRow, SEAM_LOCK, TOTALS_COLUMNS, TOTALS_TABLE, TotalsRow,
-    add_to_totals, insert_rows, recover_pending,
+    BatchOutcome, CLAIM_SQL, OUTBOX_COLUMNS, OutboxRow, SEAM_LOCK, TOTALS_COLUMNS, TOTALS_TABLE,
+    TotalsRow, add_to_totals, insert_rows, recover_pending,
 };
 pub use metrics::Metrics;
 pub use rows::{DailyRow, FactRow, ReportingZone, WatermarkRow};

@@ -43,17 +43,7 @@ CREATE TABLE rebuild_journal (
 );
 
 -- The daily cells a run computed from the write store, then moved forward
--- by the journal. Scratch space: unlogged, and a crash only fails the run.
-CREATE UNLOGGED TABLE rebuild_cells (
-    day              date NOT NULL,
-    merchant_id      text NOT NULL,
-    currency         char(3) NOT NULL,
-    orders_placed    bigint NOT NULL,
-    gross_minor      bigint NOT NULL,
-    captured_minor   bigint NOT NULL,
-    refunded_minor   bigint NOT NULL,
-    orders_cancelled bigint NOT NULL,
-    items_sold       bigint NOT NULL,
-    version          bigint NOT NULL,
-    PRIMARY KEY (day, merchant_id, currency)
-);
+-- by the journal: the shape of ingest_daily_totals by construction, since
+-- the same statements write both and a swap copies one into the other.
+-- Scratch space: unlogged, and a crash only fails the run.
+CREATE UNLOGGED TABLE rebuild_cells (LIKE ingest_daily_totals INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);

@@ -158,27 +158,24 @@ impl TableDrift {
 /// Receives every non-matching row (the report file).
 pub type Sink<'a> = dyn FnMut(&DriftRow) -> Result<(), RebuildError> + Send + 'a;
 
-/// What one chunk's comparison found.
+/// What one chunk's comparison found: its counts and drift (`worst` left
+/// empty), and the differing rows themselves.
 #[derive(Debug, Default)]
 pub struct ChunkDiff {
-    pub compared: u64,
-    pub matching: u64,
-    pub missing: u64,
-    pub extra: u64,
-    pub different: u64,
-    pub drift_by_currency: BTreeMap<String, BTreeMap<&'static str, i128>>,
+    pub counts: TableDrift,
     pub rows: Vec<DriftRow>,
 }
 
 impl TableDrift {
     /// Adds a chunk's findings; every differing row goes to `sink`.
     pub fn absorb(&mut self, diff: ChunkDiff, sink: &mut Sink<'_>) -> Result<(), RebuildError> {
-        self.compared += diff.compared;
-        self.matching += diff.matching;
-        self.missing += diff.missing;
-        self.extra += diff.extra;
-        self.different += diff.different;
-        for (cur, by) in diff.drift_by_currency {
+        let c = diff.counts;
+        self.compared += c.compared;
+        self.matching += c.matching;
+        self.missing += c.missing;
+        self.extra += c.extra;
+        self.different += c.different;
+        for (cur, by) in c.drift_by_currency {
             let e = self.drift_by_currency.entry(cur).or_default();
             for (m, v) in by {
                 *e.entry(m).or_default() += v;
@@ -215,9 +212,10 @@ pub fn compare_frames(
     expected: Frame,
     live: Frame,
 ) -> Result<ChunkDiff, RebuildError> {
-    let mut totals = ChunkDiff::default();
+    let mut diff = ChunkDiff::default();
+    let totals = &mut diff.counts;
     if expected.is_empty() && live.is_empty() {
-        return Ok(totals);
+        return Ok(diff);
     }
     let exp = expected.into_df(specs)?;
     let liv = live.into_df(specs)?;
@@ -284,7 +282,7 @@ pub fn compare_frames(
         }
     }
     if diff_idx.is_empty() {
-        return Ok(totals);
+        return Ok(diff);
     }
 
     // Absolute drift per currency, in polars.
@@ -360,9 +358,9 @@ pub fn compare_frames(
             fields,
             abs_drift_minor: abs,
         };
-        totals.rows.push(row);
+        diff.rows.push(row);
     }
-    Ok(totals)
+    Ok(diff)
 }
 
 fn text(df: &DataFrame, name: &str, i: usize) -> PolarsResult<Option<String>> {

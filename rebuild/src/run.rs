@@ -34,8 +34,8 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tally_domain::DailyMeasures;
 use tally_ingest::rows::{CellKey, DailyRow, FactRow, ReportingZone, project};
 use tally_ingest::{
-    OutboxRow, SEAM_LOCK, TOTALS_COLUMNS, TOTALS_TABLE, TotalsRow, add_to_totals, insert_rows,
-    recover_pending,
+    OUTBOX_COLUMNS, OutboxRow, SEAM_LOCK, TOTALS_COLUMNS, TOTALS_TABLE, TotalsRow, add_to_totals,
+    insert_rows, recover_pending,
 };
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
@@ -397,14 +397,10 @@ async fn register(
             journal_from,
             snapshot_at,
             snapshot,
-            paused_ms: 0,
+            paused_ms: paused.elapsed().as_millis() as u64,
         })
     }
-    .await
-    .map(|mut r| {
-        r.paused_ms = paused.elapsed().as_millis() as u64;
-        r
-    });
+    .await;
     locks.release_seam().await?;
     r
 }
@@ -517,11 +513,8 @@ async fn read_backlog(
         undecodable: 0,
     };
     {
-        let mut rows = sqlx::query_as::<_, OutboxRow>(
-            "SELECT id, event_id, aggregate_id, aggregate_version, event_type, schema_version,
-                    occurred_at, payload::text AS payload, created_at FROM outbox",
-        )
-        .fetch(&mut *conn);
+        let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox");
+        let mut rows = sqlx::query_as::<_, OutboxRow>(&sql).fetch(&mut *conn);
         let mut events = Vec::new();
         while let Some(r) = rows.try_next().await? {
             b.orders.insert(r.aggregate_id);

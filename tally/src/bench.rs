@@ -501,6 +501,75 @@ async fn drain(
     }])
 }
 
+/// A fresh stack with the write API serving on it: what the HTTP
+/// benchmarks (place, freshness) start from.
+pub(crate) struct BenchApi {
+    pub(crate) s: Servers,
+    pub(crate) pool: PgPool,
+    /// `POST` here to place an order.
+    pub(crate) url: String,
+    pub(crate) key: String,
+    pub(crate) key_id: Uuid,
+    /// Registered beside the API's, for an ingest worker if the bench runs one.
+    pub(crate) ingest_metrics: tally_ingest::Metrics,
+    pub(crate) shutdown: tally_ops::Shutdown,
+    api_task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl BenchApi {
+    /// `clients` concurrent HTTP clients get a connection each, plus spare.
+    pub(crate) async fn start(g: &Global, clients: usize) -> anyhow::Result<BenchApi> {
+        let s = servers(g).await?;
+        let pg = PgSettings {
+            max_connections: clients as u32 + 4,
+            ..s.pg.clone()
+        };
+        let pool = pg.connect().await.context("connecting to PostgreSQL")?;
+        tally_migrations::migrate(&pool, &s.ch).await?;
+        let (key_id, key) = tally_write_api::auth::create_key(
+            &pool,
+            "bench",
+            &[tally_write_api::auth::Role::OrdersWrite],
+        )
+        .await?;
+        let mut registry = Registry::default();
+        let api_metrics = tally_write_api::metrics::Metrics::register(&mut registry);
+        let ingest_metrics = tally_ingest::Metrics::register(&mut registry);
+        let shutdown = tally_ops::Shutdown::new();
+        let config = tally_write_api::ApiConfig {
+            listen: "127.0.0.1:0".parse()?,
+            ..Default::default()
+        };
+        let api = tally_write_api::Application::build(
+            &config,
+            pool.clone(),
+            api_metrics,
+            std::sync::Arc::new(registry),
+        )
+        .await?;
+        let url = format!("http://{}/v1/orders", api.local_addr());
+        let api_task = tokio::spawn(api.run_until_stopped(shutdown.clone()));
+        Ok(BenchApi {
+            s,
+            pool,
+            url,
+            key,
+            key_id,
+            ingest_metrics,
+            shutdown,
+            api_task,
+        })
+    }
+
+    /// Stops the API (and whatever else watches `shutdown`), then the servers.
+    pub(crate) async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.api_task.await;
+        drop(self.pool);
+        self.s.stop().await;
+    }
+}
+
 /// One line of `tally bench all`'s table.
 pub(crate) struct Summary {
     pub(crate) figure: String,

@@ -13,11 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use prometheus_client::registry::Registry;
 use tokio::sync::Mutex;
 
-use crate::bench::{fmt_rate, record_result, servers, stat};
+use crate::bench::{BenchApi, fmt_rate, record_result, stat};
 use crate::config::Global;
 
 fn order(merchant: &str) -> serde_json::Value {
@@ -79,40 +77,15 @@ pub async fn run(
     runs: usize,
     record: Option<PathBuf>,
 ) -> anyhow::Result<Vec<crate::bench::Summary>> {
-    let s = servers(g).await?;
-    let pg = tally_ops::PgSettings {
-        max_connections: clients as u32 + 4,
-        ..s.pg.clone()
-    };
-    let pool = pg.connect().await.context("connecting to PostgreSQL")?;
-    tally_migrations::migrate(&pool, &s.ch).await?;
-    let (_, key) = tally_write_api::auth::create_key(
-        &pool,
-        "bench",
-        &[tally_write_api::auth::Role::OrdersWrite],
-    )
-    .await?;
-
-    let mut registry = Registry::default();
-    let api_metrics = tally_write_api::metrics::Metrics::register(&mut registry);
-    let ingest_metrics = tally_ingest::Metrics::register(&mut registry);
-    let registry = Arc::new(registry);
-    let shutdown = tally_ops::Shutdown::new();
-    let config = tally_write_api::ApiConfig {
-        listen: "127.0.0.1:0".parse()?,
-        ..Default::default()
-    };
-    let api =
-        tally_write_api::Application::build(&config, pool.clone(), api_metrics, registry).await?;
-    let url = format!("http://{}/v1/orders", api.local_addr());
-    let api_task = tokio::spawn(api.run_until_stopped(shutdown.clone()));
+    let app = BenchApi::start(g, clients).await?;
     let worker = tally_ingest::Worker::new(
-        pool.clone(),
-        s.ch.client(),
+        app.pool.clone(),
+        app.s.ch.client(),
         Default::default(),
-        ingest_metrics,
+        app.ingest_metrics.clone(),
     );
-    let worker_task = tokio::spawn(worker.run(shutdown.clone()));
+    let worker_task = tokio::spawn(worker.run(app.shutdown.clone()));
+    let (url, key) = (app.url.clone(), app.key.clone());
     let client = Arc::new(Client {
         http: reqwest::Client::new(),
         url,
@@ -126,7 +99,7 @@ pub async fn run(
         let target = max / 2.0;
         let (latencies, achieved) = paced(
             &client,
-            &s.ch,
+            &app.s.ch,
             clients,
             target,
             Duration::from_secs(seconds),
@@ -148,8 +121,7 @@ pub async fn run(
         rates.push(achieved);
         maxes.push(max);
     }
-    shutdown.cancel();
-    let _ = api_task.await;
+    app.shutdown.cancel();
     let _ = worker_task.await;
 
     let (p50, p99, rate, max) = (stat(p50s), stat(p99s), stat(rates), stat(maxes));
@@ -185,7 +157,7 @@ pub async fn run(
         ),
         &table,
     )?;
-    s.stop().await;
+    app.stop().await;
     Ok(vec![crate::bench::Summary {
         figure: format!(
             "freshness at half the max write rate ({:.0} of {:.0} orders/s): ack → visible",

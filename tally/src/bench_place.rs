@@ -10,13 +10,11 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use prometheus_client::registry::Registry;
 
-use crate::bench::{record_result, servers, stat};
+use crate::bench::{BenchApi, record_result, stat};
 use crate::config::Global;
 
 fn order() -> serde_json::Value {
@@ -161,31 +159,8 @@ pub async fn run(
     runs: usize,
     record: Option<PathBuf>,
 ) -> anyhow::Result<Vec<crate::bench::Summary>> {
-    let s = servers(g).await?;
-    let pg = tally_ops::PgSettings {
-        max_connections: clients as u32 + 4,
-        ..s.pg.clone()
-    };
-    let pool = pg.connect().await.context("connecting to PostgreSQL")?;
-    tally_migrations::migrate(&pool, &s.ch).await?;
-    let (key_id, key) = tally_write_api::auth::create_key(
-        &pool,
-        "bench",
-        &[tally_write_api::auth::Role::OrdersWrite],
-    )
-    .await?;
-    let mut registry = Registry::default();
-    let api_metrics = tally_write_api::metrics::Metrics::register(&mut registry);
-    let shutdown = tally_ops::Shutdown::new();
-    let config = tally_write_api::ApiConfig {
-        listen: "127.0.0.1:0".parse()?,
-        ..Default::default()
-    };
-    let api =
-        tally_write_api::Application::build(&config, pool.clone(), api_metrics, Arc::new(registry))
-            .await?;
-    let url = format!("http://{}/v1/orders", api.local_addr());
-    let api_task = tokio::spawn(api.run_until_stopped(shutdown.clone()));
+    let app = BenchApi::start(g, clients).await?;
+    let (url, key, pool) = (app.url.clone(), app.key.clone(), app.pool.clone());
 
     // Warm-up, and a real payload for pgbench.
     api_run(&url, &key, clients, Duration::from_secs(2)).await?;
@@ -195,13 +170,19 @@ pub async fn run(
     let dir = std::env::temp_dir().join(format!("tally-bench-place-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let script_path = dir.join("place_order.sql");
-    std::fs::write(&script_path, script(key_id, &payload))?;
+    std::fs::write(&script_path, script(app.key_id, &payload))?;
 
     let (mut ours, mut theirs, mut ratios) = (vec![], vec![], vec![]);
     let (mut our_p50, mut our_p99, mut pg_p50, mut pg_p99) = (vec![], vec![], vec![], vec![]);
     for run in 1..=runs {
-        let (tps, mut lat) =
-            pgbench_run(&s.pg.url, &script_path, clients, secs, &dir.join("logs")).await?;
+        let (tps, mut lat) = pgbench_run(
+            &app.s.pg.url,
+            &script_path,
+            clients,
+            secs,
+            &dir.join("logs"),
+        )
+        .await?;
         lat.sort_by(f64::total_cmp);
         let (rate, mut ours_lat) = api_run(&url, &key, clients, Duration::from_secs(secs)).await?;
         ours_lat.sort_by(f64::total_cmp);
@@ -220,8 +201,6 @@ pub async fn run(
         pg_p50.push(pct(&lat, 0.5));
         pg_p99.push(pct(&lat, 0.99));
     }
-    shutdown.cancel();
-    let _ = api_task.await;
     let (ours, theirs, ratios) = (stat(ours), stat(theirs), stat(ratios));
     let (op50, op99, pp50, pp99) = (stat(our_p50), stat(our_p99), stat(pg_p50), stat(pg_p99));
     let mut table = String::new();
@@ -276,7 +255,7 @@ pub async fn run(
     )?;
     let _ = std::fs::remove_dir_all(&dir);
     drop(pool);
-    s.stop().await;
+    app.stop().await;
     Ok(vec![crate::bench::Summary {
         figure: format!("PlaceOrder, {clients} clients: write API vs pgbench, same SQL"),
         result: format!(

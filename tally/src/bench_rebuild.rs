@@ -144,12 +144,11 @@ pub async fn run(
         let (c, b) = copy_out(&pool).await?;
         bytes = b;
         let r = rebuild_child(&s, chunk_rows).await?;
-        let drift = r.report["daily"]["missing"].as_u64().unwrap_or(0)
-            + r.report["daily"]["extra"].as_u64().unwrap_or(0)
-            + r.report["daily"]["different"].as_u64().unwrap_or(0)
-            + r.report["facts"]["missing"].as_u64().unwrap_or(0)
-            + r.report["facts"]["extra"].as_u64().unwrap_or(0)
-            + r.report["facts"]["different"].as_u64().unwrap_or(0);
+        let drift: u64 = ["daily", "facts"]
+            .iter()
+            .flat_map(|t| ["missing", "extra", "different"].map(|k| &r.report[t][k]))
+            .map(|v| v.as_u64().unwrap_or(0))
+            .sum();
         anyhow::ensure!(
             drift == 0,
             "the rebuild found drift on a quiet store: {}",

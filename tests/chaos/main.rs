@@ -232,17 +232,9 @@ async fn clickhouse_stopped_under_load_then_restarted_loses_and_doubles_nothing(
     tokio::time::sleep(Duration::from_millis(500)).await;
     keep_loading.cancel();
     let outcome = load.await.unwrap();
-    let recovered = tally_tests::eventually(Duration::from_secs(30), || async {
-        let left = count(
-            &app,
-            "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM ingest_pending_pushes)",
-        )
-        .await;
-        (left == 0).then_some(())
-    })
-    .await;
+    let recovered = tally_tests::ingest_drained(&app.db.pg, Duration::from_secs(30)).await;
     assert!(
-        recovered.is_some(),
+        recovered,
         "the worker resumed by itself and drained the backlog"
     );
     println!(
@@ -332,16 +324,8 @@ async fn postgres_restarted_under_load_loses_and_doubles_nothing() {
         "one order per client lifecycle ({} retries)",
         outcome.retries
     );
-    let drained = tally_tests::eventually(Duration::from_secs(30), || async {
-        let left = count(
-            &app,
-            "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM ingest_pending_pushes)",
-        )
-        .await;
-        (left == 0).then_some(())
-    })
-    .await;
-    assert!(drained.is_some(), "the ingest reconnects and drains");
+    let drained = tally_tests::ingest_drained(&app.db.pg, Duration::from_secs(30)).await;
+    assert!(drained, "the ingest reconnects and drains");
     println!(
         "chaos: PostgreSQL down {:.1} s; {} commands, {} retried by clients, {orders} orders; \
          commands accepted again {:.1} s after restart",

@@ -13,7 +13,8 @@ use tally_rebuild::compare::Kind;
 use tally_rebuild::run::{Mode, RunOptions, RunOutcome, history, rollback, run};
 use tally_tests::load::drive;
 use tally_tests::{
-    Ingest, TestApp, TestDb, assert_projections_exact, eventually, init_logs, spawn_app,
+    Ingest, TestApp, TestDb, assert_projections_exact, eventually, ingest_drained, init_logs,
+    spawn_app,
 };
 
 /// Small chunks, so every test crosses chunk boundaries.
@@ -28,17 +29,10 @@ fn opts() -> RunOptions {
 /// Waits until the running ingest has consumed the outbox and pushed
 /// everything, then checks the projections against the write store.
 async fn settle(db: &TestDb) {
-    eventually(Duration::from_secs(30), || async {
-        let (outbox, pending): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM ingest_pending_pushes)",
-        )
-        .fetch_one(&db.pg)
-        .await
-        .ok()?;
-        (outbox == 0 && pending == 0).then_some(())
-    })
-    .await
-    .expect("the ingest drains the outbox within 30 s");
+    assert!(
+        ingest_drained(&db.pg, Duration::from_secs(30)).await,
+        "the ingest drains the outbox within 30 s"
+    );
     assert_projections_exact(db).await;
 }
 

@@ -407,6 +407,22 @@ where
     }
 }
 
+/// Waits (at most `timeout`) until a running ingest has consumed the
+/// outbox and finished every push. `false` if it has not.
+pub async fn ingest_drained(pg: &PgPool, timeout: Duration) -> bool {
+    eventually(timeout, || async {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM ingest_pending_pushes)",
+        )
+        .fetch_one(pg)
+        .await
+        .ok()?;
+        (left == 0).then_some(())
+    })
+    .await
+    .is_some()
+}
+
 /// Logs for a failing test: `RUST_LOG=debug cargo test …`.
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()

@@ -6,6 +6,7 @@
 //! way to an operator, and so that none of them invents its own variant.
 //! It knows nothing about orders.
 
+pub mod auth;
 pub mod http;
 pub mod problem;
 pub mod shutdown;

@@ -526,10 +526,10 @@ impl BenchApi {
         };
         let pool = pg.connect().await.context("connecting to PostgreSQL")?;
         tally_migrations::migrate(&pool, &s.ch).await?;
-        let (key_id, key) = tally_write_api::auth::create_key(
+        let (key_id, key) = tally_ops::auth::create_key(
             &pool,
             "bench",
-            &[tally_write_api::auth::Role::OrdersWrite],
+            &[tally_ops::auth::Role::OrdersWrite],
         )
         .await?;
         let mut registry = Registry::default();

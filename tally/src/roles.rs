@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use prometheus_client::registry::Registry;
 use tally_ops::Shutdown;
-use tally_write_api::auth::{Role, create_key};
+use tally_ops::auth::{Role, create_key};
 
 use crate::config::Global;
 

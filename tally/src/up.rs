@@ -12,7 +12,7 @@ use clap::Args;
 use prometheus_client::registry::Registry;
 use tally_ops::{ChSettings, PgSettings};
 use tally_stack::{DataDirLock, LocalStack, StackConfig, StackFile};
-use tally_write_api::auth::{Role, create_key, key_has_role};
+use tally_ops::auth::{Role, create_key, key_has_role};
 
 use crate::config::Global;
 use crate::roles::shutdown_on_signal;

@@ -2,7 +2,7 @@
 //! 4xx, and nothing written.
 
 use tally_tests::{Ingest, TestApp, order_body, spawn_app};
-use tally_write_api::auth::{Role, create_key};
+use tally_ops::auth::{Role, create_key};
 
 async fn counts(app: &TestApp) -> (i64, i64, i64, i64) {
     sqlx::query_as(

@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use sqlx::{Connection, PgPool};
 use tally_ops::{ChSettings, PgSettings, Shutdown};
 use tally_stack::{LocalStack, StackConfig};
-use tally_write_api::auth::{Role, create_key};
+use tally_ops::auth::{Role, create_key};
 
 /// Where the shared servers of this run are.
 struct Servers {

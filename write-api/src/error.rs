@@ -38,10 +38,6 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("validation failed")]
     Validation(Vec<InvalidParam>),
-    #[error("authentication required: {0}")]
-    Unauthenticated(&'static str),
-    #[error("API key lacks role {0}")]
-    Forbidden(&'static str),
     #[error(transparent)]
     Domain(#[from] DomainError),
     #[error("invalid Idempotency-Key: {0}")]
@@ -104,16 +100,6 @@ impl ApiError {
                         many => format!("{} fields are invalid", many.len()),
                     })
                     .invalid_params(params.clone())
-            }
-            ApiError::Unauthenticated(why) => Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "Authentication required",
-            )
-            .detail(*why),
-            ApiError::Forbidden(role) => {
-                Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
-                    .detail(format!("this API key lacks the `{role}` role"))
             }
             ApiError::Domain(e @ (DomainError::ZeroTotal | DomainError::TotalOverflow)) => {
                 Problem::new(StatusCode::BAD_REQUEST, "validation", "Invalid request")

@@ -8,7 +8,6 @@
 //! [`Application::build`] binds the listener and returns the port, so tests
 //! run the real service on port 0 (zero2prod's `startup.rs` pattern).
 
-pub mod auth;
 pub mod error;
 pub mod idempotency;
 pub mod metrics;
@@ -30,10 +29,10 @@ use serde::de::DeserializeOwned;
 use sqlx::PgPool;
 use tally_ops::Shutdown;
 use tally_ops::http::{ReadinessCheck, ops_routes, serve};
+use tally_ops::auth::{self, AuthState, KeyCache, Role};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::{AuthState, KeyCache, Role};
 use crate::error::ApiError;
 
 /// Settings of the write API.

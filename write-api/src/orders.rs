@@ -18,7 +18,7 @@ use tally_ops::problem::InvalidParam;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::auth::Caller;
+use tally_ops::auth::Caller;
 use crate::error::ApiError;
 use crate::idempotency::{self, Begin, CommandResponse, IdempotencyKey};
 use crate::metrics::EventLabels;

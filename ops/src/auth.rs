@@ -1,5 +1,8 @@
 //! API keys: creation, hashing, and the per-request check.
 //!
+//! Shared by the write API (`orders:write`) and the dashboards
+//! (`finance:read`): one key store, one way to be refused.
+//!
 //! A key is `tally_` + 64 hex characters (256 random bits). Only its SHA-256
 //! is stored; the plaintext is shown once, when it is created. Verified keys
 //! are cached for [`CACHE_TTL`] so that authentication costs no database
@@ -19,7 +22,10 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+
+use crate::Problem;
 
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
 const KEY_PREFIX: &str = "tally_";
@@ -155,11 +161,11 @@ pub async fn require_role(
     State(state): State<AuthState>,
     mut req: Request,
     next: Next,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AuthError> {
     let header = req
         .headers()
         .get(AUTHORIZATION)
-        .ok_or(ApiError::Unauthenticated(
+        .ok_or(AuthError::Unauthenticated(
             "send `Authorization: Bearer <API key>`",
         ))?;
     let key = header
@@ -168,17 +174,55 @@ pub async fn require_role(
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|k| k.starts_with(KEY_PREFIX))
-        .ok_or(ApiError::Unauthenticated(
+        .ok_or(AuthError::Unauthenticated(
             "the Authorization header must be `Bearer tally_…`",
         ))?;
     let caller = state
         .cache
         .authenticate(&state.pool, key)
         .await?
-        .ok_or(ApiError::Unauthenticated("unknown or revoked API key"))?;
+        .ok_or(AuthError::Unauthenticated("unknown or revoked API key"))?;
     if !caller.roles.iter().any(|r| r == state.role.as_str()) {
-        return Err(ApiError::Forbidden(state.role.as_str()));
+        return Err(AuthError::Forbidden(state.role.as_str()));
     }
     req.extensions_mut().insert(caller);
     Ok(next.run(req).await)
+}
+
+/// Why a request was refused before reaching its handler.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("authentication required: {0}")]
+    Unauthenticated(&'static str),
+    #[error("API key lacks role {0}")]
+    Forbidden(&'static str),
+    #[error("key store: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl AuthError {
+    pub fn to_problem(&self) -> Problem {
+        match self {
+            AuthError::Unauthenticated(why) => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+            )
+            .detail(*why),
+            AuthError::Forbidden(role) => {
+                Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+                    .detail(format!("this API key lacks the `{role}` role"))
+            }
+            AuthError::Database(e) => {
+                tracing::warn!(error = %e, "API key lookup failed");
+                Problem::unavailable("the key store")
+            }
+        }
+    }
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        self.to_problem().into_response()
+    }
 }

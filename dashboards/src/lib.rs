@@ -1,33 +1,47 @@
 //! The finance read side: a JSON API and a web page over the ClickHouse
 //! aggregates.
 //!
-//! It only reads, only from ClickHouse, and only the aggregate tables (plus
-//! the watermark); it should connect as a read-only ClickHouse user. Every
-//! response says how fresh the data is. Amounts are exact minor units per
-//! currency, with a decimal string beside them; currencies are never summed
-//! together.
+//! Data comes only from ClickHouse, only from the `daily_revenue` aggregate
+//! (plus the watermark), through a read-only ClickHouse user. PostgreSQL is
+//! touched for one thing: checking the caller's API key for `finance:read`
+//! (cached, shared with the write API in `tally_ops::auth`). Every response
+//! says how fresh the data is, in its body and in `Tally-Data-*` headers.
+//! Amounts are exact minor units per currency with a decimal string beside
+//! them; currencies are never summed together.
 
+mod error;
 mod page;
+pub mod params;
+mod store;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use clickhouse::Row;
+use axum::{Json, Router, middleware};
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
-use tally_domain::money::format_minor;
-use tally_domain::{Currency, MerchantId};
-use tally_ops::http::{ReadinessCheck, ops_routes, serve};
+use serde::Serialize;
+use sqlx::PgPool;
+use tally_ops::Shutdown;
+use tally_ops::auth::{self, AuthState, KeyCache, Role};
+use tally_ops::http::{HttpMetrics, ReadinessCheck, ops_routes, serve, track};
 use tally_ops::problem::InvalidParam;
-use tally_ops::{Problem, Shutdown};
-use time::{Date, OffsetDateTime};
+use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
+
+pub use crate::error::DashError;
+use crate::params::{Filter, Format, Needs, RawQuery};
+use crate::views::{
+    CurrencySummary, DailyResponse, DailyRevenue, Freshness, SummaryResponse, TopMerchant,
+    TopResponse, file_name, percent,
+};
+use tally_domain::money::format_minor;
 
 #[derive(Clone, Debug)]
 pub struct DashboardsConfig {
@@ -45,265 +59,257 @@ impl Default for DashboardsConfig {
     }
 }
 
+/// The dashboards' Prometheus metrics (`tally_dashboards_*`).
+#[derive(Clone)]
+pub struct Metrics {
+    http: HttpMetrics,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let http = HttpMetrics::default();
+        http.register(registry.sub_registry_with_prefix("tally_dashboards"));
+        Metrics { http }
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     ch: clickhouse::Client,
     max_span_days: i64,
 }
 
-#[derive(Debug, thiserror::Error)]
-enum DashError {
-    #[error("invalid query")]
-    Invalid(Vec<InvalidParam>),
-    #[error("ClickHouse: {0}")]
-    ClickHouse(#[from] clickhouse::error::Error),
+impl AppState {
+    fn filter(
+        &self,
+        q: Result<Query<RawQuery>, QueryRejection>,
+        needs: Needs,
+    ) -> Result<Filter, DashError> {
+        let Query(raw) = q.map_err(|e| {
+            DashError::Invalid(vec![InvalidParam {
+                name: "query".into(),
+                reason: e.body_text(),
+            }])
+        })?;
+        let today = OffsetDateTime::now_utc().date();
+        Filter::parse(&raw, today, self.max_span_days, needs).map_err(DashError::Invalid)
+    }
+
+    async fn freshness(&self) -> Result<Freshness, DashError> {
+        let wm = store::watermark(&self.ch).await?;
+        Ok(Freshness::at(wm, OffsetDateTime::now_utc()))
+    }
 }
 
-impl IntoResponse for DashError {
-    fn into_response(self) -> Response {
-        match self {
-            DashError::Invalid(params) => {
-                Problem::new(StatusCode::BAD_REQUEST, "validation", "Invalid query")
-                    .detail(
-                        params
-                            .iter()
-                            .map(|p| format!("{}: {}", p.name, p.reason))
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                    )
-                    .invalid_params(params)
-                    .into_response()
+/// The body as JSON or CSV (a download), with the freshness headers.
+fn respond<T: Serialize>(
+    format: Format,
+    fresh: &Freshness,
+    body: &T,
+    csv: impl FnOnce() -> String,
+    file: String,
+) -> Response {
+    let mut headers = HeaderMap::new();
+    if let Some(v) = fresh
+        .complete_up_to
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        headers.insert("tally-data-complete-up-to", v);
+    }
+    if let Some(v) = fresh
+        .lag_seconds
+        .and_then(|l| HeaderValue::from_str(&format!("{l:.3}")).ok())
+    {
+        headers.insert("tally-data-lag-seconds", v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    match format {
+        Format::Json => (headers, Json(body)).into_response(),
+        Format::Csv => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file}\"")) {
+                headers.insert(header::CONTENT_DISPOSITION, v);
             }
-            DashError::ClickHouse(e) => {
-                tracing::error!(error = %e, "ClickHouse query failed");
-                Problem::unavailable("the analytics database").into_response()
-            }
+            (headers, csv()).into_response()
         }
     }
 }
 
-/// `GET /v1/revenue/daily` query string.
-#[derive(Deserialize)]
-pub struct DailyQuery {
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub currency: Option<String>,
-    pub merchant_id: Option<String>,
-}
-
-#[derive(Row, Deserialize)]
-struct DailyAgg {
-    #[serde(with = "clickhouse::serde::time::date")]
-    day: Date,
-    currency: [u8; 3],
-    orders_placed: i64,
-    gross_minor: i64,
-    captured_minor: i64,
-    refunded_minor: i64,
-    orders_cancelled: i64,
-    items_sold: i64,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct DailyRevenue {
-    pub day: String,
-    pub currency: String,
-    pub orders_placed: i64,
-    pub gross_minor: i64,
-    pub captured_minor: i64,
-    pub refunded_minor: i64,
-    pub net_minor: i64,
-    pub orders_cancelled: i64,
-    pub items_sold: i64,
-    pub gross: String,
-    pub captured: String,
-    pub refunded: String,
-    pub net: String,
-}
-
-/// How complete the read side is.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct Freshness {
-    /// Every event written before this instant is counted (RFC 3339), or
-    /// `null` if the ingest has never reported.
-    pub complete_up_to: Option<String>,
-    pub lag_seconds: Option<f64>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct DailyResponse {
-    pub from: String,
-    pub to: String,
-    pub freshness: Freshness,
-    pub rows: Vec<DailyRevenue>,
-}
-
-fn parse_date(name: &str, v: &str, errs: &mut Vec<InvalidParam>) -> Option<Date> {
-    let fmt = time::macros::format_description!("[year]-[month]-[day]");
-    Date::parse(v, fmt)
-        .map_err(|_| {
-            errs.push(InvalidParam {
-                name: name.into(),
-                reason: format!("`{v}` is not a date of the form YYYY-MM-DD"),
-            })
-        })
-        .ok()
-}
-
-async fn freshness(ch: &clickhouse::Client) -> Result<Freshness, clickhouse::error::Error> {
-    let us: i64 = ch
-        .query("SELECT max(watermark_us) FROM ingest_watermark")
-        .fetch_one()
-        .await?;
-    if us <= 0 {
-        return Ok(Freshness {
-            complete_up_to: None,
-            lag_seconds: None,
-        });
-    }
-    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).ok();
-    Ok(Freshness {
-        complete_up_to: at.and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        }),
-        lag_seconds: at.map(|t| (OffsetDateTime::now_utc() - t).as_seconds_f64().max(0.0)),
-    })
-}
-
+/// `GET /v1/revenue/daily`: per day and currency.
 async fn daily_revenue(
     State(s): State<AppState>,
-    Query(q): Query<DailyQuery>,
-) -> Result<axum::Json<DailyResponse>, DashError> {
-    let mut errs = Vec::new();
-    let today = OffsetDateTime::now_utc().date();
-    let to =
-        q.to.as_deref()
-            .map_or(Some(today), |v| parse_date("to", v, &mut errs));
-    let from = match (&q.from, to) {
-        (Some(v), _) => parse_date("from", v, &mut errs),
-        (None, Some(to)) => to.checked_sub(time::Duration::days(29)),
-        (None, None) => None,
-    };
-    let currency = q.currency.as_deref().and_then(|c| {
-        Currency::parse(c)
-            .map_err(|e| {
-                errs.push(InvalidParam {
-                    name: "currency".into(),
-                    reason: e.message().into(),
-                })
-            })
-            .ok()
-    });
-    let merchant = q.merchant_id.as_deref().and_then(|m| {
-        MerchantId::parse(m)
-            .map_err(|e| {
-                errs.push(InvalidParam {
-                    name: "merchant_id".into(),
-                    reason: e.message().into(),
-                })
-            })
-            .ok()
-    });
-    if let (Some(from), Some(to)) = (from, to) {
-        let span = (to - from).whole_days() + 1;
-        if span < 1 {
-            errs.push(InvalidParam {
-                name: "from".into(),
-                reason: "must not be after `to`".into(),
-            });
-        } else if span > s.max_span_days {
-            errs.push(InvalidParam {
-                name: "to".into(),
-                reason: format!(
-                    "the range spans {span} days; at most {} are allowed",
-                    s.max_span_days
-                ),
-            });
-        }
-    }
-    let (Some(from), Some(to), true) = (from, to, errs.is_empty()) else {
-        return Err(DashError::Invalid(errs));
-    };
-
-    // Every user value is bound (client-side escaped); the SQL text is fixed.
-    let mut sql = String::from(
-        "SELECT day, currency, sum(orders_placed), sum(gross_minor), sum(captured_minor),
-                sum(refunded_minor), sum(orders_cancelled), sum(items_sold)
-         FROM daily_revenue FINAL
-         WHERE day >= toDate(?) AND day <= toDate(?)",
-    );
-    if currency.is_some() {
-        sql.push_str(" AND currency = ?");
-    }
-    if merchant.is_some() {
-        sql.push_str(" AND merchant_id = ?");
-    }
-    sql.push_str(" GROUP BY day, currency ORDER BY day, currency");
-    let mut query = s.ch.query(&sql).bind(from.to_string()).bind(to.to_string());
-    if let Some(c) = currency {
-        query = query.bind(c.code());
-    }
-    if let Some(m) = &merchant {
-        query = query.bind(m.as_str());
-    }
-    let rows: Vec<DailyAgg> = query.fetch_all().await?;
+    q: Result<Query<RawQuery>, QueryRejection>,
+) -> Result<Response, DashError> {
+    let f = s.filter(q, Needs::default())?;
+    let (rows, fresh) = tokio::try_join!(
+        async { Ok::<_, DashError>(store::daily(&s.ch, &f).await?) },
+        s.freshness()
+    )?;
     let rows = rows
         .into_iter()
         .map(|r| {
-            let code = String::from_utf8_lossy(&r.currency).into_owned();
-            let cur = Currency::parse(&code).ok();
-            let fmt =
-                |minor: i64| cur.map_or_else(|| minor.to_string(), |c| format_minor(minor, c));
-            let net = r.captured_minor - r.refunded_minor;
-            DailyRevenue {
-                day: r.day.to_string(),
-                currency: code.clone(),
-                orders_placed: r.orders_placed,
-                gross_minor: r.gross_minor,
-                captured_minor: r.captured_minor,
-                refunded_minor: r.refunded_minor,
-                net_minor: net,
-                orders_cancelled: r.orders_cancelled,
-                items_sold: r.items_sold,
-                gross: fmt(r.gross_minor),
-                captured: fmt(r.captured_minor),
-                refunded: fmt(r.refunded_minor),
-                net: fmt(net),
-            }
+            let c = store::currency(r.currency).map_err(DashError::Data)?;
+            Ok(DailyRevenue::new(r.day.to_string(), c, &r.sums))
         })
-        .collect();
-    Ok(axum::Json(DailyResponse {
-        from: from.to_string(),
-        to: to.to_string(),
-        freshness: freshness(&s.ch).await?,
+        .collect::<Result<Vec<_>, DashError>>()?;
+    let body = DailyResponse {
+        from: f.range.from.to_string(),
+        to: f.range.to.to_string(),
+        freshness: fresh.clone(),
         rows,
-    }))
+    };
+    let file = file_name("daily-revenue", f.range, f.currency);
+    Ok(respond(f.format, &fresh, &body, || body.csv(), file))
 }
 
-/// Ready when ClickHouse answers and has our tables.
-pub fn readiness(ch: clickhouse::Client) -> ReadinessCheck {
+/// `GET /v1/revenue/summary`: totals per currency against the previous
+/// period of equal length.
+async fn summary(
+    State(s): State<AppState>,
+    q: Result<Query<RawQuery>, QueryRejection>,
+) -> Result<Response, DashError> {
+    let f = s.filter(q, Needs::default())?;
+    let (rows, fresh) = tokio::try_join!(
+        async { Ok::<_, DashError>(store::periods(&s.ch, &f).await?) },
+        s.freshness()
+    )?;
+    let mut per_currency: Vec<(tally_domain::Currency, store::Sums, store::Sums)> = Vec::new();
+    for r in rows {
+        let c = store::currency(r.currency).map_err(DashError::Data)?;
+        if per_currency.last().is_none_or(|(last, _, _)| *last != c) {
+            per_currency.push((c, Default::default(), Default::default()));
+        }
+        if let Some(entry) = per_currency.last_mut() {
+            if r.current == 1 {
+                entry.1 = r.sums;
+            } else {
+                entry.2 = r.sums;
+            }
+        }
+    }
+    let prev = f.range.previous();
+    let body = SummaryResponse {
+        from: f.range.from.to_string(),
+        to: f.range.to.to_string(),
+        previous_from: prev.from.to_string(),
+        previous_to: prev.to.to_string(),
+        freshness: fresh.clone(),
+        currencies: per_currency
+            .iter()
+            .map(|(c, cur, prev)| CurrencySummary::new(*c, cur, prev))
+            .collect(),
+    };
+    let file = file_name("summary", f.range, f.currency);
+    Ok(respond(f.format, &fresh, &body, || body.csv(), file))
+}
+
+/// `GET /v1/merchants/top`: merchants by net revenue in one currency.
+async fn top_merchants(
+    State(s): State<AppState>,
+    q: Result<Query<RawQuery>, QueryRejection>,
+) -> Result<Response, DashError> {
+    let f = s.filter(q, Needs { currency: true })?;
+    let Some(currency) = f.currency else {
+        return Err(DashError::Data("currency missing after validation".into()));
+    };
+    let (top, fresh) = tokio::try_join!(
+        async { Ok::<_, DashError>(store::top_merchants(&s.ch, &f).await?) },
+        s.freshness()
+    )?;
+    let total = top.total_net_minor;
+    let rows = top
+        .top
+        .into_iter()
+        .zip(1..)
+        .map(|((merchant_id, net, orders, gross), rank)| TopMerchant {
+            rank,
+            merchant_id,
+            net_minor: net,
+            net: format_minor(net, currency),
+            gross_minor: gross,
+            gross: format_minor(gross, currency),
+            orders_placed: orders,
+            share_percent: if total > 0 {
+                percent(net, total, 2)
+            } else {
+                None
+            },
+        })
+        .collect();
+    let body = TopResponse {
+        from: f.range.from.to_string(),
+        to: f.range.to.to_string(),
+        currency: currency.code().to_owned(),
+        freshness: fresh.clone(),
+        total_net_minor: total,
+        total_net: format_minor(total, currency),
+        merchants: top.merchants,
+        rows,
+    };
+    let file = file_name("top-merchants", f.range, f.currency);
+    Ok(respond(f.format, &fresh, &body, || body.csv(), file))
+}
+
+/// `GET /v1/freshness`: the badge's poll.
+async fn freshness(State(s): State<AppState>) -> Result<Response, DashError> {
+    let fresh = s.freshness().await?;
+    Ok(respond(
+        Format::Json,
+        &fresh,
+        &fresh,
+        String::new,
+        String::new(),
+    ))
+}
+
+/// Ready when ClickHouse answers and has our tables, and the key store
+/// answers.
+pub fn readiness(ch: clickhouse::Client, pg: PgPool) -> ReadinessCheck {
     Arc::new(move || {
-        let ch = ch.clone();
+        let (ch, pg) = (ch.clone(), pg.clone());
         Box::pin(async move {
             ch.query("SELECT count() FROM daily_revenue WHERE 0")
                 .fetch_one::<u64>()
                 .await
-                .map(|_| ())
-                .map_err(|e| format!("ClickHouse: {e}"))
+                .map_err(|e| format!("ClickHouse: {e}"))?;
+            sqlx::query("SELECT 1")
+                .execute(&pg)
+                .await
+                .map_err(|e| format!("PostgreSQL (API keys): {e}"))?;
+            Ok(())
         })
     })
 }
 
-pub fn router(config: &DashboardsConfig, ch: clickhouse::Client) -> Router {
+pub fn router(
+    config: &DashboardsConfig,
+    ch: clickhouse::Client,
+    pg: PgPool,
+    metrics: &Metrics,
+) -> Router {
     let state = AppState {
         ch,
         max_span_days: config.max_span_days,
     };
-    Router::new()
-        .route("/", get(|| async { Html(page::INDEX) }))
+    let readers = AuthState {
+        pool: pg,
+        cache: KeyCache::default(),
+        role: Role::FinanceRead,
+    };
+    let api = Router::new()
+        .route("/v1/freshness", get(freshness))
         .route("/v1/revenue/daily", get(daily_revenue))
-        .with_state(state)
+        .route("/v1/revenue/summary", get(summary))
+        .route("/v1/merchants/top", get(top_merchants))
+        .route_layer(middleware::from_fn_with_state(readers, auth::require_role))
+        .with_state(state);
+    page::routes()
+        .merge(api)
+        .layer(middleware::from_fn_with_state(metrics.http.clone(), track))
         .layer(TraceLayer::new_for_http())
 }
 
@@ -313,13 +319,18 @@ pub struct Application {
 }
 
 impl Application {
+    /// `ch` should be a read-only ClickHouse user; `pg` is used for API
+    /// keys only.
     pub async fn build(
         config: &DashboardsConfig,
         ch: clickhouse::Client,
+        pg: PgPool,
+        metrics: &Metrics,
         registry: Arc<Registry>,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
-        let router = router(config, ch.clone()).merge(ops_routes(registry, readiness(ch)));
+        let router = router(config, ch.clone(), pg.clone(), metrics)
+            .merge(ops_routes(registry, readiness(ch, pg)));
         Ok(Application { listener, router })
     }
 

@@ -63,6 +63,9 @@ pub struct DashboardsArgs {
     /// Address the dashboards listen on.
     #[arg(long, env = "TALLY_DASHBOARDS_ADDR", default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
+    /// Longest date range (days) one dashboard request may ask for.
+    #[arg(long, env = "TALLY_DASHBOARDS_MAX_SPAN_DAYS", default_value_t = 366, value_parser = clap::value_parser!(i64).range(1..=3660))]
+    pub max_span_days: i64,
 }
 
 #[derive(Subcommand, Clone, Debug)]
@@ -244,14 +247,23 @@ async fn run_ingest(g: &Global, args: IngestArgs) -> anyhow::Result<()> {
 
 pub async fn dashboards(g: &Global, args: DashboardsArgs) -> anyhow::Result<()> {
     let ch = g.ch_reader()?;
+    // PostgreSQL holds the API keys; the dashboards read nothing else there.
+    let pool = g.pg("tally-dashboards")?.pool()?;
     let config = tally_dashboards::DashboardsConfig {
         listen: args.listen,
-        ..Default::default()
+        max_span_days: args.max_span_days,
     };
-    let app =
-        tally_dashboards::Application::build(&config, ch.client(), Arc::new(Registry::default()))
-            .await
-            .with_context(|| format!("binding {}", args.listen))?;
+    let mut registry = Registry::default();
+    let metrics = tally_dashboards::Metrics::register(&mut registry);
+    let app = tally_dashboards::Application::build(
+        &config,
+        ch.client(),
+        pool,
+        &metrics,
+        Arc::new(registry),
+    )
+    .await
+    .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(addr = %app.local_addr(), "dashboards listening");
     app.run_until_stopped(shutdown_on_signal()).await?;
     Ok(())

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use prometheus_client::registry::Registry;
+use tally_ops::auth::{Role, create_key, key_has_role};
 use tally_ops::{ChSettings, PgSettings};
 use tally_stack::{DataDirLock, LocalStack, StackConfig, StackFile};
-use tally_ops::auth::{Role, create_key, key_has_role};
 
 use crate::config::Global;
 use crate::roles::shutdown_on_signal;
@@ -25,6 +25,9 @@ pub struct UpArgs {
     /// Address of the dashboards.
     #[arg(long, env = "TALLY_DASHBOARDS_ADDR", default_value = "127.0.0.1:8081")]
     pub dashboards_listen: SocketAddr,
+    /// Longest date range (days) one dashboard request may ask for.
+    #[arg(long, env = "TALLY_DASHBOARDS_MAX_SPAN_DAYS", default_value_t = 366, value_parser = clap::value_parser!(i64).range(1..=3660))]
+    pub dashboards_max_span_days: i64,
     /// When the projections are rebuilt from the write store (cron, with
     /// seconds, UTC).
     #[arg(long, env = "TALLY_REBUILD_CRON", default_value = "0 0 3 * * *")]
@@ -97,6 +100,7 @@ async fn serve(
     let mut registry = Registry::default();
     let api_metrics = tally_write_api::metrics::Metrics::register(&mut registry);
     let ingest_metrics = tally_ingest::Metrics::register(&mut registry);
+    let dash_metrics = tally_dashboards::Metrics::register(&mut registry);
     let reconcile_metrics = Arc::new(tally_rebuild::reconcile::ReconcileMetrics::default());
     reconcile_metrics.register(&mut registry);
     let registry = Arc::new(registry);
@@ -120,17 +124,22 @@ async fn serve(
     })?;
     let dash_config = tally_dashboards::DashboardsConfig {
         listen: args.dashboards_listen,
-        ..Default::default()
+        max_span_days: args.dashboards_max_span_days,
     };
-    let dashboards =
-        tally_dashboards::Application::build(&dash_config, ch_reader.client(), registry.clone())
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} for the dashboards (use --dashboards-listen)",
-                    args.dashboards_listen
-                )
-            })?;
+    let dashboards = tally_dashboards::Application::build(
+        &dash_config,
+        ch_reader.client(),
+        pool.clone(),
+        &dash_metrics,
+        registry.clone(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot listen on {} for the dashboards (use --dashboards-listen)",
+            args.dashboards_listen
+        )
+    })?;
     let scheduler = tally_rebuild::RebuildScheduler::start(
         &tally_rebuild::SchedulerConfig {
             rebuild_cron: args.rebuild_cron.clone(),
@@ -174,7 +183,7 @@ async fn serve(
     println!();
     println!("  Tally is up.");
     println!("  Write API     {api_url}   (POST /v1/orders, /livez, /readyz, /metrics)");
-    println!("  Dashboards    {dashboards_url}/");
+    println!("  Dashboards    {dashboards_url}/#key={api_key}");
     println!("  API key       {api_key}");
     println!("  PostgreSQL    {}", pg_settings.url);
     println!("  ClickHouse    {}", ch.to_url());

@@ -274,6 +274,7 @@ async fn postgres_restarted_under_load_loses_and_doubles_nothing() {
     let db = tally_tests::TestDb {
         pg,
         pg_settings,
+        ch_reader: tally_tests::TestDb::clickhouse_reader(&ch),
         ch,
     };
     let app = tally_tests::spawn_app_on(db, Ingest::Running).await;

@@ -224,13 +224,10 @@ async fn idempotency_keys_replay_refuse_reuse_and_are_scoped_per_api_key() {
     );
 
     // The same key from another API key is another request.
-    let (_, other_key) = tally_ops::auth::create_key(
-        &app.db.pg,
-        "other",
-        &[tally_ops::auth::Role::OrdersWrite],
-    )
-    .await
-    .unwrap();
+    let (_, other_key) =
+        tally_ops::auth::create_key(&app.db.pg, "other", &[tally_ops::auth::Role::OrdersWrite])
+            .await
+            .unwrap();
     let res = app
         .http
         .post(format!("{}/v1/orders", app.api_url))

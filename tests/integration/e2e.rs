@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tally_dashboards::DailyResponse;
+use tally_dashboards::views::DailyResponse;
 use tally_tests::{Ingest, eventually, init_logs, order_body, spawn_app};
 
 #[tokio::test]
@@ -45,7 +45,16 @@ async fn a_placed_order_reaches_the_daily_revenue_api() {
     let url = format!("{}/v1/revenue/daily", app.dashboards_url);
     let today = time::OffsetDateTime::now_utc().date().to_string();
     let daily = eventually(Duration::from_secs(10), || async {
-        let r: DailyResponse = app.http.get(&url).send().await.ok()?.json().await.ok()?;
+        let r: DailyResponse = app
+            .http
+            .get(&url)
+            .bearer_auth(&app.api_key)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         let w = r.freshness.complete_up_to.as_deref()?;
         let w =
             time::OffsetDateTime::parse(w, &time::format_description::well_known::Rfc3339).ok()?;
@@ -90,21 +99,15 @@ async fn a_placed_order_reaches_the_daily_revenue_api() {
 
     // Filters are bound parameters; a bad one is a 400 problem.
     let r: DailyResponse = app
-        .http
-        .get(format!("{url}?currency=JPY"))
-        .send()
+        .dash("/v1/revenue/daily?currency=JPY")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(r.rows.len(), 1);
     let bad = app
-        .http
-        .get(format!("{url}?currency=X'&from=2026-13-01"))
-        .send()
-        .await
-        .unwrap();
+        .dash("/v1/revenue/daily?currency=X'&from=2026-13-01")
+        .await;
     assert_eq!(bad.status(), 400);
     assert_eq!(bad.headers()["content-type"], "application/problem+json");
     let p: serde_json::Value = bad.json().await.unwrap();
@@ -129,7 +132,7 @@ async fn the_dashboard_page_and_ops_endpoints_answer() {
         .await
         .unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.text().await.unwrap().contains("/v1/revenue/daily"));
+    assert!(page.text().await.unwrap().contains("/assets/app.js"));
     for base in [&app.api_url, &app.dashboards_url] {
         for path in ["/livez", "/readyz"] {
             let r = app.http.get(format!("{base}{path}")).send().await.unwrap();

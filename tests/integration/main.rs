@@ -2,6 +2,7 @@
 //! talks to real PostgreSQL and ClickHouse through `tally_tests`.
 
 mod commands;
+mod dashboards;
 mod e2e;
 mod ingest;
 mod migrations;

@@ -1,8 +1,8 @@
 //! The command API's contract for bad input: problem details, the right
 //! 4xx, and nothing written.
 
-use tally_tests::{Ingest, TestApp, order_body, spawn_app};
 use tally_ops::auth::{Role, create_key};
+use tally_tests::{Ingest, TestApp, order_body, spawn_app};
 
 async fn counts(app: &TestApp) -> (i64, i64, i64, i64) {
     sqlx::query_as(

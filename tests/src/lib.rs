@@ -16,14 +16,16 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use sqlx::{Connection, PgPool};
+use tally_ops::auth::{Role, create_key};
 use tally_ops::{ChSettings, PgSettings, Shutdown};
 use tally_stack::{LocalStack, StackConfig};
-use tally_ops::auth::{Role, create_key};
 
 /// Where the shared servers of this run are.
 struct Servers {
     postgres_url: String,
     clickhouse: ChSettings,
+    /// The read-only ClickHouse user the dashboards connect as.
+    clickhouse_reader: ChSettings,
     /// Keeps the local servers' handles; they stop when the test process exits.
     _stack: Option<LocalStack>,
 }
@@ -45,15 +47,17 @@ fn servers() -> &'static Servers {
 }
 
 async fn start_servers() -> Servers {
-    let (postgres_url, clickhouse, stack) = match (
+    let (postgres_url, clickhouse, clickhouse_reader, stack) = match (
         std::env::var("TALLY_TEST_DATABASE_URL"),
         std::env::var("TALLY_TEST_CLICKHOUSE_URL"),
     ) {
-        (Ok(pg), Ok(ch)) => (
-            pg,
-            ChSettings::from_url(&ch).expect("TALLY_TEST_CLICKHOUSE_URL"),
-            None,
-        ),
+        (Ok(pg), Ok(ch)) => {
+            let ch = ChSettings::from_url(&ch).expect("TALLY_TEST_CLICKHOUSE_URL");
+            let reader = std::env::var("TALLY_TEST_CLICKHOUSE_READER_URL")
+                .map(|u| ChSettings::from_url(&u).expect("TALLY_TEST_CLICKHOUSE_READER_URL"))
+                .unwrap_or_else(|_| ch.clone());
+            (pg, ch, reader, None)
+        }
         _ => {
             let dir = run_dir();
             let mut config = StackConfig::new(&dir);
@@ -65,6 +69,7 @@ async fn start_servers() -> Servers {
             (
                 stack.postgres_url.clone(),
                 stack.clickhouse.clone(),
+                stack.clickhouse_reader.clone(),
                 Some(stack),
             )
         }
@@ -96,6 +101,7 @@ async fn start_servers() -> Servers {
     Servers {
         postgres_url,
         clickhouse,
+        clickhouse_reader,
         _stack: stack,
     }
 }
@@ -153,6 +159,8 @@ pub struct TestDb {
     pub pg: PgPool,
     pub pg_settings: PgSettings,
     pub ch: ChSettings,
+    /// The same ClickHouse database as the read-only user.
+    pub ch_reader: ChSettings,
 }
 
 impl TestDb {
@@ -181,10 +189,12 @@ impl TestDb {
         tally_migrations::clickhouse::run(&ch)
             .await
             .expect("migrate ClickHouse test database");
+        let ch_reader = s.clickhouse_reader.with_database(&name);
         TestDb {
             pg,
             pg_settings,
             ch,
+            ch_reader,
         }
     }
 
@@ -207,6 +217,11 @@ impl TestDb {
         .connect()
         .await
         .expect("connect")
+    }
+
+    /// The read-only user's view of the ClickHouse database of `ch`.
+    pub fn clickhouse_reader(ch: &ChSettings) -> ChSettings {
+        servers().clickhouse_reader.with_database(&ch.database)
     }
 
     /// A ClickHouse database name of one's own, not yet created.
@@ -251,6 +266,7 @@ pub async fn spawn_app_on(db: TestDb, ingest: Ingest) -> TestApp {
     let mut registry = Registry::default();
     let api_metrics = tally_write_api::metrics::Metrics::register(&mut registry);
     let ingest_metrics = tally_ingest::Metrics::register(&mut registry);
+    let dash_metrics = tally_dashboards::Metrics::register(&mut registry);
     let registry = Arc::new(registry);
     let shutdown = Shutdown::new();
 
@@ -270,10 +286,15 @@ pub async fn spawn_app_on(db: TestDb, ingest: Ingest) -> TestApp {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
     };
-    let dashboards =
-        tally_dashboards::Application::build(&dash_config, db.ch.client(), registry.clone())
-            .await
-            .expect("build dashboards");
+    let dashboards = tally_dashboards::Application::build(
+        &dash_config,
+        db.ch_reader.client(),
+        db.pg.clone(),
+        &dash_metrics,
+        registry.clone(),
+    )
+    .await
+    .expect("build dashboards");
     let api_url = format!("http://{}", api.local_addr());
     let dashboards_url = format!("http://{}", dashboards.local_addr());
     let mut tasks = vec![
@@ -339,6 +360,17 @@ impl TestApp {
             .send()
             .await
             .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// `GET` on the dashboards (`path` with its query string) with the
+    /// test's key, which holds `finance:read`.
+    pub async fn dash(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.dashboards_url))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     /// Places an order and returns its id.

@@ -28,8 +28,8 @@ use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use sqlx::PgPool;
 use tally_ops::Shutdown;
-use tally_ops::http::{ReadinessCheck, ops_routes, serve};
 use tally_ops::auth::{self, AuthState, KeyCache, Role};
+use tally_ops::http::{ReadinessCheck, ops_routes, serve};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
@@ -153,7 +153,10 @@ pub fn router(
             "/openapi.json",
             get(move || async move { axum::Json(doc.as_ref().clone()) }),
         )
-        .layer(middleware::from_fn_with_state(metrics, metrics::track))
+        .layer(middleware::from_fn_with_state(
+            metrics.http.clone(),
+            tally_ops::http::track,
+        ))
         .layer(TraceLayer::new_for_http())
 }
 

@@ -18,11 +18,11 @@ use tally_ops::problem::InvalidParam;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use tally_ops::auth::Caller;
 use crate::error::ApiError;
 use crate::idempotency::{self, Begin, CommandResponse, IdempotencyKey};
 use crate::metrics::EventLabels;
 use crate::{AppState, JsonBody, store};
+use tally_ops::auth::Caller;
 
 /// Body of `POST /v1/orders`. Unknown fields are refused, so a typo is an
 /// error, not a silently dropped value.

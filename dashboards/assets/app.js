@@ -1,0 +1,331 @@
+// Tally finance dashboard. Plain JavaScript over the JSON API; Chart.js is
+// embedded in the binary, nothing is loaded from a CDN. Amounts are shown as
+// the API's exact decimal strings; numbers are only used to draw charts.
+"use strict";
+
+const KEY_STORE = "tally.financeKey";
+const CURRENCY_STORE = "tally.currency";
+const $ = (sel) => document.querySelector(sel);
+const LABELS = {
+  net: "Net revenue", captured: "Captured", refunded: "Refunded", gross: "Gross placed",
+  orders_placed: "Orders placed", average_order: "Average order", orders_cancelled: "Cancelled", items_sold: "Items sold",
+};
+// For these, a fall is good news.
+const LOWER_IS_BETTER = new Set(["refunded", "orders_cancelled"]);
+
+let dailyChart = null;
+let topChart = null;
+let lastQuery = null;
+
+// ---------- API key ----------
+
+function takeKeyFromFragment() {
+  const m = location.hash.match(/key=([^&]+)/);
+  if (m) {
+    localStorage.setItem(KEY_STORE, decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+}
+
+function apiKey() { return localStorage.getItem(KEY_STORE); }
+
+function showSignIn(why) {
+  $("#dashboard").hidden = true;
+  $("#signin").hidden = false;
+  if (why) $("#signin-why").textContent = why;
+  document.body.dataset.state = "signin";
+}
+
+class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem.detail || problem.title || ("HTTP " + status));
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+async function api(path, params, accept) {
+  const url = new URL(path, location.origin);
+  for (const [k, v] of Object.entries(params || {})) if (v) url.searchParams.set(k, v);
+  const res = await fetch(url, { headers: { Authorization: "Bearer " + apiKey() } });
+  if (!res.ok) {
+    let problem = {};
+    try { problem = await res.json(); } catch (_) { /* not JSON */ }
+    throw new ApiError(res.status, problem);
+  }
+  return accept === "blob" ? res : res.json();
+}
+
+// ---------- formatting (strings only: no float arithmetic on money) ----------
+
+function group(decimal) {
+  const neg = decimal.startsWith("-");
+  const [int, frac] = (neg ? decimal.slice(1) : decimal).split(".");
+  const grouped = int.replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  return (neg ? "-" : "") + grouped + (frac !== undefined ? "." + frac : "");
+}
+
+function iso(d) { return d.toISOString().slice(0, 10); }
+
+function setRange(days) {
+  const to = new Date();
+  const from = new Date(to.getTime() - (days - 1) * 86400000);
+  $("#from").value = iso(from);
+  $("#to").value = iso(to);
+}
+
+// ---------- freshness badge ----------
+
+function showFreshness(f) {
+  const b = $("#freshness");
+  b.classList.remove("fresh", "lagging", "stale");
+  if (!f || !f.complete_up_to) {
+    b.textContent = "no data ingested yet";
+    b.classList.add("stale");
+    b.dataset.lag = "";
+    return;
+  }
+  const at = new Date(f.complete_up_to);
+  const lag = f.lag_seconds;
+  const lagText = lag < 1 ? "< 1 s" : lag < 120 ? lag.toFixed(1) + " s" : lag < 7200 ? Math.round(lag / 60) + " min" : Math.round(lag / 3600) + " h";
+  b.textContent = "data as of " + at.toISOString().replace("T", " ").slice(0, 19) + " UTC (lag " + lagText + ")";
+  b.dataset.completeUpTo = f.complete_up_to;
+  b.dataset.lag = String(lag);
+  b.classList.add(lag < 60 ? "fresh" : lag < 900 ? "lagging" : "stale");
+}
+
+async function pollFreshness() {
+  if (!apiKey()) return;
+  try { showFreshness(await api("/v1/freshness")); } catch (_) { /* the next poll retries */ }
+}
+
+// ---------- rendering ----------
+
+function showError(e) {
+  const box = $("#error");
+  if (!e) { box.hidden = true; box.textContent = ""; return; }
+  box.hidden = false;
+  const params = (e.problem && e.problem.invalid_params) || [];
+  box.textContent = params.length ? params.map((p) => p.name + ": " + p.reason).join(" · ") : e.message;
+}
+
+function renderTiles(summary, currency) {
+  const tiles = $("#tiles");
+  tiles.innerHTML = "";
+  const cur = summary.currencies.find((c) => c.currency === currency);
+  if (!cur) return;
+  for (const m of cur.measures) {
+    const tile = document.createElement("div");
+    tile.className = "tile";
+    tile.id = "tile-" + m.measure;
+    tile.dataset.measure = m.measure;
+    const value = m.unit === "minor" ? currency + " " + group(m.current_formatted) : group(m.current_formatted);
+    let change = "no previous data";
+    let cls = "";
+    if (m.change_percent !== null) {
+      const pct = m.change_percent;
+      const rising = m.change > 0, falling = m.change < 0;
+      const good = LOWER_IS_BETTER.has(m.measure) ? falling : rising;
+      const bad = LOWER_IS_BETTER.has(m.measure) ? rising : falling;
+      cls = good ? "up" : bad ? "down" : "";
+      change = (rising ? "▲ +" : falling ? "▼ " : "") + pct + " % vs previous period";
+    }
+    tile.innerHTML = '<div class="label"></div><div class="value"></div><div class="change"></div>';
+    tile.querySelector(".label").textContent = LABELS[m.measure] || m.measure;
+    const v = tile.querySelector(".value");
+    v.textContent = value;
+    v.dataset.value = m.current_formatted;
+    const c = tile.querySelector(".change");
+    c.textContent = change;
+    if (cls) c.classList.add(cls);
+    c.title = "previous period: " + group(m.previous_formatted);
+    tiles.appendChild(tile);
+  }
+}
+
+function cell(tr, text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (cls) td.className = cls;
+  tr.appendChild(td);
+  return td;
+}
+
+function renderDaily(daily, summary, currency) {
+  const body = $("#daily-table tbody");
+  body.innerHTML = "";
+  for (const r of daily.rows) {
+    const tr = document.createElement("tr");
+    tr.dataset.day = r.day;
+    cell(tr, r.day);
+    cell(tr, String(r.orders_placed));
+    cell(tr, String(r.orders_cancelled));
+    cell(tr, String(r.items_sold));
+    cell(tr, group(r.gross));
+    cell(tr, group(r.captured));
+    cell(tr, group(r.refunded));
+    cell(tr, group(r.net), r.net_minor < 0 ? "neg" : "").dataset.value = r.net;
+    cell(tr, r.average_order === null ? "–" : group(r.average_order));
+    body.appendChild(tr);
+  }
+  const foot = $("#daily-table tfoot");
+  foot.innerHTML = "";
+  const cur = summary.currencies.find((c) => c.currency === currency);
+  if (cur) {
+    const m = Object.fromEntries(cur.measures.map((x) => [x.measure, x.current_formatted]));
+    const tr = document.createElement("tr");
+    cell(tr, "Total " + currency);
+    cell(tr, m.orders_placed);
+    cell(tr, m.orders_cancelled);
+    cell(tr, m.items_sold);
+    cell(tr, group(m.gross));
+    cell(tr, group(m.captured));
+    cell(tr, group(m.refunded));
+    cell(tr, group(m.net)).id = "daily-total-net";
+    cell(tr, group(m.average_order));
+    foot.appendChild(tr);
+  }
+  const labels = daily.rows.map((r) => r.day);
+  const series = (f) => daily.rows.map((r) => Number(r[f]));
+  const exact = (f) => daily.rows.map((r) => r[f]);
+  const data = {
+    labels,
+    datasets: [
+      { label: "Net", data: series("net"), exact: exact("net"), fill: "origin", borderColor: "#2f5bea", backgroundColor: "rgba(47,91,234,.15)", tension: .25, pointRadius: 0 },
+      { label: "Captured", data: series("captured"), exact: exact("captured"), borderColor: "#1e7a3c", backgroundColor: "#1e7a3c", tension: .25, pointRadius: 0 },
+      { label: "Refunded", data: series("refunded"), exact: exact("refunded"), borderColor: "#b42318", backgroundColor: "#b42318", tension: .25, pointRadius: 0 },
+    ],
+  };
+  const tooltip = { callbacks: { label: (ctx) => ctx.dataset.label + ": " + currency + " " + group(ctx.dataset.exact[ctx.dataIndex]) } };
+  if (dailyChart) {
+    dailyChart.data = data;
+    dailyChart.options.plugins.tooltip = tooltip;
+    dailyChart.update();
+  } else {
+    dailyChart = new Chart($("#daily-chart"), {
+      type: "line", data,
+      options: { animation: false, maintainAspectRatio: false, interaction: { mode: "index", intersect: false }, plugins: { tooltip } },
+    });
+  }
+}
+
+function renderTop(top) {
+  const body = $("#top-table tbody");
+  body.innerHTML = "";
+  for (const r of top.rows) {
+    const tr = document.createElement("tr");
+    tr.dataset.merchant = r.merchant_id;
+    cell(tr, String(r.rank));
+    cell(tr, r.merchant_id, "text");
+    cell(tr, group(r.net), r.net_minor < 0 ? "neg" : "").dataset.value = r.net;
+    cell(tr, r.share_percent === null ? "–" : r.share_percent + " %");
+    cell(tr, group(r.gross));
+    cell(tr, String(r.orders_placed));
+    body.appendChild(tr);
+  }
+  const data = {
+    labels: top.rows.map((r) => r.merchant_id),
+    datasets: [{ label: "Net " + top.currency, data: top.rows.map((r) => Number(r.net)), exact: top.rows.map((r) => r.net), backgroundColor: "#2f5bea" }],
+  };
+  const tooltip = { callbacks: { label: (ctx) => top.currency + " " + group(ctx.dataset.exact[ctx.dataIndex]) + (top.rows[ctx.dataIndex].share_percent ? " (" + top.rows[ctx.dataIndex].share_percent + " %)" : "") } };
+  if (topChart) {
+    topChart.data = data;
+    topChart.options.plugins.tooltip = tooltip;
+    topChart.update();
+  } else {
+    topChart = new Chart($("#top-chart"), {
+      type: "bar", data,
+      options: { indexAxis: "y", animation: false, maintainAspectRatio: false, plugins: { legend: { display: false }, tooltip } },
+    });
+  }
+}
+
+function fillCurrencies(summary) {
+  const sel = $("#currency");
+  const wanted = sel.value || localStorage.getItem(CURRENCY_STORE);
+  const codes = summary.currencies.map((c) => c.currency);
+  sel.innerHTML = "";
+  for (const c of codes) {
+    const o = document.createElement("option");
+    o.value = o.textContent = c;
+    sel.appendChild(o);
+  }
+  sel.value = codes.includes(wanted) ? wanted : (codes[0] || "");
+  return sel.value;
+}
+
+// ---------- loading ----------
+
+async function load() {
+  document.body.dataset.state = "loading";
+  showError(null);
+  const range = { from: $("#from").value, to: $("#to").value, merchant_id: $("#merchants").value.replace(/\s+/g, "") };
+  try {
+    const summary = await api("/v1/revenue/summary", range);
+    showFreshness(summary.freshness);
+    const currency = fillCurrencies(summary);
+    $("#period").textContent = "Compared with " + summary.previous_from + " – " + summary.previous_to + ".";
+    if (!currency) {
+      $("#tiles").innerHTML = '<p class="muted">No orders in this range.</p>';
+      renderDaily({ rows: [] }, summary, "");
+      renderTop({ rows: [], currency: "" });
+      lastQuery = range;
+      document.body.dataset.state = "ready";
+      return;
+    }
+    localStorage.setItem(CURRENCY_STORE, currency);
+    const q = Object.assign({ currency }, range);
+    const [daily, top] = await Promise.all([api("/v1/revenue/daily", q), api("/v1/merchants/top", q)]);
+    renderTiles(summary, currency);
+    renderDaily(daily, summary, currency);
+    renderTop(top);
+    showFreshness(top.freshness);
+    lastQuery = q;
+    document.body.dataset.state = "ready";
+  } catch (e) {
+    if (e.status === 401 || e.status === 403) { showSignIn(e.message); return; }
+    showError(e);
+    document.body.dataset.state = "error";
+  }
+}
+
+async function downloadCsv(path) {
+  try {
+    const res = await api(path, Object.assign({ format: "csv" }, lastQuery || {}), "blob");
+    const name = (res.headers.get("Content-Disposition") || "").match(/filename="([^"]+)"/);
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(await res.blob());
+    a.download = name ? name[1] : "tally.csv";
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+  } catch (e) { showError(e); }
+}
+
+function start() {
+  $("#signin").hidden = true;
+  $("#dashboard").hidden = false;
+  if (!$("#from").value) setRange(30);
+  load();
+}
+
+window.addEventListener("DOMContentLoaded", () => {
+  takeKeyFromFragment();
+  $("#filters").addEventListener("submit", (e) => { e.preventDefault(); load(); });
+  $("#currency").addEventListener("change", load);
+  $("#refresh").addEventListener("click", load);
+  for (const b of document.querySelectorAll(".presets button")) {
+    b.addEventListener("click", () => { setRange(Number(b.dataset.days)); load(); });
+  }
+  for (const b of document.querySelectorAll("[data-csv]")) {
+    b.addEventListener("click", () => downloadCsv(b.dataset.csv));
+  }
+  $("#signout").addEventListener("click", () => { localStorage.removeItem(KEY_STORE); showSignIn(); });
+  $("#signin-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    localStorage.setItem(KEY_STORE, $("#signin-key").value.trim());
+    start();
+  });
+  setInterval(pollFreshness, 5000);
+  if (apiKey()) start(); else showSignIn();
+});

@@ -1,0 +1,44 @@
+//! Every way a read request fails, mapped to problem details in one place.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tally_ops::Problem;
+use tally_ops::problem::InvalidParam;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DashError {
+    #[error("invalid query")]
+    Invalid(Vec<InvalidParam>),
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    /// The aggregate holds something the ingest never writes.
+    #[error("unexpected data: {0}")]
+    Data(String),
+}
+
+impl IntoResponse for DashError {
+    fn into_response(self) -> Response {
+        match self {
+            DashError::Invalid(params) => {
+                Problem::new(StatusCode::BAD_REQUEST, "validation", "Invalid query")
+                    .detail(
+                        params
+                            .iter()
+                            .map(|p| format!("{}: {}", p.name, p.reason))
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    )
+                    .invalid_params(params)
+                    .into_response()
+            }
+            DashError::ClickHouse(e) => {
+                tracing::error!(error = %e, "ClickHouse query failed");
+                Problem::unavailable("the analytics database").into_response()
+            }
+            DashError::Data(what) => {
+                tracing::error!(%what, "unexpected data in the aggregates");
+                Problem::internal().into_response()
+            }
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! The finance read API over a real ClickHouse: exact figures from known
+//! aggregate cells (including a superseded version of a cell, which must not
+//! count), CSV exports equal to the JSON, the `finance:read` role, the
+//! read-only ClickHouse user, and every kind of bad input as a 400.
+
+use serde_json::Value;
+use tally_dashboards::views::{DailyResponse, SummaryResponse, TopResponse};
+use tally_ingest::DailyRow;
+use tally_ops::auth::{Role, create_key};
+use tally_tests::{Ingest, TestApp, spawn_app};
+use time::macros::date;
+
+fn cell(day: time::Date, merchant: &str, currency: &str, v: [i64; 6], version: u64) -> DailyRow {
+    let [
+        orders_placed,
+        gross_minor,
+        captured_minor,
+        refunded_minor,
+        orders_cancelled,
+        items_sold,
+    ] = v;
+    DailyRow {
+        day,
+        merchant_id: merchant.into(),
+        currency: currency.as_bytes().try_into().unwrap(),
+        orders_placed,
+        gross_minor,
+        captured_minor,
+        refunded_minor,
+        orders_cancelled,
+        items_sold,
+        version,
+    }
+}
+
+/// June 2025 (30 days) is the period asked for; May 2–31 is the period
+/// before it.
+async fn seed(app: &TestApp) {
+    let ch = app.db.ch.client();
+    let jun1 = date!(2025 - 06 - 01);
+    let jun2 = date!(2025 - 06 - 02);
+    let may10 = date!(2025 - 05 - 10);
+    let rows = [
+        // orders, gross, captured, refunded, cancelled, items
+        cell(jun1, "m-a", "EUR", [3, 9_000, 7_000, 1_000, 0, 5], 2),
+        cell(jun1, "m-a", "EUR", [1, 1, 1, 1, 1, 1], 1), // superseded: must not count
+        cell(jun2, "m-a", "EUR", [1, 500, 0, 0, 1, 1], 1),
+        cell(jun1, "m-b", "EUR", [2, 3_000, 3_000, 0, 0, 2], 4),
+        cell(jun2, "m-c", "EUR", [1, 1_000, 1_000, 0, 0, 1], 1),
+        cell(jun1, "m-a", "USD", [1, 250, 250, 0, 0, 1], 1),
+        cell(jun2, "m-b", "JPY", [1, 1_500, 1_500, 0, 0, 3], 1),
+        cell(may10, "m-a", "EUR", [2, 4_000, 4_000, 0, 0, 2], 1),
+        cell(may10, "m-b", "EUR", [1, 2_000, 2_000, 0, 0, 1], 1),
+        // Outside both periods.
+        cell(date!(2025 - 07 - 01), "m-a", "EUR", [9, 9, 9, 0, 0, 9], 1),
+        cell(date!(2025 - 05 - 01), "m-a", "EUR", [9, 9, 9, 0, 0, 9], 1),
+    ];
+    // One insert per row: separate parts, so the superseded version is
+    // still there unless the read deduplicates.
+    for r in rows {
+        tally_ingest::insert_rows(&ch, "daily_revenue", &[r])
+            .await
+            .unwrap();
+    }
+    let parts: u64 = ch
+        .query("SELECT count() FROM system.parts WHERE database = currentDatabase() AND table = 'daily_revenue' AND active")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(
+        parts > 1,
+        "the superseded cell must sit in a part of its own"
+    );
+    ch.query("INSERT INTO ingest_watermark VALUES ('test', 1750000000000000, now())")
+        .execute()
+        .await
+        .unwrap();
+}
+
+const JUNE: &str = "from=2025-06-01&to=2025-06-30";
+
+async fn json<T: serde::de::DeserializeOwned>(app: &TestApp, path: &str) -> T {
+    let r = app.dash(path).await;
+    assert_eq!(r.status(), 200, "{path}");
+    assert_eq!(
+        r.headers()["tally-data-complete-up-to"],
+        "2025-06-15T15:06:40Z"
+    );
+    assert!(r.headers().contains_key("tally-data-lag-seconds"));
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn daily_revenue_is_exact_per_day_and_currency_and_filters_by_merchant() {
+    let app = spawn_app(Ingest::Manual).await;
+    seed(&app).await;
+    let d: DailyResponse = json(&app, &format!("/v1/revenue/daily?{JUNE}")).await;
+    let got: Vec<(&str, &str, i64, i64, i64, &str)> = d
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r.day.as_str(),
+                r.currency.as_str(),
+                r.orders_placed,
+                r.gross_minor,
+                r.net_minor,
+                r.net.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("2025-06-01", "EUR", 5, 12_000, 9_000, "90.00"),
+            ("2025-06-01", "USD", 1, 250, 250, "2.50"),
+            ("2025-06-02", "EUR", 2, 1_500, 1_000, "10.00"),
+            ("2025-06-02", "JPY", 1, 1_500, 1_500, "1500"),
+        ]
+    );
+    let first = &d.rows[0];
+    assert_eq!(
+        (
+            first.captured_minor,
+            first.refunded_minor,
+            first.items_sold,
+            first.orders_cancelled
+        ),
+        (10_000, 1_000, 7, 0)
+    );
+    assert_eq!(
+        (first.average_order_minor, first.average_order.as_deref()),
+        (Some(2_400), Some("24.00"))
+    );
+    assert_eq!(
+        d.freshness.complete_up_to.as_deref(),
+        Some("2025-06-15T15:06:40Z")
+    );
+
+    let d: DailyResponse = json(
+        &app,
+        &format!("/v1/revenue/daily?{JUNE}&currency=eur&merchant_id=m-b,m-c"),
+    )
+    .await;
+    let got: Vec<(&str, i64)> = d
+        .rows
+        .iter()
+        .map(|r| (r.day.as_str(), r.net_minor))
+        .collect();
+    assert_eq!(got, [("2025-06-01", 3_000), ("2025-06-02", 1_000)]);
+
+    // The CSV is the same table.
+    let r = app
+        .dash(&format!("/v1/revenue/daily?{JUNE}&currency=EUR&format=csv"))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(
+        r.headers()["content-disposition"],
+        "attachment; filename=\"daily-revenue_EUR_2025-06-01_2025-06-30.csv\""
+    );
+    let csv = r.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(lines[0].starts_with("day,currency,orders_placed,"));
+    assert_eq!(
+        lines[1],
+        "2025-06-01,EUR,5,0,7,12000,10000,1000,9000,2400,120.00,100.00,10.00,90.00,24.00"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn top_merchants_rank_by_net_with_shares_of_the_whole_currency() {
+    let app = spawn_app(Ingest::Manual).await;
+    seed(&app).await;
+    let t: TopResponse = json(&app, &format!("/v1/merchants/top?{JUNE}&currency=EUR")).await;
+    // m-a: 6 000 + 0, m-b: 3 000, m-c: 1 000 → 10 000 in all.
+    assert_eq!(
+        (t.total_net_minor, t.total_net.as_str(), t.merchants),
+        (10_000, "100.00", 3)
+    );
+    let got: Vec<(u32, &str, i64, Option<&str>)> = t
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r.rank,
+                r.merchant_id.as_str(),
+                r.net_minor,
+                r.share_percent.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, "m-a", 6_000, Some("60.00")),
+            (2, "m-b", 3_000, Some("30.00")),
+            (3, "m-c", 1_000, Some("10.00")),
+        ]
+    );
+    assert_eq!((t.rows[0].gross_minor, t.rows[0].orders_placed), (9_500, 4));
+
+    // A limit cuts the list, not the base of the shares.
+    let t: TopResponse = json(
+        &app,
+        &format!("/v1/merchants/top?{JUNE}&currency=EUR&limit=1"),
+    )
+    .await;
+    assert_eq!(
+        (t.rows.len(), t.total_net_minor, t.merchants),
+        (1, 10_000, 3)
+    );
+
+    let csv = app
+        .dash(&format!("/v1/merchants/top?{JUNE}&currency=EUR&format=csv"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        csv.lines().nth(1),
+        Some("1,m-a,EUR,6000,60.00,9500,95.00,4,60.00")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_summary_compares_with_the_previous_period_of_equal_length() {
+    let app = spawn_app(Ingest::Manual).await;
+    seed(&app).await;
+    let s: SummaryResponse = json(&app, &format!("/v1/revenue/summary?{JUNE}")).await;
+    assert_eq!(
+        (s.previous_from.as_str(), s.previous_to.as_str()),
+        ("2025-05-02", "2025-05-31")
+    );
+    let codes: Vec<&str> = s.currencies.iter().map(|c| c.currency.as_str()).collect();
+    assert_eq!(
+        codes,
+        ["EUR", "JPY", "USD"],
+        "one entry per currency, never summed"
+    );
+    let eur = &s.currencies[0];
+    let m = |name: &str| eur.measures.iter().find(|m| m.measure == name).unwrap();
+    let net = m("net");
+    assert_eq!(
+        (net.current, net.previous, net.change),
+        (10_000, 6_000, 4_000)
+    );
+    assert_eq!(
+        (
+            net.current_formatted.as_str(),
+            net.change_formatted.as_str(),
+            net.change_percent.as_deref()
+        ),
+        ("100.00", "40.00", Some("66.7"))
+    );
+    let refunded = m("refunded");
+    assert_eq!(
+        (refunded.current, refunded.change_percent.as_deref()),
+        (1_000, None)
+    );
+    let orders = m("orders_placed");
+    assert_eq!(
+        (orders.unit.as_str(), orders.current, orders.previous),
+        ("count", 7, 3)
+    );
+    let usd = &s.currencies[2];
+    assert_eq!(usd.measures[0].previous, 0);
+    assert_eq!(usd.measures[0].change_percent, None);
+
+    // Filters apply to both periods.
+    let s: SummaryResponse = json(
+        &app,
+        &format!("/v1/revenue/summary?{JUNE}&currency=EUR&merchant_id=m-b"),
+    )
+    .await;
+    assert_eq!(s.currencies.len(), 1);
+    let net = &s.currencies[0].measures[0];
+    assert_eq!((net.current, net.previous), (3_000, 2_000));
+
+    let csv = app
+        .dash(&format!(
+            "/v1/revenue/summary?{JUNE}&currency=EUR&format=csv"
+        ))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        csv.lines().nth(1),
+        Some("EUR,net,minor,10000,6000,4000,100.00,60.00,40.00,66.7")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reading_needs_the_finance_read_role_but_the_page_does_not() {
+    let app = spawn_app(Ingest::Manual).await;
+    let url = format!("{}/v1/revenue/daily", app.dashboards_url);
+    let r = app.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let (_, writer) = create_key(&app.db.pg, "writer", &[Role::OrdersWrite])
+        .await
+        .unwrap();
+    let r = app
+        .http
+        .get(&url)
+        .bearer_auth(&writer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let p: Value = r.json().await.unwrap();
+    assert!(
+        p["detail"].as_str().unwrap().contains("finance:read"),
+        "{p}"
+    );
+    let (_, reader) = create_key(&app.db.pg, "analyst", &[Role::FinanceRead])
+        .await
+        .unwrap();
+    for path in [
+        "/v1/revenue/daily",
+        "/v1/revenue/summary",
+        "/v1/merchants/top?currency=EUR",
+        "/v1/freshness",
+    ] {
+        let r = app
+            .http
+            .get(format!("{}{path}", app.dashboards_url))
+            .bearer_auth(&reader)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    // No data before the first batch: the freshness says so.
+    let f: Value = app.dash("/v1/freshness").await.json().await.unwrap();
+    assert_eq!(f["complete_up_to"], Value::Null);
+
+    // The page and its assets hold no data and load without a key, from
+    // the binary itself.
+    for (path, needle) in [
+        ("/", "/assets/chart.umd.min.js"),
+        ("/assets/app.js", "/v1/merchants/top"),
+        ("/assets/app.css", ".tiles"),
+        ("/assets/chart.umd.min.js", "Chart.js v4.6.1"),
+    ] {
+        let r = app
+            .http
+            .get(format!("{}{path}", app.dashboards_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.text().await.unwrap().contains(needle), "{path}");
+    }
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.dashboards_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tally_dashboards_request_duration_seconds_count{method=\"GET\",route=\"/v1/revenue/daily\"}"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_a_400_problem_naming_each_field() {
+    let app = spawn_app(Ingest::Manual).await;
+    let cases: [(&str, &[&str]); 8] = [
+        ("/v1/revenue/daily?from=2025-01-01&to=2026-01-03", &["to"]),
+        ("/v1/revenue/daily?from=2026-02-01&to=2026-01-01", &["from"]),
+        ("/v1/revenue/daily?currency=XYZ", &["currency"]),
+        (
+            "/v1/revenue/summary?merchant_id=ok,not%20ok",
+            &["merchant_id"],
+        ),
+        ("/v1/merchants/top", &["currency"]),
+        ("/v1/merchants/top?currency=EUR&limit=1000", &["limit"]),
+        (
+            "/v1/revenue/daily?format=xml&from=1.2.2026",
+            &["from", "format"],
+        ),
+        ("/v1/revenue/daily?currency=EUR&currency=USD", &["query"]),
+    ];
+    for (path, names) in cases {
+        let r = app.dash(path).await;
+        assert_eq!(r.status(), 400, "{path}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let p: Value = r.json().await.unwrap();
+        let got: Vec<&str> = p["invalid_params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, names, "{path}: {p}");
+        assert!(!p["detail"].as_str().unwrap().is_empty());
+    }
+    // An injection attempt is refused before any SQL exists.
+    let r = app
+        .dash("/v1/revenue/daily?merchant_id=x'%20OR%20'1'='1")
+        .await;
+    assert_eq!(r.status(), 400);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_dashboards_clickhouse_user_cannot_write() {
+    let app = spawn_app(Ingest::Manual).await;
+    let reader = app.db.ch_reader.client();
+    let n: u64 = reader
+        .query("SELECT count() FROM daily_revenue")
+        .fetch_one()
+        .await
+        .expect("the reader reads");
+    assert_eq!(n, 0);
+    let err = reader
+        .query("INSERT INTO ingest_watermark VALUES ('x', 1, now())")
+        .execute()
+        .await
+        .expect_err("the reader must not write");
+    assert!(err.to_string().to_lowercase().contains("readonly"), "{err}");
+    let err = reader
+        .query("DROP TABLE daily_revenue")
+        .execute()
+        .await
+        .expect_err("the reader must not drop");
+    assert!(err.to_string().to_lowercase().contains("readonly"), "{err}");
+    app.stop().await;
+}

@@ -67,6 +67,16 @@ function group(decimal) {
 
 function iso(d) { return d.toISOString().slice(0, 10); }
 
+// The days from `from` to `to` (YYYY-MM-DD, inclusive), in UTC.
+function daysOf(from, to) {
+  const out = [];
+  if (!from || !to) return out;
+  for (let t = Date.parse(from + "T00:00:00Z"); t <= Date.parse(to + "T00:00:00Z"); t += 86400000) {
+    out.push(iso(new Date(t)));
+  }
+  return out;
+}
+
 function setRange(days) {
   const to = new Date();
   const from = new Date(to.getTime() - (days - 1) * 86400000);
@@ -119,7 +129,6 @@ function renderTiles(summary, currency) {
     tile.className = "tile";
     tile.id = "tile-" + m.measure;
     tile.dataset.measure = m.measure;
-    const value = m.unit === "minor" ? currency + " " + group(m.current_formatted) : group(m.current_formatted);
     let change = "no previous data";
     let cls = "";
     if (m.change_percent !== null) {
@@ -133,7 +142,14 @@ function renderTiles(summary, currency) {
     tile.innerHTML = '<div class="label"></div><div class="value"></div><div class="change"></div>';
     tile.querySelector(".label").textContent = LABELS[m.measure] || m.measure;
     const v = tile.querySelector(".value");
-    v.textContent = value;
+    if (m.unit === "minor") {
+      const ccy = document.createElement("span");
+      ccy.className = "ccy";
+      ccy.textContent = currency;
+      v.append(ccy, " " + group(m.current_formatted));
+    } else {
+      v.textContent = group(m.current_formatted);
+    }
     v.dataset.value = m.current_formatted;
     const c = tile.querySelector(".change");
     c.textContent = change;
@@ -185,15 +201,18 @@ function renderDaily(daily, summary, currency) {
     cell(tr, group(m.average_order));
     foot.appendChild(tr);
   }
-  const labels = daily.rows.map((r) => r.day);
-  const series = (f) => daily.rows.map((r) => Number(r[f]));
-  const exact = (f) => daily.rows.map((r) => r[f]);
+  // Every day of the range is on the axis; a day without orders is zero.
+  const byDay = new Map(daily.rows.map((r) => [r.day, r]));
+  const labels = daysOf(daily.from, daily.to);
+  const pick = (f) => labels.map((d) => (byDay.has(d) ? byDay.get(d)[f] : "0"));
+  const series = (f) => pick(f).map(Number);
+  const exact = pick;
   const data = {
     labels,
     datasets: [
-      { label: "Net", data: series("net"), exact: exact("net"), fill: "origin", borderColor: "#2f5bea", backgroundColor: "rgba(47,91,234,.15)", tension: .25, pointRadius: 0 },
-      { label: "Captured", data: series("captured"), exact: exact("captured"), borderColor: "#1e7a3c", backgroundColor: "#1e7a3c", tension: .25, pointRadius: 0 },
-      { label: "Refunded", data: series("refunded"), exact: exact("refunded"), borderColor: "#b42318", backgroundColor: "#b42318", tension: .25, pointRadius: 0 },
+      { label: "Net", data: series("net"), exact: exact("net"), fill: "origin", borderColor: "#2f5bea", backgroundColor: "rgba(47,91,234,.15)", tension: .25, pointRadius: 2 },
+      { label: "Captured", data: series("captured"), exact: exact("captured"), borderColor: "#1e7a3c", backgroundColor: "#1e7a3c", tension: .25, pointRadius: 2 },
+      { label: "Refunded", data: series("refunded"), exact: exact("refunded"), borderColor: "#b42318", backgroundColor: "#b42318", tension: .25, pointRadius: 2 },
     ],
   };
   const tooltip = { callbacks: { label: (ctx) => ctx.dataset.label + ": " + currency + " " + group(ctx.dataset.exact[ctx.dataIndex]) } };
@@ -240,6 +259,24 @@ function renderTop(top) {
   }
 }
 
+function renderSummary(summary) {
+  const body = $("#summary-table tbody");
+  body.innerHTML = "";
+  const shown = ["net", "captured", "refunded", "gross", "orders_placed"];
+  for (const cur of summary.currencies) {
+    const m = Object.fromEntries(cur.measures.map((x) => [x.measure, x]));
+    const tr = document.createElement("tr");
+    tr.dataset.currency = cur.currency;
+    cell(tr, cur.currency);
+    for (const name of shown) {
+      const x = m[name];
+      cell(tr, group(x.current_formatted));
+      cell(tr, x.change_percent === null ? "–" : (x.change > 0 ? "+" : "") + x.change_percent + " %", x.change < 0 ? "neg" : "");
+    }
+    body.appendChild(tr);
+  }
+}
+
 function fillCurrencies(summary) {
   const sel = $("#currency");
   const wanted = sel.value || localStorage.getItem(CURRENCY_STORE);
@@ -264,10 +301,11 @@ async function load() {
     const summary = await api("/v1/revenue/summary", range);
     showFreshness(summary.freshness);
     const currency = fillCurrencies(summary);
+    renderSummary(summary);
     $("#period").textContent = "Compared with " + summary.previous_from + " – " + summary.previous_to + ".";
     if (!currency) {
       $("#tiles").innerHTML = '<p class="muted">No orders in this range.</p>';
-      renderDaily({ rows: [] }, summary, "");
+      renderDaily({ rows: [], from: summary.from, to: summary.to }, summary, "");
       renderTop({ rows: [], currency: "" });
       lastQuery = range;
       document.body.dataset.state = "ready";

@@ -434,7 +434,6 @@ mod tests {
             gross_minor: 10_000,
             captured_minor: 8_000,
             refunded_minor: 500,
-            ..Sums::default()
         };
         let prev = Sums {
             orders_placed: 2,

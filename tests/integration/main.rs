@@ -1,6 +1,7 @@
 //! One integration-test binary (faster linking, shared harness). Every test
 //! talks to real PostgreSQL and ClickHouse through `tally_tests`.
 
+mod browser;
 mod commands;
 mod dashboards;
 mod e2e;

@@ -12,7 +12,7 @@
 mod error;
 mod page;
 pub mod params;
-mod store;
+pub mod store;
 pub mod views;
 
 use std::net::SocketAddr;

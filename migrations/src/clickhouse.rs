@@ -7,7 +7,10 @@
 //!
 //! ClickHouse DDL is not transactional, so statements are written to be
 //! re-runnable (`IF NOT EXISTS`): a run that dies halfway is finished by the
-//! next one. Callers serialise runs with a PostgreSQL advisory lock.
+//! next one. Where SQL alone cannot say "only if" (a `RENAME` that already
+//! happened), a comment line right before a statement guards it:
+//! `-- tally: if-table-exists NAME` or `-- tally: unless-table-exists NAME`.
+//! Callers serialise runs with a PostgreSQL advisory lock.
 
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
@@ -23,11 +26,32 @@ pub struct Migration {
 
 /// Every migration, in order. `tests::every_file_is_listed` keeps this in
 /// step with the directory.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_projections.sql",
-    sql: include_str!("../clickhouse/0001_projections.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_projections.sql",
+        sql: include_str!("../clickhouse/0001_projections.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_daily_revenue_by_currency.sql",
+        sql: include_str!("../clickhouse/0002_daily_revenue_by_currency.sql"),
+    },
+];
+
+/// When a statement runs, by whether a table exists in the target database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Guard {
+    IfTableExists(String),
+    UnlessTableExists(String),
+}
+
+/// One statement of a migration file, with its guard if it has one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Statement {
+    pub sql: String,
+    pub guard: Option<Guard>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChMigrateError {
@@ -69,12 +93,25 @@ pub fn checksum(sql: &str) -> String {
 }
 
 /// Splits a file into statements: `;` at the end of a line ends one.
-/// `--` comment lines are dropped.
-pub fn statements(sql: &str) -> Vec<String> {
+/// `--` comment lines are dropped, except a `-- tally:` guard, which applies
+/// to the statement that follows it.
+pub fn statements(sql: &str) -> Vec<Statement> {
     let mut out = Vec::new();
     let mut cur = String::new();
+    let mut guard = None;
     for line in sql.lines() {
         let trimmed = line.trim();
+        if let Some(directive) = trimmed.strip_prefix("-- tally:") {
+            let mut words = directive.split_whitespace();
+            guard = match (words.next(), words.next()) {
+                (Some("if-table-exists"), Some(t)) => Some(Guard::IfTableExists(t.to_owned())),
+                (Some("unless-table-exists"), Some(t)) => {
+                    Some(Guard::UnlessTableExists(t.to_owned()))
+                }
+                _ => panic!("unknown migration directive `{trimmed}`"),
+            };
+            continue;
+        }
         if trimmed.starts_with("--") || trimmed.is_empty() {
             continue;
         }
@@ -83,15 +120,33 @@ pub fn statements(sql: &str) -> Vec<String> {
         if trimmed.ends_with(';') {
             let stmt = cur.trim().trim_end_matches(';').trim().to_owned();
             if !stmt.is_empty() {
-                out.push(stmt);
+                out.push(Statement {
+                    sql: stmt,
+                    guard: guard.take(),
+                });
             }
             cur.clear();
         }
     }
     if !cur.trim().is_empty() {
-        out.push(cur.trim().to_owned());
+        out.push(Statement {
+            sql: cur.trim().to_owned(),
+            guard: guard.take(),
+        });
     }
     out
+}
+
+async fn table_exists(
+    client: &clickhouse::Client,
+    table: &str,
+) -> Result<bool, clickhouse::error::Error> {
+    let n: u64 = client
+        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?")
+        .bind(table)
+        .fetch_one()
+        .await?;
+    Ok(n > 0)
 }
 
 /// Creates the database if needed and applies pending migrations.
@@ -138,16 +193,22 @@ pub async fn run(settings: &ChSettings) -> Result<(), ChMigrateError> {
             continue;
         }
         for (i, stmt) in statements(m.sql).iter().enumerate() {
-            client
-                .query(stmt)
-                .execute()
-                .await
-                .map_err(|source| ChMigrateError::Statement {
-                    version: m.version,
-                    name: m.name,
-                    statement: i + 1,
-                    source,
-                })?;
+            let failed = |source| ChMigrateError::Statement {
+                version: m.version,
+                name: m.name,
+                statement: i + 1,
+                source,
+            };
+            let run = match &stmt.guard {
+                None => true,
+                Some(Guard::IfTableExists(t)) => table_exists(&client, t).await.map_err(failed)?,
+                Some(Guard::UnlessTableExists(t)) => {
+                    !table_exists(&client, t).await.map_err(failed)?
+                }
+            };
+            if run {
+                client.query(&stmt.sql).execute().await.map_err(failed)?;
+            }
         }
         client
             .query("INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, now())")
@@ -200,13 +261,35 @@ mod tests {
     #[test]
     fn statements_split_on_line_end_semicolons_and_drop_comments() {
         let sql = "-- c\nCREATE TABLE a (x String DEFAULT ';')\nENGINE = Memory;\n\nSELECT 1;\n";
+        let sqls: Vec<String> = statements(sql).into_iter().map(|s| s.sql).collect();
         assert_eq!(
-            statements(sql),
+            sqls,
             vec![
                 "CREATE TABLE a (x String DEFAULT ';')\nENGINE = Memory",
                 "SELECT 1"
             ]
         );
         assert_eq!(statements(MIGRATIONS[0].sql).len(), 3);
+    }
+
+    #[test]
+    fn a_guard_applies_to_the_next_statement_only() {
+        let sql = "-- tally: unless-table-exists old\nRENAME TABLE a TO old;\nSELECT 1;\n\
+                   -- tally: if-table-exists old\nDROP TABLE old;\n";
+        let got = statements(sql);
+        assert_eq!(
+            got.iter().map(|s| s.guard.clone()).collect::<Vec<_>>(),
+            [
+                Some(Guard::UnlessTableExists("old".into())),
+                None,
+                Some(Guard::IfTableExists("old".into())),
+            ]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown migration directive")]
+    fn a_misspelt_guard_is_refused() {
+        statements("-- tally: if-exists t\nSELECT 1;\n");
     }
 }

@@ -53,6 +53,15 @@ pub(crate) async fn start(
     start_clickhouse(data_dir, None).await
 }
 
+/// The native-protocol (`clickhouse-client`) port of the server last
+/// started under `data_dir`, read back from the config it was given.
+pub fn native_port(data_dir: &Path) -> Option<u16> {
+    let config = std::fs::read_to_string(data_dir.join("clickhouse/config.xml")).ok()?;
+    let start = config.find("<tcp_port>")? + "<tcp_port>".len();
+    let end = start + config[start..].find("</tcp_port>")?;
+    config[start..end].trim().parse().ok()
+}
+
 /// Starts ClickHouse with its files under `data_dir/clickhouse`, on
 /// `fixed_port` if given (a restart on the same address), else on a free
 /// port. Returns the server, admin settings and read-only settings.

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tally_ops::ChSettings;
 
 pub use child::ChildServer;
-pub use clickhouse_server::{READER_USER, start_clickhouse};
+pub use clickhouse_server::{READER_USER, native_port as clickhouse_native_port, start_clickhouse};
 pub use lock::DataDirLock;
 pub use postgres_server::find_bin_dir as find_postgres_bin_dir;
 pub use postgres_server::start_on as start_postgres;

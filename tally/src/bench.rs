@@ -90,6 +90,19 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 4)]
         rss_factor: u64,
     },
+    /// The dashboards' 90-day daily-revenue and top-merchants endpoints vs
+    /// the same queries through clickhouse-client.
+    Dashboards {
+        /// Merchants (× 3 currencies × --days cells; default 10 000,
+        /// --quick 1 000).
+        #[arg(long)]
+        merchants: Option<u64>,
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(90..=3650))]
+        days: i64,
+        /// Requests per endpoint per run (default 200; --quick 50).
+        #[arg(long)]
+        requests: Option<usize>,
+    },
 }
 
 pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
@@ -113,6 +126,17 @@ pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Rebuild { orders, rss_factor } => {
             let n = orders.unwrap_or(if q { 100_000 } else { 1_000_000 });
             crate::bench_rebuild::run(g, n, rss_factor.max(1), runs, record)
+                .await
+                .map(drop)
+        }
+        BenchKind::Dashboards {
+            merchants,
+            days,
+            requests,
+        } => {
+            let m = merchants.unwrap_or(if q { 1_000 } else { 10_000 });
+            let n = requests.unwrap_or(if q { 50 } else { 200 });
+            crate::bench_dashboards::run(g, m.max(1), days, n.max(1), runs, record)
                 .await
                 .map(drop)
         }
@@ -143,11 +167,9 @@ async fn all(g: &Global, quick: bool, runs: usize, record: Option<PathBuf>) -> a
     eprintln!("== rebuild");
     let orders = if quick { 100_000 } else { 1_000_000 };
     rows.extend(crate::bench_rebuild::run(g, orders, 4, runs, None).await?);
-    rows.push(Summary {
-        figure: "dashboard queries vs clickhouse-client".into(),
-        result: "not measured yet: the dashboards of issue #6 come first".into(),
-        target: "p99 ≤ 50 ms, ≤ 1.5×".into(),
-    });
+    eprintln!("== dashboards");
+    let (merchants, requests) = if quick { (1_000, 50) } else { (10_000, 200) };
+    rows.extend(crate::bench_dashboards::run(g, merchants, 365, requests, runs, None).await?);
     let mut table = String::new();
     writeln!(
         table,
@@ -175,6 +197,8 @@ async fn all(g: &Global, quick: bool, runs: usize, record: Option<PathBuf>) -> a
 pub(crate) struct Servers {
     pub(crate) pg: PgSettings,
     pub(crate) ch: ChSettings,
+    /// The read-only user, as the dashboards connect.
+    pub(crate) ch_reader: ChSettings,
     pub(crate) _stack: Option<tally_stack::LocalStack>,
     pub(crate) _dir: Option<PathBuf>,
 }
@@ -184,6 +208,7 @@ pub(crate) async fn servers(g: &Global) -> anyhow::Result<Servers> {
         return Ok(Servers {
             pg: g.pg("tally-bench")?,
             ch: g.ch()?,
+            ch_reader: g.ch_reader()?,
             _stack: None,
             _dir: None,
         });
@@ -199,6 +224,7 @@ pub(crate) async fn servers(g: &Global) -> anyhow::Result<Servers> {
     Ok(Servers {
         pg,
         ch,
+        ch_reader: stack.clickhouse_reader.clone(),
         _stack: Some(stack),
         _dir: Some(dir),
     })

@@ -3,6 +3,7 @@
 //! here, at the edge, and nowhere else.
 
 mod bench;
+mod bench_dashboards;
 mod bench_freshness;
 mod bench_place;
 mod bench_rebuild;

@@ -143,7 +143,9 @@ async fn sigkilled_ingest_workers_lose_and_double_nothing() {
             .fetch_one()
             .await
             .unwrap();
-        duplicate_fact_rows = duplicate_fact_rows.max(raw - settled); // merges collapse them later
+        // Two reads, two instants: rows inserted or merged in between can
+        // make `raw` the smaller one.
+        duplicate_fact_rows = duplicate_fact_rows.max(raw.saturating_sub(settled)); // merges collapse them later
     }
     let outcome = load.await.unwrap();
     let rebuilt = rebuilds.await.unwrap();

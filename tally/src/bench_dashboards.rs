@@ -1,0 +1,341 @@
+//! `tally bench dashboards`: the finance read API against the same queries
+//! run directly with `clickhouse-client`.
+//!
+//! `daily_revenue` is filled with M merchants × 3 currencies × D days ending
+//! today (default 10 000 × 3 × 365, about 11 million cells), merged as a
+//! mature table is, and then today's cells are written again as the ingest
+//! does all day, so the current month is a partition with unmerged parts:
+//! the state the dashboards really read. Then random 90-day windows and
+//! currencies are requested one after another through HTTP (daily revenue
+//! and top merchants, as the page asks for them), and the very SQL the API
+//! runs for each is timed with `clickhouse-client --time` (server round
+//! trip, without the client's process start).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tally_dashboards::params::{Filter, Needs, RawQuery};
+use tally_dashboards::store;
+use time::OffsetDateTime;
+
+use crate::bench::{Stat, Summary, record_result, servers, stat};
+use crate::config::Global;
+
+const CURRENCIES: [&str; 3] = ["EUR", "USD", "GBP"];
+const WINDOW_DAYS: i64 = 90;
+
+/// splitmix64: reproducible windows without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+fn p(xs: &mut [f64], q: f64) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let i = ((xs.len() as f64 - 1.0) * q).round() as usize;
+    xs[i.min(xs.len() - 1)]
+}
+
+/// One request: the endpoint, its query string and the filter it parses to.
+struct Ask {
+    path: &'static str,
+    query: String,
+    filter: Filter,
+}
+
+fn asks(n: usize, days: i64, seed: u64) -> Vec<Ask> {
+    let today = OffsetDateTime::now_utc().date();
+    let mut rng = Rng(seed);
+    let mut out = Vec::with_capacity(2 * n);
+    for _ in 0..n {
+        let back = (rng.next() % (days - WINDOW_DAYS + 1) as u64) as i64;
+        let to = today - time::Duration::days(back);
+        let from = to - time::Duration::days(WINDOW_DAYS - 1);
+        let currency = CURRENCIES[(rng.next() % 3) as usize];
+        for (path, needs) in [
+            ("/v1/revenue/daily", Needs::default()),
+            ("/v1/merchants/top", Needs { currency: true }),
+        ] {
+            let raw = RawQuery {
+                from: Some(from.to_string()),
+                to: Some(to.to_string()),
+                currency: Some(currency.into()),
+                ..RawQuery::default()
+            };
+            let filter = Filter::parse(&raw, today, 366, needs).expect("a valid bench query");
+            out.push(Ask {
+                path,
+                query: format!("from={from}&to={to}&currency={currency}"),
+                filter,
+            });
+        }
+    }
+    out
+}
+
+async fn seed(ch: &clickhouse::Client, merchants: u64, days: i64) -> anyhow::Result<()> {
+    let cells = merchants * 3 * days as u64;
+    let first = OffsetDateTime::now_utc().date() - time::Duration::days(days - 1);
+    let per_day = merchants * 3;
+    let t = Instant::now();
+    // Plausible, reproducible figures from a hash of the cell number.
+    ch.query(&format!(
+        "INSERT INTO daily_revenue
+         SELECT toDate(?) + intDiv(number, {per_day}) AS day,
+                concat('m-', toString(intDiv(number % {per_day}, 3))) AS merchant_id,
+                toFixedString(arrayElement(['EUR', 'USD', 'GBP'], (number % 3) + 1), 3) AS currency,
+                toInt64(1 + cityHash64(number) % 20) AS orders_placed,
+                toInt64(orders_placed * (500 + cityHash64(number, 1) % 20000)) AS gross_minor,
+                toInt64(intDiv(gross_minor * 9, 10)) AS captured_minor,
+                toInt64(intDiv(captured_minor, 20 + cityHash64(number, 2) % 30)) AS refunded_minor,
+                toInt64(cityHash64(number, 3) % 3) AS orders_cancelled,
+                toInt64(orders_placed * (1 + cityHash64(number, 4) % 4)) AS items_sold,
+                toUInt64(1) AS version
+         FROM numbers(?)"
+    ))
+    .bind(first.to_string())
+    .bind(cells)
+    .execute()
+    .await
+    .context("seeding daily_revenue")?;
+    eprintln!(
+        "  {cells} cells inserted in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    ch.query("OPTIMIZE TABLE daily_revenue FINAL")
+        .execute()
+        .await
+        .context("merging daily_revenue")?;
+    eprintln!("  merged in {:.1} s", t.elapsed().as_secs_f64());
+    // Today's cells again, one version up: the ingest's writes of the day,
+    // left unmerged.
+    ch.query(
+        "INSERT INTO daily_revenue
+         SELECT day, merchant_id, currency, orders_placed + 1, gross_minor + 1000,
+                captured_minor + 1000, refunded_minor, orders_cancelled, items_sold + 1, version + 1
+         FROM daily_revenue WHERE day = today()",
+    )
+    .execute()
+    .await
+    .context("writing today's cells again")?;
+    let us = OffsetDateTime::now_utc().unix_timestamp() * 1_000_000;
+    ch.query("INSERT INTO ingest_watermark VALUES ('bench', ?, now())")
+        .bind(us)
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// `clickhouse-client --time` for one statement: the seconds it reports.
+async fn client_time(port: u16, database: &str, sql: &str) -> anyhow::Result<f64> {
+    let out = tokio::process::Command::new("clickhouse-client")
+        .args(["--port", &port.to_string(), "--database", database])
+        .args(["--time", "--format", "Null", "--query", sql])
+        .output()
+        .await
+        .context("running clickhouse-client (installed by ./scripts/setup)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "clickhouse-client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().parse::<f64>().ok())
+        .with_context(|| format!("no time in clickhouse-client's output: {stderr}"))
+}
+
+struct Run {
+    api: [Vec<f64>; 2],
+    client: [Vec<f64>; 2],
+}
+
+pub(crate) async fn run(
+    g: &Global,
+    merchants: u64,
+    days: i64,
+    requests: usize,
+    runs: usize,
+    record: Option<PathBuf>,
+) -> anyhow::Result<Vec<Summary>> {
+    let s = servers(g).await?;
+    let port = match &s._dir {
+        Some(dir) => tally_stack::clickhouse_native_port(dir)
+            .context("reading the local ClickHouse's native port")?,
+        None => std::env::var("TALLY_BENCH_CLICKHOUSE_TCP_PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(9000),
+    };
+    let pool = s.pg.connect().await.context("connecting to PostgreSQL")?;
+    tally_migrations::migrate(&pool, &s.ch).await?;
+    let admin = s.ch.client();
+    eprintln!("seeding {merchants} merchants × 3 currencies × {days} days of daily aggregates …");
+    seed(&admin, merchants, days).await?;
+
+    let (_, key) =
+        tally_ops::auth::create_key(&pool, "bench", &[tally_ops::auth::Role::FinanceRead]).await?;
+    let mut registry = Registry::default();
+    let metrics = tally_dashboards::Metrics::register(&mut registry);
+    let config = tally_dashboards::DashboardsConfig {
+        listen: "127.0.0.1:0".parse()?,
+        ..Default::default()
+    };
+    let reader = s.ch_reader.client();
+    let app = tally_dashboards::Application::build(
+        &config,
+        reader.clone(),
+        pool.clone(),
+        &metrics,
+        Arc::new(registry),
+    )
+    .await?;
+    let base = format!("http://{}", app.local_addr());
+    let shutdown = tally_ops::Shutdown::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let http = reqwest::Client::new();
+
+    let mut results = Vec::new();
+    for r in 0..runs {
+        let asks = asks(requests, days, 42 + r as u64);
+        // Warm-up: a few of each, not timed.
+        for a in asks.iter().take(10) {
+            http.get(format!("{base}{}?{}", a.path, a.query))
+                .bearer_auth(&key)
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+        let mut run = Run {
+            api: [Vec::new(), Vec::new()],
+            client: [Vec::new(), Vec::new()],
+        };
+        let mut dirty = 0;
+        for (i, a) in asks.iter().enumerate() {
+            let t = Instant::now();
+            let res = http
+                .get(format!("{base}{}?{}", a.path, a.query))
+                .bearer_auth(&key)
+                .send()
+                .await?;
+            let status = res.status();
+            let body = res.bytes().await?;
+            anyhow::ensure!(
+                status.is_success(),
+                "{} → {status}: {}",
+                a.path,
+                String::from_utf8_lossy(&body)
+            );
+            run.api[i % 2].push(t.elapsed().as_secs_f64());
+
+            // The same statement the API ran, from the plan it would use.
+            let plan = store::plan(&reader, a.filter.range).await?;
+            dirty = dirty.max(plan.dirty_partitions());
+            let sql = if i % 2 == 0 {
+                store::daily_sql(&a.filter, &plan)
+            } else {
+                store::top_sql(&a.filter, &plan)
+            };
+            run.client[i % 2].push(client_time(port, &s.ch.database, &sql.inline()).await?);
+        }
+        eprintln!(
+            "  run {}: daily p99 {:.1} ms (client {:.1} ms), top p99 {:.1} ms (client {:.1} ms); up to {dirty} partition(s) read with FINAL",
+            r + 1,
+            p(&mut run.api[0], 0.99) * 1e3,
+            p(&mut run.client[0], 0.99) * 1e3,
+            p(&mut run.api[1], 0.99) * 1e3,
+            p(&mut run.client[1], 0.99) * 1e3,
+        );
+        results.push(run);
+    }
+    shutdown.cancel();
+    let _ = task.await;
+    drop(pool);
+    s.stop().await;
+
+    let ms = |st: &Stat| {
+        format!(
+            "{:.1} ({:.1}–{:.1})",
+            st.median * 1e3,
+            st.min * 1e3,
+            st.max * 1e3
+        )
+    };
+    let mut table = String::new();
+    writeln!(
+        table,
+        "| endpoint (90 days, one currency) | API p50 ms | API p99 ms | clickhouse-client p99 ms | ratio p99 | target |"
+    )?;
+    writeln!(table, "|---|---|---|---|---|---|")?;
+    let mut summary = Vec::new();
+    for (k, name) in ["daily revenue", "top merchants"].into_iter().enumerate() {
+        let p50 = stat(
+            results
+                .iter()
+                .map(|r| p(&mut r.api[k].clone(), 0.5))
+                .collect(),
+        );
+        let p99 = stat(
+            results
+                .iter()
+                .map(|r| p(&mut r.api[k].clone(), 0.99))
+                .collect(),
+        );
+        let c99 = stat(
+            results
+                .iter()
+                .map(|r| p(&mut r.client[k].clone(), 0.99))
+                .collect(),
+        );
+        let ratio = stat(
+            results
+                .iter()
+                .map(|r| p(&mut r.api[k].clone(), 0.99) / p(&mut r.client[k].clone(), 0.99))
+                .collect(),
+        );
+        writeln!(
+            table,
+            "| {name} | {} | {} | {} | {:.2} ({:.2}–{:.2}) | p99 ≤ 50 ms, ≤ 1.5× |",
+            ms(&p50),
+            ms(&p99),
+            ms(&c99),
+            ratio.median,
+            ratio.min,
+            ratio.max
+        )?;
+        summary.push(Summary {
+            figure: format!("dashboard {name}, 90 days"),
+            result: format!(
+                "p99 {:.1} ms, {:.2}× clickhouse-client",
+                p99.median * 1e3,
+                ratio.median
+            ),
+            target: "p99 ≤ 50 ms, ≤ 1.5×".into(),
+        });
+    }
+    println!("{table}");
+    record_result(
+        record.as_deref(),
+        "dashboards",
+        &format!(
+            "{merchants} merchants × 3 currencies × {days} days ({} cells), merged except today's cells, written again as the ingest does; {requests} random 90-day windows per run, one request at a time, over HTTP with a finance:read key; median of {runs} runs (min–max). Baseline: the same SQL, from the same plan, timed by `clickhouse-client --time`.",
+            merchants * 3 * days as u64
+        ),
+        &table,
+    )?;
+    Ok(summary)
+}

@@ -11,6 +11,7 @@
 
 use std::time::Instant;
 
+use futures_util::StreamExt;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
@@ -25,6 +26,9 @@ pub struct BulkConfig {
     pub seed: u64,
     /// Orders per statement.
     pub chunk: u64,
+    /// Chunks written at once, each in a transaction of its own on a
+    /// connection of its own (the pool must allow as many).
+    pub parallel: usize,
 }
 
 impl Default for BulkConfig {
@@ -36,6 +40,7 @@ impl Default for BulkConfig {
             days: 365,
             seed: 1,
             chunk: 100_000,
+            parallel: 2,
         }
     }
 }
@@ -124,23 +129,34 @@ pub async fn seed_write_store(
     let stmts = statements(cfg.merchants.max(1), &cfg.currencies);
     let begin = OffsetDateTime::now_utc() - time::Duration::days(i64::from(cfg.days) + 3);
     let t = Instant::now();
+    let chunks: Vec<(i64, i64)> = (0..cfg.orders)
+        .step_by(cfg.chunk.max(1) as usize)
+        .map(|d| {
+            let n = cfg.chunk.max(1).min(cfg.orders - d);
+            ((start + d) as i64, (start + d + n) as i64)
+        })
+        .collect();
+    let stmts = &stmts;
+    let mut writes = futures_util::stream::iter(chunks)
+        .map(|(a, b)| async move {
+            let mut tx = pool.begin().await?;
+            for s in stmts {
+                sqlx::query(s)
+                    .bind(cfg.seed as i64)
+                    .bind(a)
+                    .bind(b)
+                    .bind(begin)
+                    .bind(i64::from(cfg.days.max(1)))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<u64, sqlx::Error>((b - a) as u64)
+        })
+        .buffer_unordered(cfg.parallel.max(1));
     let mut done = 0;
-    while done < cfg.orders {
-        let n = cfg.chunk.min(cfg.orders - done);
-        let (a, b) = ((start + done) as i64, (start + done + n) as i64);
-        let mut tx = pool.begin().await?;
-        for s in &stmts {
-            sqlx::query(s)
-                .bind(cfg.seed as i64)
-                .bind(a)
-                .bind(b)
-                .bind(begin)
-                .bind(i64::from(cfg.days.max(1)))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        done += n;
+    while let Some(n) = writes.next().await {
+        done += n?;
         progress(done);
     }
     sqlx::query("ANALYZE orders, order_items, payments, shipments, refunds")

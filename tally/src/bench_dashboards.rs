@@ -7,9 +7,10 @@
 //! does all day, so the current month is a partition with unmerged parts:
 //! the state the dashboards really read. Then random 90-day windows and
 //! currencies are requested one after another through HTTP (daily revenue
-//! and top merchants, as the page asks for them), and the very SQL the API
-//! runs for each is timed with `clickhouse-client --time` (server round
-//! trip, without the client's process start).
+//! and top merchants, as the page asks for them). The very SQL the API ran
+//! for each (from the same plan of clean partitions) is then timed with one
+//! `clickhouse-client --multiquery --time` per run: the client's own figure
+//! per statement, without its process start.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -138,25 +139,44 @@ async fn seed(ch: &clickhouse::Client, merchants: u64, days: i64) -> anyhow::Res
     Ok(())
 }
 
-/// `clickhouse-client --time` for one statement: the seconds it reports.
-async fn client_time(port: u16, database: &str, sql: &str) -> anyhow::Result<f64> {
-    let out = tokio::process::Command::new("clickhouse-client")
+/// Runs `statements` through one `clickhouse-client --multiquery --time`
+/// (fed on stdin) and returns the seconds it reports for each.
+async fn client_times(
+    port: u16,
+    database: &str,
+    statements: &[String],
+) -> anyhow::Result<Vec<f64>> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("clickhouse-client")
         .args(["--port", &port.to_string(), "--database", database])
-        .args(["--time", "--format", "Null", "--query", sql])
-        .output()
-        .await
+        .args(["--multiquery", "--time", "--format", "Null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .context("running clickhouse-client (installed by ./scripts/setup)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "clickhouse-client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut input = String::new();
+    for s in statements {
+        input.push_str(s);
+        input.push_str(";\n");
+    }
+    let mut stdin = child.stdin.take().context("clickhouse-client's stdin")?;
+    stdin.write_all(input.as_bytes()).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    stderr
+    anyhow::ensure!(out.status.success(), "clickhouse-client failed: {stderr}");
+    let times: Vec<f64> = stderr
         .lines()
-        .rev()
-        .find_map(|l| l.trim().parse::<f64>().ok())
-        .with_context(|| format!("no time in clickhouse-client's output: {stderr}"))
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .collect();
+    anyhow::ensure!(
+        times.len() == statements.len(),
+        "clickhouse-client reported {} times for {} statements: {stderr}",
+        times.len(),
+        statements.len()
+    );
+    Ok(times)
 }
 
 struct Run {
@@ -225,6 +245,7 @@ pub(crate) async fn run(
             client: [Vec::new(), Vec::new()],
         };
         let mut dirty = 0;
+        let mut statements: [Vec<String>; 2] = [Vec::new(), Vec::new()];
         for (i, a) in asks.iter().enumerate() {
             let t = Instant::now();
             let res = http
@@ -250,7 +271,10 @@ pub(crate) async fn run(
             } else {
                 store::top_sql(&a.filter, &plan)
             };
-            run.client[i % 2].push(client_time(port, &s.ch.database, &sql.inline()).await?);
+            statements[i % 2].push(sql.inline());
+        }
+        for (times, sqls) in run.client.iter_mut().zip(&statements) {
+            *times = client_times(port, &s.ch.database, sqls).await?;
         }
         eprintln!(
             "  run {}: daily p99 {:.1} ms (client {:.1} ms), top p99 {:.1} ms (client {:.1} ms); up to {dirty} partition(s) read with FINAL",

@@ -327,6 +327,17 @@ async fn the_dashboard_renders_the_same_totals_as_the_json_api() {
     std::fs::write(&path, &png).unwrap();
     eprintln!("screenshot: {}", path.display());
 
+    // The badge follows the watermark by itself (it polls every 5 s).
+    let before = badge.attr("data-complete-up-to").await.unwrap();
+    app.place(&order_body("m-late", "EUR", &[("sku", 1, 100)]))
+        .await;
+    let moved = tally_tests::eventually(Duration::from_secs(15), || async {
+        let now = badge.attr("data-complete-up-to").await.ok()?;
+        (now != before).then_some(now)
+    })
+    .await;
+    assert!(moved.is_some(), "the badge still says {before:?}");
+
     // Switching currency shows that currency alone.
     c.execute(
         "const s = document.getElementById('currency'); s.value = 'USD'; \

@@ -9,14 +9,17 @@
 //! Exactness without paying for `FINAL` everywhere: the ingest overwrites a
 //! cell by inserting a newer version of it, so a cell can have several rows
 //! until ClickHouse merges them, and a plain `sum` would count it twice.
-//! `FINAL` merges at read time, but on 18.16 it costs 5-10× the scan. A
-//! partition that is a single merged part has one row per cell, so it can be
-//! read without `FINAL`; only the others (in practice the current month) are
-//! read with it. Which partitions are clean is looked up first, and looked
-//! up again after the query: if any part of the range appeared or went in
-//! between, the answer is discarded and the query runs again (after three
-//! tries, with `FINAL` throughout). Parts are never renamed or reused, so an
-//! unchanged list means the query read what the plan assumed.
+//! `FINAL` merges at read time, but on 18.16 it costs 5-10× the scan. A day
+//! covered by a single merged part has one row per cell (a merge keeps the
+//! newest version of each key), so it can be read without `FINAL`; only
+//! days covered by two or more parts, or by a part never merged (in
+//! practice: today's, which the ingest rewrites all day), are read with it.
+//! `system.parts` gives each part's first and last day. The parts are looked
+//! up before the query and again after it: if any part of the range
+//! appeared or went in between, the answer is discarded and the query runs
+//! again (after three tries, with `FINAL` throughout). Parts are never
+//! renamed or reused, so an unchanged list means the query read what the
+//! plan assumed.
 
 use clickhouse::Row;
 use serde::Deserialize;
@@ -130,69 +133,104 @@ impl Sql {
     }
 }
 
-/// Which partitions (months) of the range may be read without `FINAL`.
+/// Which days of a range must be read with `FINAL`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
-    /// Partitions with rows in the range that are not one merged part.
-    dirty: Vec<u32>,
-    /// Every active part of the range's partitions, to detect a change.
-    fingerprint: Vec<(String, Vec<String>)>,
+    /// Disjoint, sorted day ranges where a cell may have more than one row:
+    /// days covered by two or more parts, or by a part never merged.
+    needs_final: Vec<DayRange>,
+    /// Every active part overlapping the range, to detect a change.
+    fingerprint: Vec<String>,
+    /// Read everything with `FINAL` (the fallback).
+    all_final: bool,
 }
 
 impl Plan {
-    /// Reads everything with `FINAL` (the fallback).
     fn all_final() -> Plan {
         Plan {
-            dirty: Vec::new(),
-            fingerprint: vec![("*".into(), Vec::new())],
+            needs_final: Vec::new(),
+            fingerprint: Vec::new(),
+            all_final: true,
         }
     }
 
-    fn is_all_final(&self) -> bool {
-        self.fingerprint.first().is_some_and(|(p, _)| p == "*")
+    /// How many days of the range are read with `FINAL`.
+    pub fn final_days(&self) -> i64 {
+        self.needs_final.iter().map(|r| r.days()).sum()
     }
-
-    /// How many partitions of the range need `FINAL`.
-    pub fn dirty_partitions(&self) -> usize {
-        self.dirty.len()
-    }
-}
-
-fn month(d: Date) -> u32 {
-    d.year() as u32 * 100 + u8::from(d.month()) as u32
 }
 
 #[derive(Row, Deserialize)]
-struct PartitionParts {
-    partition: String,
-    names: Vec<String>,
-    min_level: u32,
+struct Part {
+    name: String,
+    level: u32,
+    #[serde(with = "clickhouse::serde::time::date")]
+    min_date: Date,
+    #[serde(with = "clickhouse::serde::time::date")]
+    max_date: Date,
 }
 
-/// Looks up which partitions of `range` are clean.
+/// The days of `range` that `parts` may hold several rows of a cell for.
+fn days_needing_final(parts: &[Part], range: DayRange) -> Vec<DayRange> {
+    // A sweep over part boundaries: +1 where a part starts, -1 after it
+    // ends; a never-merged part counts twice (it may hold duplicates alone).
+    let mut edges: Vec<(Date, i32)> = Vec::new();
+    for p in parts {
+        let (from, to) = (p.min_date.max(range.from), p.max_date.min(range.to));
+        if from > to {
+            continue;
+        }
+        let weight = if p.level == 0 { 2 } else { 1 };
+        edges.push((from, weight));
+        if let Some(after) = to.next_day() {
+            edges.push((after, -weight));
+        }
+    }
+    edges.sort();
+    let mut out: Vec<DayRange> = Vec::new();
+    let mut depth = 0;
+    let mut i = 0;
+    while i < edges.len() {
+        let day = edges[i].0;
+        while i < edges.len() && edges[i].0 == day {
+            depth += edges[i].1;
+            i += 1;
+        }
+        let end = edges
+            .get(i)
+            .and_then(|e| e.0.previous_day())
+            .unwrap_or(range.to);
+        if depth >= 2 && day <= end {
+            match out.last_mut() {
+                Some(last) if last.to.next_day() == Some(day) => last.to = end,
+                _ => out.push(DayRange { from: day, to: end }),
+            }
+        }
+    }
+    out
+}
+
+/// Looks up the active parts that overlap `range` and plans which of its
+/// days need `FINAL`.
 pub async fn plan(
     ch: &clickhouse::Client,
     range: DayRange,
 ) -> Result<Plan, clickhouse::error::Error> {
-    let rows: Vec<PartitionParts> = ch
+    let parts: Vec<Part> = ch
         .query(
-            "SELECT partition, arraySort(groupArray(name)), min(level) FROM system.parts \
+            "SELECT name, level, min_date, max_date FROM system.parts \
              WHERE database = currentDatabase() AND table = 'daily_revenue' AND active \
-               AND partition >= ? AND partition <= ? \
-             GROUP BY partition ORDER BY partition",
+               AND max_date >= toDate(?) AND min_date <= toDate(?) \
+             ORDER BY name",
         )
-        .bind(month(range.from).to_string())
-        .bind(month(range.to).to_string())
+        .bind(range.from.to_string())
+        .bind(range.to.to_string())
         .fetch_all()
         .await?;
-    let dirty = rows
-        .iter()
-        .filter(|p| p.names.len() != 1 || p.min_level == 0)
-        .filter_map(|p| p.partition.parse().ok())
-        .collect();
     Ok(Plan {
-        dirty,
-        fingerprint: rows.into_iter().map(|p| (p.partition, p.names)).collect(),
+        needs_final: days_needing_final(&parts, range),
+        fingerprint: parts.into_iter().map(|p| p.name).collect(),
+        all_final: false,
     })
 }
 
@@ -218,26 +256,45 @@ fn conditions(sql: &mut Sql, f: &Filter, range: DayRange) {
     }
 }
 
+/// Appends `(day >= ? AND day <= ?) OR …` for `ranges`.
+fn days_in(sql: &mut Sql, ranges: &[DayRange]) {
+    sql.push("(");
+    for (i, r) in ranges.iter().enumerate() {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        sql.push("(day >= toDate(")
+            .str(r.from.to_string())
+            .push(") AND day <= toDate(")
+            .str(r.to.to_string())
+            .push("))");
+    }
+    sql.push(")");
+}
+
 /// Appends the rows of `daily_revenue` that the filter selects over `range`,
 /// one row per cell: a table expression for `FROM`.
 fn source(sql: &mut Sql, f: &Filter, range: DayRange, plan: &Plan) {
-    let months = |ms: &[u32]| ms.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
-    if plan.is_all_final() || plan.dirty.len() == plan.fingerprint.len() && !plan.dirty.is_empty() {
+    let whole = plan
+        .needs_final
+        .first()
+        .is_some_and(|r| r.from <= range.from && r.to >= range.to);
+    if plan.all_final || whole {
         sql.push("daily_revenue FINAL");
         conditions(sql, f, range);
-    } else if plan.dirty.is_empty() {
+    } else if plan.needs_final.is_empty() {
         sql.push("daily_revenue");
         conditions(sql, f, range);
     } else {
-        // Partition numbers come from system.parts, not from the request.
-        let dirty = months(&plan.dirty);
         sql.push("(SELECT * FROM daily_revenue");
         conditions(sql, f, range);
-        sql.push(&format!(
-            " AND toYYYYMM(day) NOT IN ({dirty}) UNION ALL SELECT * FROM daily_revenue FINAL"
-        ));
+        sql.push(" AND NOT ");
+        days_in(sql, &plan.needs_final);
+        sql.push(" UNION ALL SELECT * FROM daily_revenue FINAL");
         conditions(sql, f, range);
-        sql.push(&format!(" AND toYYYYMM(day) IN ({dirty}))"));
+        sql.push(" AND ");
+        days_in(sql, &plan.needs_final);
+        sql.push(")");
     }
 }
 
@@ -368,46 +425,106 @@ mod tests {
         f
     }
 
-    fn plan(parts: &[(&str, usize, bool)]) -> Plan {
+    fn part(name: &str, level: u32, from: Date, to: Date) -> Part {
+        Part {
+            name: name.into(),
+            level,
+            min_date: from,
+            max_date: to,
+        }
+    }
+
+    fn range(from: Date, to: Date) -> DayRange {
+        DayRange { from, to }
+    }
+
+    fn planned(parts: &[Part], r: DayRange) -> Plan {
         Plan {
-            dirty: parts
-                .iter()
-                .filter(|p| !p.2)
-                .map(|p| p.0.parse().unwrap())
-                .collect(),
-            fingerprint: parts
-                .iter()
-                .map(|(p, n, _)| (p.to_string(), vec!["x".to_string(); *n]))
-                .collect(),
+            needs_final: days_needing_final(parts, r),
+            fingerprint: parts.iter().map(|p| p.name.clone()).collect(),
+            all_final: false,
         }
     }
 
     #[test]
-    fn clean_partitions_are_read_without_final_and_the_rest_with_it() {
+    fn only_days_that_two_parts_or_an_unmerged_part_cover_need_final() {
+        let r = range(date!(2026 - 08 - 15), date!(2026 - 10 - 10));
+        // One merged part per month: nothing to merge at read time.
+        let merged = [
+            part("a", 1, date!(2026 - 08 - 01), date!(2026 - 08 - 31)),
+            part("b", 3, date!(2026 - 09 - 01), date!(2026 - 09 - 30)),
+            part("c", 2, date!(2026 - 10 - 01), date!(2026 - 10 - 09)),
+        ];
+        assert_eq!(days_needing_final(&merged, r), []);
+        // Today's part, never merged, beside the month's merged part.
+        let mut today = merged.to_vec();
+        today.push(part("d", 0, date!(2026 - 10 - 10), date!(2026 - 10 - 10)));
+        assert_eq!(
+            days_needing_final(&today, r),
+            [range(date!(2026 - 10 - 10), date!(2026 - 10 - 10))]
+        );
+        // Two merged parts overlapping: their common days, clipped to the range.
+        let overlap = [
+            part("a", 1, date!(2026 - 08 - 01), date!(2026 - 08 - 31)),
+            part("e", 1, date!(2026 - 08 - 10), date!(2026 - 08 - 20)),
+            part("f", 1, date!(2026 - 08 - 20), date!(2026 - 08 - 25)),
+        ];
+        assert_eq!(
+            days_needing_final(&overlap, r),
+            [range(date!(2026 - 08 - 15), date!(2026 - 08 - 25))]
+        );
+        // An unmerged part alone may hold duplicates of its own.
+        let alone = [part("g", 0, date!(2026 - 09 - 05), date!(2026 - 09 - 06))];
+        assert_eq!(
+            days_needing_final(&alone, r),
+            [range(date!(2026 - 09 - 05), date!(2026 - 09 - 06))]
+        );
+    }
+
+    impl Clone for Part {
+        fn clone(&self) -> Part {
+            part(&self.name, self.level, self.min_date, self.max_date)
+        }
+    }
+
+    #[test]
+    fn clean_days_are_read_without_final_and_the_rest_with_it() {
         let f = filter("");
-        let clean = plan(&[
-            ("202608", 1, true),
-            ("202609", 1, true),
-            ("202610", 1, true),
-        ]);
+        let r = f.range;
+        let clean = planned(
+            &[part("a", 1, date!(2026 - 08 - 01), date!(2026 - 10 - 31))],
+            r,
+        );
         let sql = daily_sql(&f, &clean);
         assert!(!sql.text.contains("FINAL"), "{}", sql.text);
         assert_eq!(sql.args.len(), 3);
 
-        let mixed = plan(&[
-            ("202608", 1, true),
-            ("202609", 1, true),
-            ("202610", 4, false),
-        ]);
+        let mixed = planned(
+            &[
+                part("a", 1, date!(2026 - 08 - 01), date!(2026 - 10 - 31)),
+                part("b", 0, date!(2026 - 10 - 10), date!(2026 - 10 - 10)),
+            ],
+            r,
+        );
         let sql = top_sql(&f, &mixed);
         assert!(
             sql.text
-                .contains("NOT IN (202610) UNION ALL SELECT * FROM daily_revenue FINAL")
+                .contains("UNION ALL SELECT * FROM daily_revenue FINAL"),
+            "{}",
+            sql.text
         );
-        // limit, then the filter's three values once per branch.
-        assert_eq!(sql.args.len(), 7);
+        // limit; then per branch the filter's three values and one day range.
+        assert_eq!(sql.args.len(), 1 + 2 * (3 + 2));
+        assert!(
+            sql.inline().contains(
+                "AND NOT ((day >= toDate('2026-10-10') AND day <= toDate('2026-10-10')))"
+            )
+        );
 
-        let dirty = plan(&[("202609", 2, false), ("202610", 3, false)]);
+        let dirty = planned(
+            &[part("a", 0, date!(2026 - 08 - 01), date!(2026 - 10 - 31))],
+            r,
+        );
         let sql = daily_sql(&f, &dirty);
         assert!(
             sql.text.contains("FROM daily_revenue FINAL WHERE"),
@@ -426,7 +543,7 @@ mod tests {
     #[test]
     fn values_are_placeholders_in_the_text_and_escaped_when_inlined() {
         let f = filter("m-1,m.2");
-        let sql = daily_sql(&f, &plan(&[]));
+        let sql = daily_sql(&f, &planned(&[], f.range));
         assert!(!sql.text.contains("m-1") && !sql.text.contains("2026-08-15"));
         assert!(sql.text.contains("merchant_id IN (?, ?)"));
         let inlined = sql.inline();
@@ -445,7 +562,7 @@ mod tests {
     #[test]
     fn the_summary_reads_both_periods() {
         let f = filter("");
-        let sql = periods_sql(&f, &plan(&[]));
+        let sql = periods_sql(&f, &planned(&[], f.range));
         let inlined = sql.inline();
         // 2026-08-15..2026-10-10 is 57 days; the period before starts 57 days earlier.
         assert!(

@@ -244,7 +244,7 @@ pub(crate) async fn run(
             api: [Vec::new(), Vec::new()],
             client: [Vec::new(), Vec::new()],
         };
-        let mut dirty = 0;
+        let mut final_days = 0;
         let mut statements: [Vec<String>; 2] = [Vec::new(), Vec::new()];
         for (i, a) in asks.iter().enumerate() {
             let t = Instant::now();
@@ -265,7 +265,7 @@ pub(crate) async fn run(
 
             // The same statement the API ran, from the plan it would use.
             let plan = store::plan(&reader, a.filter.range).await?;
-            dirty = dirty.max(plan.dirty_partitions());
+            final_days = final_days.max(plan.final_days());
             let sql = if i % 2 == 0 {
                 store::daily_sql(&a.filter, &plan)
             } else {
@@ -277,7 +277,7 @@ pub(crate) async fn run(
             *times = client_times(port, &s.ch.database, sqls).await?;
         }
         eprintln!(
-            "  run {}: daily p99 {:.1} ms (client {:.1} ms), top p99 {:.1} ms (client {:.1} ms); up to {dirty} partition(s) read with FINAL",
+            "  run {}: daily p99 {:.1} ms (client {:.1} ms), top p99 {:.1} ms (client {:.1} ms); up to {final_days} day(s) read with FINAL",
             r + 1,
             p(&mut run.api[0], 0.99) * 1e3,
             p(&mut run.client[0], 0.99) * 1e3,

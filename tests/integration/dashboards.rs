@@ -35,9 +35,13 @@ fn cell(day: time::Date, merchant: &str, currency: &str, v: [i64; 6], version: u
 
 /// June 2025 (30 days) is the period asked for; May 2–31 is the period
 /// before it.
+fn jun1() -> time::Date {
+    date!(2025 - 06 - 01)
+}
+
 async fn seed(app: &TestApp) {
     let ch = app.db.ch.client();
-    let jun1 = date!(2025 - 06 - 01);
+    let jun1 = jun1();
     let jun2 = date!(2025 - 06 - 02);
     let may10 = date!(2025 - 05 - 10);
     let rows = [
@@ -55,8 +59,12 @@ async fn seed(app: &TestApp) {
         cell(date!(2025 - 07 - 01), "m-a", "EUR", [9, 9, 9, 0, 0, 9], 1),
         cell(date!(2025 - 05 - 01), "m-a", "EUR", [9, 9, 9, 0, 0, 9], 1),
     ];
-    // One insert per row: separate parts, so the superseded version is
-    // still there unless the read deduplicates.
+    // One insert per row, merges stopped: separate parts, so the superseded
+    // version stays there and only a deduplicating read hides it.
+    ch.query("SYSTEM STOP MERGES daily_revenue")
+        .execute()
+        .await
+        .unwrap();
     for r in rows {
         tally_ingest::insert_rows(&ch, "daily_revenue", &[r])
             .await
@@ -137,6 +145,39 @@ async fn daily_revenue_is_exact_per_day_and_currency_and_filters_by_merchant() {
         Some("2025-06-15T15:06:40Z")
     );
 
+    // Merged into one part per month, the same answer, now read without
+    // FINAL; a newer version of one cell then lands in a part of its own and
+    // replaces the merged row instead of adding to it.
+    let ch = app.db.ch.client();
+    for sql in [
+        "SYSTEM START MERGES daily_revenue",
+        "OPTIMIZE TABLE daily_revenue FINAL",
+        "SYSTEM STOP MERGES daily_revenue",
+    ] {
+        ch.query(sql).execute().await.unwrap();
+    }
+    let again: DailyResponse = json(&app, &format!("/v1/revenue/daily?{JUNE}")).await;
+    assert_eq!(again.rows, d.rows);
+    tally_ingest::insert_rows(
+        &ch,
+        "daily_revenue",
+        &[cell(jun1(), "m-b", "EUR", [2, 3_000, 5_000, 0, 0, 2], 5)],
+    )
+    .await
+    .unwrap();
+    let newer: DailyResponse = json(&app, &format!("/v1/revenue/daily?{JUNE}")).await;
+    assert_eq!(
+        (newer.rows[0].captured_minor, newer.rows[0].net_minor),
+        (12_000, 11_000)
+    );
+    assert_eq!(newer.rows[1..], d.rows[1..]);
+    ch.query("INSERT INTO daily_revenue SELECT * FROM daily_revenue WHERE currency = 'USD'")
+        .execute()
+        .await
+        .unwrap(); // a whole copy of a day's rows: no double count either
+    let copied: DailyResponse = json(&app, &format!("/v1/revenue/daily?{JUNE}")).await;
+    assert_eq!(copied.rows, newer.rows);
+
     let d: DailyResponse = json(
         &app,
         &format!("/v1/revenue/daily?{JUNE}&currency=eur&merchant_id=m-b,m-c"),
@@ -147,7 +188,7 @@ async fn daily_revenue_is_exact_per_day_and_currency_and_filters_by_merchant() {
         .iter()
         .map(|r| (r.day.as_str(), r.net_minor))
         .collect();
-    assert_eq!(got, [("2025-06-01", 3_000), ("2025-06-02", 1_000)]);
+    assert_eq!(got, [("2025-06-01", 5_000), ("2025-06-02", 1_000)]);
 
     // The CSV is the same table.
     let r = app
@@ -165,7 +206,7 @@ async fn daily_revenue_is_exact_per_day_and_currency_and_filters_by_merchant() {
     assert!(lines[0].starts_with("day,currency,orders_placed,"));
     assert_eq!(
         lines[1],
-        "2025-06-01,EUR,5,0,7,12000,10000,1000,9000,2400,120.00,100.00,10.00,90.00,24.00"
+        "2025-06-01,EUR,5,0,7,12000,12000,1000,11000,2400,120.00,120.00,10.00,110.00,24.00"
     );
     app.stop().await;
 }

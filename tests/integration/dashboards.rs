@@ -87,6 +87,12 @@ async fn seed(app: &TestApp) {
 
 const JUNE: &str = "from=2025-06-01&to=2025-06-30";
 
+/// The second line (first data row) of a CSV download.
+async fn csv_row(app: &TestApp, path: &str) -> String {
+    let csv = app.dash(path).await.text().await.unwrap();
+    csv.lines().nth(1).unwrap_or_default().to_owned()
+}
+
 async fn json<T: serde::de::DeserializeOwned>(app: &TestApp, path: &str) -> T {
     let r = app.dash(path).await;
     assert_eq!(r.status(), 200, "{path}");
@@ -254,15 +260,13 @@ async fn top_merchants_rank_by_net_with_shares_of_the_whole_currency() {
         (1, 10_000, 3)
     );
 
-    let csv = app
-        .dash(&format!("/v1/merchants/top?{JUNE}&currency=EUR&format=csv"))
-        .await
-        .text()
-        .await
-        .unwrap();
     assert_eq!(
-        csv.lines().nth(1),
-        Some("1,m-a,EUR,6000,60.00,9500,95.00,4,60.00")
+        csv_row(
+            &app,
+            &format!("/v1/merchants/top?{JUNE}&currency=EUR&format=csv")
+        )
+        .await,
+        "1,m-a,EUR,6000,60.00,9500,95.00,4,60.00"
     );
     app.stop().await;
 }
@@ -321,17 +325,13 @@ async fn the_summary_compares_with_the_previous_period_of_equal_length() {
     let net = &s.currencies[0].measures[0];
     assert_eq!((net.current, net.previous), (3_000, 2_000));
 
-    let csv = app
-        .dash(&format!(
-            "/v1/revenue/summary?{JUNE}&currency=EUR&format=csv"
-        ))
-        .await
-        .text()
-        .await
-        .unwrap();
     assert_eq!(
-        csv.lines().nth(1),
-        Some("EUR,net,minor,10000,6000,4000,100.00,60.00,40.00,66.7")
+        csv_row(
+            &app,
+            &format!("/v1/revenue/summary?{JUNE}&currency=EUR&format=csv")
+        )
+        .await,
+        "EUR,net,minor,10000,6000,4000,100.00,60.00,40.00,66.7"
     );
     app.stop().await;
 }
@@ -399,14 +399,8 @@ async fn reading_needs_the_finance_read_role_but_the_page_does_not() {
         assert!(r.text().await.unwrap().contains(needle), "{path}");
     }
     let metrics = app
-        .http
-        .get(format!("{}/metrics", app.dashboards_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .get_text(&format!("{}/metrics", app.dashboards_url))
+        .await;
     assert!(
         metrics.contains("tally_dashboards_request_duration_seconds_count{method=\"GET\",route=\"/v1/revenue/daily\"}"),
         "{metrics}"

@@ -139,15 +139,7 @@ async fn the_dashboard_page_and_ops_endpoints_answer() {
             assert_eq!(r.status(), 200, "{base}{path}");
         }
     }
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.api_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_text(&format!("{}/metrics", app.api_url)).await;
     assert!(
         metrics.contains("tally_ingest_outbox_backlog_rows"),
         "{metrics}"

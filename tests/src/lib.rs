@@ -373,6 +373,18 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
+    /// The body of a `GET` without credentials (pages, `/metrics`).
+    pub async fn get_text(&self, url: &str) -> String {
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Places an order and returns its id.
     pub async fn place(&self, body: &serde_json::Value) -> String {
         let res = self.post_order(body).await;

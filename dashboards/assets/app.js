@@ -16,6 +16,10 @@ const LOWER_IS_BETTER = new Set(["refunded", "orders_cancelled"]);
 let dailyChart = null;
 let topChart = null;
 let lastQuery = null;
+let lastLoad = 0;
+let loadedWatermark = null;
+// New data reloads the figures by itself, at most this often.
+const AUTO_RELOAD_MS = 60000;
 
 // ---------- API key ----------
 
@@ -105,8 +109,16 @@ function showFreshness(f) {
 }
 
 async function pollFreshness() {
-  if (!apiKey()) return;
-  try { showFreshness(await api("/v1/freshness")); } catch (_) { /* the next poll retries */ }
+  if (!apiKey() || $("#dashboard").hidden) return;
+  try {
+    const f = await api("/v1/freshness");
+    showFreshness(f);
+    const coversToday = $("#to").value >= iso(new Date());
+    const idle = document.body.dataset.state === "ready";
+    if (coversToday && idle && f.complete_up_to !== loadedWatermark && Date.now() - lastLoad > AUTO_RELOAD_MS) {
+      load();
+    }
+  } catch (_) { /* the next poll retries */ }
 }
 
 // ---------- rendering ----------
@@ -295,11 +307,13 @@ function fillCurrencies(summary) {
 
 async function load() {
   document.body.dataset.state = "loading";
+  lastLoad = Date.now();
   showError(null);
   const range = { from: $("#from").value, to: $("#to").value, merchant_id: $("#merchants").value.replace(/\s+/g, "") };
   try {
     const summary = await api("/v1/revenue/summary", range);
     showFreshness(summary.freshness);
+    loadedWatermark = summary.freshness.complete_up_to;
     const currency = fillCurrencies(summary);
     renderSummary(summary);
     $("#period").textContent = "Compared with " + summary.previous_from + " – " + summary.previous_to + ".";

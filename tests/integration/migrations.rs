@@ -105,3 +105,103 @@ async fn migrate_builds_both_stores_from_nothing_and_is_idempotent() {
         ]
     );
 }
+
+/// A database at version 1 with data: applies 0001 by hand and records it,
+/// as a build from before 0002 would have left it.
+async fn at_version_1(ch: &tally_ops::ChSettings) -> clickhouse::Client {
+    let server = ch.server_client();
+    server
+        .query(&format!("CREATE DATABASE {}", ch.database))
+        .execute()
+        .await
+        .unwrap();
+    let c = ch.client();
+    c.query(
+        "CREATE TABLE schema_migrations (version UInt32, name String, checksum String, applied_at DateTime('UTC')) ENGINE = MergeTree() ORDER BY version",
+    )
+    .execute()
+    .await
+    .unwrap();
+    for s in tally_migrations::clickhouse::statements(MIGRATIONS[0].sql) {
+        c.query(&s.sql).execute().await.unwrap();
+    }
+    c.query("INSERT INTO schema_migrations VALUES (1, ?, ?, now())")
+        .bind(MIGRATIONS[0].name)
+        .bind(tally_migrations::clickhouse::checksum(MIGRATIONS[0].sql))
+        .execute()
+        .await
+        .unwrap();
+    c.query(
+        "INSERT INTO daily_revenue SELECT toDate('2026-01-01') + number % 40, concat('m-', toString(number % 7)), \
+         toFixedString(arrayElement(['EUR', 'USD'], number % 2 + 1), 3), 1, number, number, 0, 0, 1, 1 FROM numbers(500)",
+    )
+    .execute()
+    .await
+    .unwrap();
+    c
+}
+
+async fn sorting_and_sum(c: &clickhouse::Client) -> (String, u64, i64) {
+    let create: String = c
+        .query("SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = 'daily_revenue'")
+        .fetch_one()
+        .await
+        .unwrap();
+    let (n, sum): (u64, i64) = c
+        .query("SELECT count(), sum(gross_minor) FROM daily_revenue FINAL")
+        .fetch_one()
+        .await
+        .unwrap();
+    (create, n, sum)
+}
+
+#[tokio::test]
+async fn migration_2_rekeys_daily_revenue_keeping_every_cell() {
+    let ch = TestDb::fresh_clickhouse();
+    let c = at_version_1(&ch).await;
+    let (before, n, sum) = sorting_and_sum(&c).await;
+    assert!(
+        before.contains("ORDER BY (day, merchant_id, currency)"),
+        "{before}"
+    );
+    run(&ch).await.unwrap();
+    let (after, n2, sum2) = sorting_and_sum(&c).await;
+    assert!(
+        after.contains("ORDER BY (currency, day, merchant_id)"),
+        "{after}"
+    );
+    assert_eq!((n2, sum2), (n, sum));
+    let left: u64 = c
+        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name LIKE 'daily_revenue_v%'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "no copies left behind");
+}
+
+#[tokio::test]
+async fn migration_2_finishes_after_a_crash_behind_its_rename() {
+    let ch = TestDb::fresh_clickhouse();
+    let c = at_version_1(&ch).await;
+    let (_, n, sum) = sorting_and_sum(&c).await;
+    // Crash right after the RENAME: the new table holds the first copy, and
+    // the ingest had written one more cell to the old one in between.
+    let stmts = tally_migrations::clickhouse::statements(MIGRATIONS[1].sql);
+    for s in &stmts[..2] {
+        c.query(&s.sql).execute().await.unwrap();
+    }
+    c.query(
+        "INSERT INTO daily_revenue VALUES ('2026-03-01', 'm-late', 'EUR', 1, 1000, 0, 0, 0, 1, 1)",
+    )
+    .execute()
+    .await
+    .unwrap();
+    c.query(&stmts[2].sql).execute().await.unwrap();
+    run(&ch).await.unwrap();
+    let (after, n2, sum2) = sorting_and_sum(&c).await;
+    assert!(
+        after.contains("ORDER BY (currency, day, merchant_id)"),
+        "{after}"
+    );
+    assert_eq!((n2, sum2), (n + 1, sum + 1000), "the late cell survives");
+}

@@ -473,3 +473,66 @@ async fn the_dashboards_clickhouse_user_cannot_write() {
     assert!(err.to_string().to_lowercase().contains("readonly"), "{err}");
     app.stop().await;
 }
+
+/// While the real ingest rewrites today's cell batch after batch (new parts,
+/// merges underneath), every read is exact for some instant: never more
+/// orders than were sent, never fewer than a read before, and gross always
+/// the sum of those orders. A cell counted twice would show as twice the
+/// orders.
+#[tokio::test]
+async fn reads_stay_exact_while_the_ingest_writes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    let app = spawn_app(Ingest::Running).await;
+    let sent = Arc::new(AtomicI64::new(0));
+    let placers: Vec<_> = (0..2)
+        .map(|_| {
+            let (app, sent) = (app.handle(), sent.clone());
+            tokio::spawn(async move {
+                for _ in 0..120 {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    app.place(&tally_tests::order_body(
+                        "m-busy",
+                        "EUR",
+                        &[("sku", 1, 1_000)],
+                    ))
+                    .await;
+                }
+            })
+        })
+        .collect();
+    let mut reads = 0;
+    let mut last = 0;
+    while placers.iter().any(|p| !p.is_finished()) {
+        let s: SummaryResponse = json_unchecked(&app, "/v1/revenue/summary?currency=EUR").await;
+        let upper = sent.load(Ordering::SeqCst);
+        let orders = s.currencies.first().map_or(0, |c| c.measures[4].current);
+        let gross = s.currencies.first().map_or(0, |c| c.measures[3].current);
+        assert!(
+            orders <= upper,
+            "read {orders} orders with only {upper} sent"
+        );
+        assert!(orders >= last, "went back from {last} to {orders}");
+        assert_eq!(gross, orders * 1_000, "gross is not the sum of the orders");
+        last = orders;
+        reads += 1;
+    }
+    for p in placers {
+        p.await.unwrap();
+    }
+    assert!(reads >= 10, "only {reads} reads overlapped the writes");
+    assert!(
+        tally_tests::ingest_drained(&app.db.pg, std::time::Duration::from_secs(20)).await,
+        "ingest drained"
+    );
+    let s: SummaryResponse = json_unchecked(&app, "/v1/revenue/summary?currency=EUR").await;
+    assert_eq!(s.currencies[0].measures[4].current, 240);
+    app.stop().await;
+}
+
+async fn json_unchecked<T: serde::de::DeserializeOwned>(app: &TestApp, path: &str) -> T {
+    let r = app.dash(path).await;
+    assert_eq!(r.status(), 200, "{path}");
+    r.json().await.unwrap()
+}

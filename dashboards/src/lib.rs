@@ -63,19 +63,33 @@ impl Default for DashboardsConfig {
 #[derive(Clone)]
 pub struct Metrics {
     http: HttpMetrics,
+    reads: store::ReadStats,
 }
 
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Metrics {
         let http = HttpMetrics::default();
-        http.register(registry.sub_registry_with_prefix("tally_dashboards"));
-        Metrics { http }
+        let reads = store::ReadStats::default();
+        let r = registry.sub_registry_with_prefix("tally_dashboards");
+        http.register(r);
+        r.register(
+            "read_retries",
+            "Reads repeated because daily_revenue's parts changed during them",
+            reads.retries.clone(),
+        );
+        r.register(
+            "read_fallbacks",
+            "Reads that gave up on the plan and used FINAL throughout (slow)",
+            reads.fallbacks.clone(),
+        );
+        Metrics { http, reads }
     }
 }
 
 #[derive(Clone)]
 struct AppState {
     ch: clickhouse::Client,
+    reads: store::ReadStats,
     max_span_days: i64,
 }
 
@@ -146,7 +160,7 @@ async fn daily_revenue(
 ) -> Result<Response, DashError> {
     let f = s.filter(q, Needs::default())?;
     let (rows, fresh) = tokio::try_join!(
-        async { Ok::<_, DashError>(store::daily(&s.ch, &f).await?) },
+        async { Ok::<_, DashError>(store::daily(&s.ch, &s.reads, &f).await?) },
         s.freshness()
     )?;
     let rows = rows
@@ -174,7 +188,7 @@ async fn summary(
 ) -> Result<Response, DashError> {
     let f = s.filter(q, Needs::default())?;
     let (rows, fresh) = tokio::try_join!(
-        async { Ok::<_, DashError>(store::periods(&s.ch, &f).await?) },
+        async { Ok::<_, DashError>(store::periods(&s.ch, &s.reads, &f).await?) },
         s.freshness()
     )?;
     let mut per_currency: Vec<(tally_domain::Currency, store::Sums, store::Sums)> = Vec::new();
@@ -217,7 +231,7 @@ async fn top_merchants(
         return Err(DashError::Data("currency missing after validation".into()));
     };
     let (top, fresh) = tokio::try_join!(
-        async { Ok::<_, DashError>(store::top_merchants(&s.ch, &f).await?) },
+        async { Ok::<_, DashError>(store::top_merchants(&s.ch, &s.reads, &f).await?) },
         s.freshness()
     )?;
     let total = top.total_net_minor;
@@ -293,6 +307,7 @@ pub fn router(
 ) -> Router {
     let state = AppState {
         ch,
+        reads: metrics.reads.clone(),
         max_span_days: config.max_span_days,
     };
     let readers = AuthState {

@@ -339,6 +339,7 @@ pub fn top_sql(f: &Filter, plan: &Plan) -> Sql {
 /// the plan still holds after it ran (see the module docs).
 async fn exact<T>(
     ch: &clickhouse::Client,
+    stats: &ReadStats,
     range: DayRange,
     build: impl Fn(&Plan) -> Sql,
 ) -> Result<Vec<T>, clickhouse::error::Error>
@@ -351,34 +352,47 @@ where
         if plan(ch, range).await? == before {
             return Ok(rows);
         }
+        stats.retries.inc();
         tracing::debug!("daily_revenue parts changed during a read; reading again");
     }
+    stats.fallbacks.inc();
     build(&Plan::all_final()).query(ch).fetch_all::<T>().await
+}
+
+/// How often reads had to be repeated because parts changed underneath,
+/// and how often they gave up and read everything with `FINAL` (slow).
+#[derive(Clone, Debug, Default)]
+pub struct ReadStats {
+    pub retries: prometheus_client::metrics::counter::Counter,
+    pub fallbacks: prometheus_client::metrics::counter::Counter,
 }
 
 pub async fn daily(
     ch: &clickhouse::Client,
+    stats: &ReadStats,
     f: &Filter,
 ) -> Result<Vec<DailyRow>, clickhouse::error::Error> {
-    exact(ch, f.range, |p| daily_sql(f, p)).await
+    exact(ch, stats, f.range, |p| daily_sql(f, p)).await
 }
 
 pub async fn periods(
     ch: &clickhouse::Client,
+    stats: &ReadStats,
     f: &Filter,
 ) -> Result<Vec<PeriodRow>, clickhouse::error::Error> {
     let both = DayRange {
         from: f.range.previous().from,
         to: f.range.to,
     };
-    exact(ch, both, |p| periods_sql(f, p)).await
+    exact(ch, stats, both, |p| periods_sql(f, p)).await
 }
 
 pub async fn top_merchants(
     ch: &clickhouse::Client,
+    stats: &ReadStats,
     f: &Filter,
 ) -> Result<TopRow, clickhouse::error::Error> {
-    let rows: Vec<TopRow> = exact(ch, f.range, |p| top_sql(f, p)).await?;
+    let rows: Vec<TopRow> = exact(ch, stats, f.range, |p| top_sql(f, p)).await?;
     rows.into_iter()
         .next()
         .ok_or(clickhouse::error::Error::RowNotFound)

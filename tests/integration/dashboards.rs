@@ -522,6 +522,22 @@ async fn reads_stay_exact_while_the_ingest_writes() {
         p.await.unwrap();
     }
     assert!(reads >= 10, "only {reads} reads overlapped the writes");
+    let metrics = app
+        .get_text(&format!("{}/metrics", app.dashboards_url))
+        .await;
+    assert!(
+        metrics.contains("tally_dashboards_read_retries_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tally_dashboards_read_fallbacks_total"),
+        "{metrics}"
+    );
+    let retries = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tally_dashboards_read_retries_total "))
+        .unwrap_or("?");
+    eprintln!("{reads} reads during the writes, {retries} retried");
     assert!(
         tally_tests::ingest_drained(&app.db.pg, std::time::Duration::from_secs(20)).await,
         "ingest drained"

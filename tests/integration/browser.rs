@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use futures_util::FutureExt;
 use serde_json::{Value, json};
 use tally_dashboards::views::{DailyResponse, SummaryResponse, TopResponse};
 use tally_tests::{Ingest, TestApp, ingest_drained, init_logs, order_body, spawn_app};
@@ -287,10 +288,24 @@ async fn the_dashboard_renders_the_same_totals_as_the_json_api() {
     );
     let driver = start_driver().await;
     let c = browser(&driver).await;
+    // Close the session even when an assertion fails: killing chromedriver
+    // alone would leave Chromium running.
+    let checks = std::panic::AssertUnwindSafe(check_page(&c, &app))
+        .catch_unwind()
+        .await;
+    let closed = c.close().await;
+    if let Err(panic) = checks {
+        std::panic::resume_unwind(panic);
+    }
+    closed.unwrap();
+    app.stop().await;
+}
 
+/// Everything the test looks at in the browser.
+async fn check_page(c: &Client, app: &TestApp) {
     // Without a key the page asks for one and shows no data.
     c.goto(&format!("{}/", app.dashboards_url)).await.unwrap();
-    wait_for_state(&c, "signin").await;
+    wait_for_state(c, "signin").await;
     let signin = c.find(Locator::Id("signin")).await.unwrap();
     assert!(signin.is_displayed().await.unwrap());
 
@@ -298,7 +313,7 @@ async fn the_dashboard_renders_the_same_totals_as_the_json_api() {
     c.goto(&format!("{}/?open#key={}", app.dashboards_url, app.api_key))
         .await
         .unwrap();
-    wait_for_state(&c, "ready").await;
+    wait_for_state(c, "ready").await;
     assert!(
         !c.current_url().await.unwrap().as_str().contains("key="),
         "the key leaves the address bar"
@@ -311,12 +326,12 @@ async fn the_dashboard_renders_the_same_totals_as_the_json_api() {
     );
 
     // EUR comes first; its totals are exact down to the cent.
-    assert_page_matches_api(&c, &app, "EUR").await;
+    assert_page_matches_api(c, app, "EUR").await;
     assert_eq!(
-        ungrouped(&text(&c, "#tile-net .value").await),
+        ungrouped(&text(c, "#tile-net .value").await),
         "EUR 36379.99"
     );
-    assert_eq!(text(&c, "#tile-orders_cancelled .value").await, "1");
+    assert_eq!(text(c, "#tile-orders_cancelled .value").await, "1");
     let png = c.screenshot().await.unwrap();
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 20_000,
@@ -346,14 +361,14 @@ async fn the_dashboard_renders_the_same_totals_as_the_json_api() {
     )
     .await
     .unwrap();
-    wait_for_state(&c, "ready").await;
+    wait_for_state(c, "ready").await;
     c.wait()
         .at_most(Duration::from_secs(10))
         .for_element(Locator::Css("#tile-net .value"))
         .await
         .unwrap();
-    assert_page_matches_api(&c, &app, "USD").await;
-    assert_eq!(ungrouped(&text(&c, "#tile-net .value").await), "USD 100.00");
+    assert_page_matches_api(c, app, "USD").await;
+    assert_eq!(ungrouped(&text(c, "#tile-net .value").await), "USD 100.00");
 
     // A bad merchant filter shows the API's explanation, not a blank page.
     c.execute(
@@ -363,14 +378,11 @@ async fn the_dashboard_renders_the_same_totals_as_the_json_api() {
     )
     .await
     .unwrap();
-    wait_for_state(&c, "error").await;
-    assert!(text(&c, "#error").await.starts_with("merchant_id:"));
+    wait_for_state(c, "error").await;
+    assert!(text(c, "#error").await.starts_with("merchant_id:"));
     std::fs::write(
         artifact("dashboard-error.png"),
         c.screenshot().await.unwrap(),
     )
     .unwrap();
-
-    c.close().await.unwrap();
-    app.stop().await;
 }

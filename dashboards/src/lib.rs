@@ -110,7 +110,7 @@ impl AppState {
     }
 
     async fn freshness(&self) -> Result<Freshness, DashError> {
-        let wm = store::watermark(&self.ch).await?;
+        let wm = tally_ingest::watermark::published(&self.ch).await?;
         Ok(Freshness::at(wm, OffsetDateTime::now_utc()))
     }
 }

@@ -24,7 +24,7 @@
 use clickhouse::Row;
 use serde::Deserialize;
 use tally_domain::Currency;
-use time::{Date, OffsetDateTime};
+use time::Date;
 
 use crate::params::{DayRange, Filter};
 
@@ -110,26 +110,12 @@ impl Sql {
         })
     }
 
-    /// The statement with its values written in, escaped as the client
-    /// does: what the benchmark hands to `clickhouse-client`.
+    /// The statement with its values written in, by the client's own
+    /// escaping: what the benchmark hands to `clickhouse-client`.
     pub fn inline(&self) -> String {
-        let mut out = String::new();
-        let mut args = self.args.iter();
-        for (i, piece) in self.text.split('?').enumerate() {
-            if i > 0 {
-                match args.next() {
-                    Some(Arg::Str(s)) => {
-                        out.push('\'');
-                        out.push_str(&s.replace('\\', "\\\\").replace('\'', "\\'"));
-                        out.push('\'');
-                    }
-                    Some(Arg::UInt(n)) => out.push_str(&n.to_string()),
-                    None => out.push('?'),
-                }
-            }
-            out.push_str(piece);
-        }
-        out
+        self.query(&clickhouse::Client::default())
+            .sql_display()
+            .to_string()
     }
 }
 
@@ -396,20 +382,6 @@ pub async fn top_merchants(
     rows.into_iter()
         .next()
         .ok_or(clickhouse::error::Error::RowNotFound)
-}
-
-/// Up to when the projections are complete (`None`: the ingest has never
-/// reported).
-pub async fn watermark(
-    ch: &clickhouse::Client,
-) -> Result<Option<OffsetDateTime>, clickhouse::error::Error> {
-    let us: i64 = ch
-        .query("SELECT max(watermark_us) FROM ingest_watermark")
-        .fetch_one()
-        .await?;
-    Ok((us > 0)
-        .then(|| OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).ok())
-        .flatten())
 }
 
 /// The currency of a row, as stored. Rows are written by the ingest from

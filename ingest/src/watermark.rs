@@ -14,6 +14,22 @@
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
+/// The watermark as published to ClickHouse, what readers go by (`None`:
+/// the ingest has never published one).
+pub async fn published(
+    ch: &clickhouse::Client,
+) -> Result<Option<OffsetDateTime>, clickhouse::error::Error> {
+    let us: i64 = ch
+        .query("SELECT max(watermark_us) FROM ingest_watermark")
+        .fetch_one()
+        .await?;
+    Ok(if us <= 0 {
+        None
+    } else {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).ok()
+    })
+}
+
 /// The watermark and the figures behind it, for metrics and `tally ingest status`.
 #[derive(Debug, Clone)]
 pub struct Freshness {

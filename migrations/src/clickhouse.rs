@@ -16,6 +16,7 @@ use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tally_ops::ChSettings;
+use tally_ops::stores::clickhouse_table_exists;
 
 /// One migration file, embedded at compile time.
 pub struct Migration {
@@ -137,18 +138,6 @@ pub fn statements(sql: &str) -> Vec<Statement> {
     out
 }
 
-async fn table_exists(
-    client: &clickhouse::Client,
-    table: &str,
-) -> Result<bool, clickhouse::error::Error> {
-    let n: u64 = client
-        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?")
-        .bind(table)
-        .fetch_one()
-        .await?;
-    Ok(n > 0)
-}
-
 /// Creates the database if needed and applies pending migrations.
 pub async fn run(settings: &ChSettings) -> Result<(), ChMigrateError> {
     let server = settings.server_client();
@@ -201,9 +190,11 @@ pub async fn run(settings: &ChSettings) -> Result<(), ChMigrateError> {
             };
             let run = match &stmt.guard {
                 None => true,
-                Some(Guard::IfTableExists(t)) => table_exists(&client, t).await.map_err(failed)?,
+                Some(Guard::IfTableExists(t)) => {
+                    clickhouse_table_exists(&client, t).await.map_err(failed)?
+                }
                 Some(Guard::UnlessTableExists(t)) => {
-                    !table_exists(&client, t).await.map_err(failed)?
+                    !clickhouse_table_exists(&client, t).await.map_err(failed)?
                 }
             };
             if run {

@@ -148,6 +148,19 @@ impl ChSettings {
     }
 }
 
+/// Whether `table` exists in the client's database.
+pub async fn clickhouse_table_exists(
+    ch: &clickhouse::Client,
+    table: &str,
+) -> Result<bool, clickhouse::error::Error> {
+    let n: u64 = ch
+        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?")
+        .bind(table)
+        .fetch_one()
+        .await?;
+    Ok(n > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

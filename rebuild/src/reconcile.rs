@@ -77,18 +77,6 @@ impl ReconcileOutcome {
     }
 }
 
-async fn watermark(ch: &clickhouse::Client) -> Result<Option<OffsetDateTime>, RebuildError> {
-    let us: i64 = ch
-        .query("SELECT max(watermark_us) FROM ingest_watermark")
-        .fetch_one()
-        .await?;
-    Ok(if us <= 0 {
-        None
-    } else {
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).ok()
-    })
-}
-
 /// Compares days `since ..` up to the last complete day.
 pub async fn reconcile(
     pool: &PgPool,
@@ -97,7 +85,7 @@ pub async fn reconcile(
     since: Date,
     sink: &mut Sink<'_>,
 ) -> Result<ReconcileOutcome, RebuildError> {
-    let wm = watermark(ch).await?;
+    let wm = tally_ingest::watermark::published(ch).await?;
     let until = match wm {
         Some(w) => zone.day(w - COMPLETENESS_MARGIN),
         None => since, // nothing projected yet: nothing is complete

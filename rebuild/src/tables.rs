@@ -62,12 +62,7 @@ pub async fn drop_copy(ch: &clickhouse::Client, copy: Copy) -> Result<(), Rebuil
 }
 
 pub async fn exists(ch: &clickhouse::Client, table: &str) -> Result<bool, RebuildError> {
-    let n: u64 = ch
-        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?")
-        .bind(table)
-        .fetch_one()
-        .await?;
-    Ok(n > 0)
+    Ok(tally_ops::stores::clickhouse_table_exists(ch, table).await?)
 }
 
 /// Active partition ids of `table`.

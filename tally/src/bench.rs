@@ -400,6 +400,11 @@ pub(crate) fn stat(mut xs: Vec<f64>) -> Stat {
     }
 }
 
+/// The `q` quantile (nearest rank) of an ascending, non-empty slice.
+pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len().max(1) - 1) as f64 * q).round() as usize]
+}
+
 pub(crate) fn fmt_rate(s: &Stat) -> String {
     format!("{:.0} ({:.0}–{:.0})", s.median, s.min, s.max)
 }

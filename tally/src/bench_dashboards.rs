@@ -23,7 +23,7 @@ use tally_dashboards::params::{Filter, Needs, RawQuery};
 use tally_dashboards::store;
 use time::OffsetDateTime;
 
-use crate::bench::{Stat, Summary, record_result, servers, stat};
+use crate::bench::{Stat, Summary, percentile, record_result, servers, stat};
 use crate::config::Global;
 
 const CURRENCIES: [&str; 3] = ["EUR", "USD", "GBP"];
@@ -40,12 +40,6 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-}
-
-fn p(xs: &mut [f64], q: f64) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let i = ((xs.len() as f64 - 1.0) * q).round() as usize;
-    xs[i.min(xs.len() - 1)]
 }
 
 /// One request: the endpoint, its query string and the filter it parses to.
@@ -179,6 +173,7 @@ async fn client_times(
     Ok(times)
 }
 
+/// One run's latencies in seconds, [daily, top], sorted once collected.
 struct Run {
     api: [Vec<f64>; 2],
     client: [Vec<f64>; 2],
@@ -276,13 +271,16 @@ pub(crate) async fn run(
         for (times, sqls) in run.client.iter_mut().zip(&statements) {
             *times = client_times(port, &s.ch.database, sqls).await?;
         }
+        for xs in run.api.iter_mut().chain(run.client.iter_mut()) {
+            xs.sort_by(f64::total_cmp);
+        }
         eprintln!(
             "  run {}: daily p99 {:.1} ms (client {:.1} ms), top p99 {:.1} ms (client {:.1} ms); up to {final_days} day(s) read with FINAL",
             r + 1,
-            p(&mut run.api[0], 0.99) * 1e3,
-            p(&mut run.client[0], 0.99) * 1e3,
-            p(&mut run.api[1], 0.99) * 1e3,
-            p(&mut run.client[1], 0.99) * 1e3,
+            percentile(&run.api[0], 0.99) * 1e3,
+            percentile(&run.client[0], 0.99) * 1e3,
+            percentile(&run.api[1], 0.99) * 1e3,
+            percentile(&run.client[1], 0.99) * 1e3,
         );
         results.push(run);
     }
@@ -307,28 +305,23 @@ pub(crate) async fn run(
     writeln!(table, "|---|---|---|---|---|---|")?;
     let mut summary = Vec::new();
     for (k, name) in ["daily revenue", "top merchants"].into_iter().enumerate() {
-        let p50 = stat(
-            results
-                .iter()
-                .map(|r| p(&mut r.api[k].clone(), 0.5))
-                .collect(),
-        );
+        let p50 = stat(results.iter().map(|r| percentile(&r.api[k], 0.5)).collect());
         let p99 = stat(
             results
                 .iter()
-                .map(|r| p(&mut r.api[k].clone(), 0.99))
+                .map(|r| percentile(&r.api[k], 0.99))
                 .collect(),
         );
         let c99 = stat(
             results
                 .iter()
-                .map(|r| p(&mut r.client[k].clone(), 0.99))
+                .map(|r| percentile(&r.client[k], 0.99))
                 .collect(),
         );
         let ratio = stat(
             results
                 .iter()
-                .map(|r| p(&mut r.api[k].clone(), 0.99) / p(&mut r.client[k].clone(), 0.99))
+                .map(|r| percentile(&r.api[k], 0.99) / percentile(&r.client[k], 0.99))
                 .collect(),
         );
         writeln!(

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use crate::bench::{BenchApi, fmt_rate, record_result, stat};
+use crate::bench::{BenchApi, fmt_rate, percentile, record_result, stat};
 use crate::config::Global;
 
 fn order(merchant: &str) -> serde_json::Value {
@@ -108,7 +108,7 @@ pub async fn run(
         .await?;
         let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
         ms.sort_by(f64::total_cmp);
-        let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+        let pct = |q: f64| percentile(&ms, q);
         eprintln!(
             "run {run}/{runs}: max {max:.0} orders/s; at {achieved:.0}/s: {} probes, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
             ms.len(),

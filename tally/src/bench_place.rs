@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::bench::{BenchApi, record_result, stat};
+use crate::bench::{BenchApi, percentile, record_result, stat};
 use crate::config::Global;
 
 fn order() -> serde_json::Value {
@@ -148,10 +148,6 @@ async fn pgbench_run(
     Ok((tps, lat))
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len().max(1) - 1) as f64 * p).round() as usize]
-}
-
 pub async fn run(
     g: &Global,
     clients: usize,
@@ -188,18 +184,18 @@ pub async fn run(
         ours_lat.sort_by(f64::total_cmp);
         eprintln!(
             "run {run}/{runs}: API {rate:.0} orders/s (p50 {:.1} ms, p99 {:.1} ms); pgbench {tps:.0} tx/s (p50 {:.1} ms, p99 {:.1} ms)",
-            pct(&ours_lat, 0.5),
-            pct(&ours_lat, 0.99),
-            pct(&lat, 0.5),
-            pct(&lat, 0.99)
+            percentile(&ours_lat, 0.5),
+            percentile(&ours_lat, 0.99),
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
         );
         ours.push(rate);
         theirs.push(tps);
         ratios.push(rate / tps);
-        our_p50.push(pct(&ours_lat, 0.5));
-        our_p99.push(pct(&ours_lat, 0.99));
-        pg_p50.push(pct(&lat, 0.5));
-        pg_p99.push(pct(&lat, 0.99));
+        our_p50.push(percentile(&ours_lat, 0.5));
+        our_p99.push(percentile(&ours_lat, 0.99));
+        pg_p50.push(percentile(&lat, 0.5));
+        pg_p99.push(percentile(&lat, 0.99));
     }
     let (ours, theirs, ratios) = (stat(ours), stat(theirs), stat(ratios));
     let (op50, op99, pp50, pp99) = (stat(our_p50), stat(our_p99), stat(pg_p50), stat(pg_p99));

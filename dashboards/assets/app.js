@@ -218,13 +218,12 @@ function renderDaily(daily, summary, currency) {
   const labels = daysOf(daily.from, daily.to);
   const pick = (f) => labels.map((d) => (byDay.has(d) ? byDay.get(d)[f] : "0"));
   const series = (f) => pick(f).map(Number);
-  const exact = pick;
   const data = {
     labels,
     datasets: [
-      { label: "Net", data: series("net"), exact: exact("net"), fill: "origin", borderColor: "#2f5bea", backgroundColor: "rgba(47,91,234,.15)", tension: .25, pointRadius: 2 },
-      { label: "Captured", data: series("captured"), exact: exact("captured"), borderColor: "#1e7a3c", backgroundColor: "#1e7a3c", tension: .25, pointRadius: 2 },
-      { label: "Refunded", data: series("refunded"), exact: exact("refunded"), borderColor: "#b42318", backgroundColor: "#b42318", tension: .25, pointRadius: 2 },
+      { label: "Net", data: series("net"), exact: pick("net"), fill: "origin", borderColor: "#2f5bea", backgroundColor: "rgba(47,91,234,.15)", tension: .25, pointRadius: 2 },
+      { label: "Captured", data: series("captured"), exact: pick("captured"), borderColor: "#1e7a3c", backgroundColor: "#1e7a3c", tension: .25, pointRadius: 2 },
+      { label: "Refunded", data: series("refunded"), exact: pick("refunded"), borderColor: "#b42318", backgroundColor: "#b42318", tension: .25, pointRadius: 2 },
     ],
   };
   const tooltip = { callbacks: { label: (ctx) => ctx.dataset.label + ": " + currency + " " + group(ctx.dataset.exact[ctx.dataIndex]) } };

@@ -25,7 +25,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
 use prometheus_client::registry::Registry;
-use serde::Serialize;
 use sqlx::PgPool;
 use tally_ops::Shutdown;
 use tally_ops::auth::{self, AuthState, KeyCache, Role};
@@ -38,7 +37,7 @@ use tower_http::trace::TraceLayer;
 pub use crate::error::DashError;
 use crate::params::{Filter, Format, Needs, RawQuery};
 use crate::views::{
-    CurrencySummary, DailyResponse, DailyRevenue, Freshness, SummaryResponse, TopMerchant,
+    CurrencySummary, DailyResponse, DailyRevenue, Freshness, SummaryResponse, Table, TopMerchant,
     TopResponse, file_name, percent,
 };
 use tally_domain::money::format_minor;
@@ -109,20 +108,14 @@ impl AppState {
         Filter::parse(&raw, today, self.max_span_days, needs).map_err(DashError::Invalid)
     }
 
-    async fn freshness(&self) -> Result<Freshness, DashError> {
+    async fn freshness(&self) -> Result<Freshness, clickhouse::error::Error> {
         let wm = tally_ingest::watermark::published(&self.ch).await?;
         Ok(Freshness::at(wm, OffsetDateTime::now_utc()))
     }
 }
 
-/// The body as JSON or CSV (a download), with the freshness headers.
-fn respond<T: Serialize>(
-    format: Format,
-    fresh: &Freshness,
-    body: &T,
-    csv: impl FnOnce() -> String,
-    file: String,
-) -> Response {
+/// `Tally-Data-*` headers for `fresh`, and no caching.
+fn freshness_headers(fresh: &Freshness) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Some(v) = fresh
         .complete_up_to
@@ -138,6 +131,13 @@ fn respond<T: Serialize>(
         headers.insert("tally-data-lag-seconds", v);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers
+}
+
+/// The table as JSON or CSV (a download named `file`), with the freshness
+/// headers.
+fn respond(format: Format, body: &impl Table, file: String) -> Response {
+    let mut headers = freshness_headers(body.freshness());
     match format {
         Format::Json => (headers, Json(body)).into_response(),
         Format::Csv => {
@@ -148,7 +148,7 @@ fn respond<T: Serialize>(
             if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file}\"")) {
                 headers.insert(header::CONTENT_DISPOSITION, v);
             }
-            (headers, csv()).into_response()
+            (headers, body.csv()).into_response()
         }
     }
 }
@@ -159,10 +159,7 @@ async fn daily_revenue(
     q: Result<Query<RawQuery>, QueryRejection>,
 ) -> Result<Response, DashError> {
     let f = s.filter(q, Needs::default())?;
-    let (rows, fresh) = tokio::try_join!(
-        async { Ok::<_, DashError>(store::daily(&s.ch, &s.reads, &f).await?) },
-        s.freshness()
-    )?;
+    let (rows, fresh) = tokio::try_join!(store::daily(&s.ch, &s.reads, &f), s.freshness())?;
     let rows = rows
         .into_iter()
         .map(|r| {
@@ -173,11 +170,11 @@ async fn daily_revenue(
     let body = DailyResponse {
         from: f.range.from.to_string(),
         to: f.range.to.to_string(),
-        freshness: fresh.clone(),
+        freshness: fresh,
         rows,
     };
     let file = file_name("daily-revenue", f.range, f.currency);
-    Ok(respond(f.format, &fresh, &body, || body.csv(), file))
+    Ok(respond(f.format, &body, file))
 }
 
 /// `GET /v1/revenue/summary`: totals per currency against the previous
@@ -187,38 +184,25 @@ async fn summary(
     q: Result<Query<RawQuery>, QueryRejection>,
 ) -> Result<Response, DashError> {
     let f = s.filter(q, Needs::default())?;
-    let (rows, fresh) = tokio::try_join!(
-        async { Ok::<_, DashError>(store::periods(&s.ch, &s.reads, &f).await?) },
-        s.freshness()
-    )?;
-    let mut per_currency: Vec<(tally_domain::Currency, store::Sums, store::Sums)> = Vec::new();
-    for r in rows {
-        let c = store::currency(r.currency).map_err(DashError::Data)?;
-        if per_currency.last().is_none_or(|(last, _, _)| *last != c) {
-            per_currency.push((c, Default::default(), Default::default()));
-        }
-        if let Some(entry) = per_currency.last_mut() {
-            if r.current == 1 {
-                entry.1 = r.sums;
-            } else {
-                entry.2 = r.sums;
-            }
-        }
-    }
+    let (rows, fresh) = tokio::try_join!(store::periods(&s.ch, &s.reads, &f), s.freshness())?;
+    let currencies = rows
+        .iter()
+        .map(|r| {
+            let c = store::currency(r.currency).map_err(DashError::Data)?;
+            Ok(CurrencySummary::new(c, &r.current, &r.previous))
+        })
+        .collect::<Result<Vec<_>, DashError>>()?;
     let prev = f.range.previous();
     let body = SummaryResponse {
         from: f.range.from.to_string(),
         to: f.range.to.to_string(),
         previous_from: prev.from.to_string(),
         previous_to: prev.to.to_string(),
-        freshness: fresh.clone(),
-        currencies: per_currency
-            .iter()
-            .map(|(c, cur, prev)| CurrencySummary::new(*c, cur, prev))
-            .collect(),
+        freshness: fresh,
+        currencies,
     };
     let file = file_name("summary", f.range, f.currency);
-    Ok(respond(f.format, &fresh, &body, || body.csv(), file))
+    Ok(respond(f.format, &body, file))
 }
 
 /// `GET /v1/merchants/top`: merchants by net revenue in one currency.
@@ -230,10 +214,7 @@ async fn top_merchants(
     let Some(currency) = f.currency else {
         return Err(DashError::Data("currency missing after validation".into()));
     };
-    let (top, fresh) = tokio::try_join!(
-        async { Ok::<_, DashError>(store::top_merchants(&s.ch, &s.reads, &f).await?) },
-        s.freshness()
-    )?;
+    let (top, fresh) = tokio::try_join!(store::top_merchants(&s.ch, &s.reads, &f), s.freshness())?;
     let total = top.total_net_minor;
     let rows = top
         .top
@@ -258,26 +239,20 @@ async fn top_merchants(
         from: f.range.from.to_string(),
         to: f.range.to.to_string(),
         currency: currency.code().to_owned(),
-        freshness: fresh.clone(),
+        freshness: fresh,
         total_net_minor: total,
         total_net: format_minor(total, currency),
         merchants: top.merchants,
         rows,
     };
     let file = file_name("top-merchants", f.range, f.currency);
-    Ok(respond(f.format, &fresh, &body, || body.csv(), file))
+    Ok(respond(f.format, &body, file))
 }
 
 /// `GET /v1/freshness`: the badge's poll.
 async fn freshness(State(s): State<AppState>) -> Result<Response, DashError> {
     let fresh = s.freshness().await?;
-    Ok(respond(
-        Format::Json,
-        &fresh,
-        &fresh,
-        String::new,
-        String::new(),
-    ))
+    Ok((freshness_headers(&fresh), Json(fresh)).into_response())
 }
 
 /// Ready when ClickHouse answers and has our tables, and the key store

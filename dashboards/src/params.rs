@@ -49,6 +49,14 @@ impl DayRange {
         (self.to - self.from).whole_days() + 1
     }
 
+    /// This range and the one before it ([`DayRange::previous`]), as one.
+    pub fn with_previous(self) -> DayRange {
+        DayRange {
+            from: self.previous().from,
+            to: self.to,
+        }
+    }
+
     /// The range of equal length that ends the day before this one starts.
     pub fn previous(self) -> DayRange {
         let len = Duration::days(self.days());

@@ -45,8 +45,25 @@ impl Sums {
     }
 }
 
-const SUMS: &str = "sum(orders_placed), sum(orders_cancelled), sum(items_sold), \
-                    sum(gross_minor), sum(captured_minor), sum(refunded_minor)";
+/// The columns of [`Sums`], in its order.
+const SUM_COLUMNS: [&str; 6] = [
+    "orders_placed",
+    "orders_cancelled",
+    "items_sold",
+    "gross_minor",
+    "captured_minor",
+    "refunded_minor",
+];
+
+/// `sum(column)` (or `sumIf(column, cond)`) of every [`Sums`] column.
+fn sums(cond: Option<&str>) -> String {
+    SUM_COLUMNS
+        .map(|c| match cond {
+            None => format!("sum({c})"),
+            Some(cond) => format!("sumIf({c}, {cond})"),
+        })
+        .join(", ")
+}
 
 #[derive(Row, Deserialize)]
 pub struct DailyRow {
@@ -59,9 +76,10 @@ pub struct DailyRow {
 #[derive(Row, Deserialize)]
 pub struct PeriodRow {
     pub currency: [u8; 3],
-    /// 1 for the requested period, 0 for the one before it.
-    pub current: u8,
-    pub sums: Sums,
+    /// The requested period.
+    pub current: Sums,
+    /// The period of equal length before it.
+    pub previous: Sums,
 }
 
 #[derive(Row, Deserialize)]
@@ -127,16 +145,14 @@ pub struct Plan {
     needs_final: Vec<DayRange>,
     /// Every active part overlapping the range, to detect a change.
     fingerprint: Vec<String>,
-    /// Read everything with `FINAL` (the fallback).
-    all_final: bool,
 }
 
 impl Plan {
-    fn all_final() -> Plan {
+    /// Everything with `FINAL` (the fallback).
+    fn all_final(range: DayRange) -> Plan {
         Plan {
-            needs_final: Vec::new(),
+            needs_final: vec![range],
             fingerprint: Vec::new(),
-            all_final: true,
         }
     }
 
@@ -216,17 +232,22 @@ pub async fn plan(
     Ok(Plan {
         needs_final: days_needing_final(&parts, range),
         fingerprint: parts.into_iter().map(|p| p.name).collect(),
-        all_final: false,
     })
+}
+
+/// Appends `day >= ? AND day <= ?` for `r`.
+fn day_between(sql: &mut Sql, r: DayRange) {
+    sql.push("day >= toDate(")
+        .str(r.from.to_string())
+        .push(") AND day <= toDate(")
+        .str(r.to.to_string())
+        .push(")");
 }
 
 /// Appends the `WHERE` conditions of the filter over `range`.
 fn conditions(sql: &mut Sql, f: &Filter, range: DayRange) {
-    sql.push(" WHERE day >= toDate(")
-        .str(range.from.to_string())
-        .push(") AND day <= toDate(")
-        .str(range.to.to_string())
-        .push(")");
+    sql.push(" WHERE ");
+    day_between(sql, range);
     if let Some(c) = f.currency {
         sql.push(" AND currency = ").str(c.code());
     }
@@ -249,11 +270,9 @@ fn days_in(sql: &mut Sql, ranges: &[DayRange]) {
         if i > 0 {
             sql.push(" OR ");
         }
-        sql.push("(day >= toDate(")
-            .str(r.from.to_string())
-            .push(") AND day <= toDate(")
-            .str(r.to.to_string())
-            .push("))");
+        sql.push("(");
+        day_between(sql, *r);
+        sql.push(")");
     }
     sql.push(")");
 }
@@ -265,7 +284,7 @@ fn source(sql: &mut Sql, f: &Filter, range: DayRange, plan: &Plan) {
         .needs_final
         .first()
         .is_some_and(|r| r.from <= range.from && r.to >= range.to);
-    if plan.all_final || whole {
+    if whole {
         sql.push("daily_revenue FINAL");
         conditions(sql, f, range);
     } else if plan.needs_final.is_empty() {
@@ -286,7 +305,7 @@ fn source(sql: &mut Sql, f: &Filter, range: DayRange, plan: &Plan) {
 
 pub fn daily_sql(f: &Filter, plan: &Plan) -> Sql {
     let mut sql = Sql::default();
-    sql.push(&format!("SELECT day, currency, {SUMS} FROM "));
+    sql.push(&format!("SELECT day, currency, {} FROM ", sums(None)));
     source(&mut sql, f, f.range, plan);
     sql.push(" GROUP BY day, currency ORDER BY day, currency");
     sql
@@ -295,16 +314,16 @@ pub fn daily_sql(f: &Filter, plan: &Plan) -> Sql {
 /// Totals per currency for the filter's range and the period before it, in
 /// one scan.
 pub fn periods_sql(f: &Filter, plan: &Plan) -> Sql {
-    let both = DayRange {
-        from: f.range.previous().from,
-        to: f.range.to,
-    };
     let mut sql = Sql::default();
-    sql.push("SELECT currency, toUInt8(day >= toDate(")
+    sql.push("WITH toDate(")
         .str(f.range.from.to_string())
-        .push(&format!(")) AS current, {SUMS} FROM "));
-    source(&mut sql, f, both, plan);
-    sql.push(" GROUP BY currency, current ORDER BY currency, current");
+        .push(&format!(
+            ") AS split SELECT currency, {}, {} FROM ",
+            sums(Some("day >= split")),
+            sums(Some("day < split"))
+        ));
+    source(&mut sql, f, f.range.with_previous(), plan);
+    sql.push(" GROUP BY currency ORDER BY currency");
     sql
 }
 
@@ -342,7 +361,10 @@ where
         tracing::debug!("daily_revenue parts changed during a read; reading again");
     }
     stats.fallbacks.inc();
-    build(&Plan::all_final()).query(ch).fetch_all::<T>().await
+    build(&Plan::all_final(range))
+        .query(ch)
+        .fetch_all::<T>()
+        .await
 }
 
 /// How often reads had to be repeated because parts changed underneath,
@@ -366,11 +388,7 @@ pub async fn periods(
     stats: &ReadStats,
     f: &Filter,
 ) -> Result<Vec<PeriodRow>, clickhouse::error::Error> {
-    let both = DayRange {
-        from: f.range.previous().from,
-        to: f.range.to,
-    };
-    exact(ch, stats, both, |p| periods_sql(f, p)).await
+    exact(ch, stats, f.range.with_previous(), |p| periods_sql(f, p)).await
 }
 
 pub async fn top_merchants(
@@ -428,7 +446,6 @@ mod tests {
         Plan {
             needs_final: days_needing_final(parts, r),
             fingerprint: parts.iter().map(|p| p.name.clone()).collect(),
-            all_final: false,
         }
     }
 
@@ -518,7 +535,7 @@ mod tests {
             sql.text
         );
         assert!(!sql.text.contains("UNION"));
-        let sql = daily_sql(&f, &Plan::all_final());
+        let sql = daily_sql(&f, &Plan::all_final(f.range));
         assert!(
             sql.text.contains("FROM daily_revenue FINAL WHERE"),
             "{}",
@@ -552,7 +569,7 @@ mod tests {
         let inlined = sql.inline();
         // 2026-08-15..2026-10-10 is 57 days; the period before starts 57 days earlier.
         assert!(
-            inlined.contains("toUInt8(day >= toDate('2026-08-15'))"),
+            inlined.contains("WITH toDate('2026-08-15') AS split"),
             "{inlined}"
         );
         assert!(inlined.contains("day >= toDate('2026-06-19')"), "{inlined}");

@@ -179,53 +179,77 @@ pub struct SummaryResponse {
     pub currencies: Vec<CurrencySummary>,
 }
 
+/// One measure of the summary: its name, whether it is money, and how it
+/// is read from a period's sums (`None`: undefined, e.g. the average of no
+/// orders).
+struct MeasureDef {
+    name: &'static str,
+    money: bool,
+    value: fn(&Sums) -> Option<i64>,
+}
+
 /// The measures in the order the page shows them.
-pub const MEASURES: [&str; 8] = [
-    "net",
-    "captured",
-    "refunded",
-    "gross",
-    "orders_placed",
-    "average_order",
-    "orders_cancelled",
-    "items_sold",
+const MEASURES: [MeasureDef; 8] = [
+    MeasureDef {
+        name: "net",
+        money: true,
+        value: |s| Some(s.net_minor()),
+    },
+    MeasureDef {
+        name: "captured",
+        money: true,
+        value: |s| Some(s.captured_minor),
+    },
+    MeasureDef {
+        name: "refunded",
+        money: true,
+        value: |s| Some(s.refunded_minor),
+    },
+    MeasureDef {
+        name: "gross",
+        money: true,
+        value: |s| Some(s.gross_minor),
+    },
+    MeasureDef {
+        name: "orders_placed",
+        money: false,
+        value: |s| Some(s.orders_placed),
+    },
+    MeasureDef {
+        name: "average_order",
+        money: true,
+        value: |s| average(s.gross_minor, s.orders_placed),
+    },
+    MeasureDef {
+        name: "orders_cancelled",
+        money: false,
+        value: |s| Some(s.orders_cancelled),
+    },
+    MeasureDef {
+        name: "items_sold",
+        money: false,
+        value: |s| Some(s.items_sold),
+    },
 ];
 
 impl CurrencySummary {
     pub fn new(currency: Currency, current: &Sums, previous: &Sums) -> CurrencySummary {
-        let pick = |s: &Sums, name: &str| -> Option<i64> {
-            Some(match name {
-                "net" => s.net_minor(),
-                "captured" => s.captured_minor,
-                "refunded" => s.refunded_minor,
-                "gross" => s.gross_minor,
-                "orders_placed" => s.orders_placed,
-                "average_order" => return average(s.gross_minor, s.orders_placed),
-                "orders_cancelled" => s.orders_cancelled,
-                "items_sold" => s.items_sold,
-                _ => unreachable!("MEASURES lists every measure"),
-            })
-        };
         let measures = MEASURES
             .iter()
-            .map(|&name| {
-                let money = matches!(
-                    name,
-                    "net" | "captured" | "refunded" | "gross" | "average_order"
-                );
+            .map(|m| {
                 let fmt = |v: i64| {
-                    if money {
+                    if m.money {
                         format_minor(v, currency)
                     } else {
                         v.to_string()
                     }
                 };
-                let (cur, prev) = (pick(current, name), pick(previous, name));
-                let (c, p) = (cur.unwrap_or(0), prev.unwrap_or(0));
+                let c = (m.value)(current).unwrap_or(0);
+                let p = (m.value)(previous).unwrap_or(0);
                 let change = c - p;
                 Measure {
-                    measure: name.to_owned(),
-                    unit: if money { "minor" } else { "count" }.to_owned(),
+                    measure: m.name.to_owned(),
+                    unit: if m.money { "minor" } else { "count" }.to_owned(),
                     current: c,
                     previous: p,
                     change,
@@ -241,6 +265,13 @@ impl CurrencySummary {
             measures,
         }
     }
+}
+
+/// A response body the page shows as a table: it says how fresh it is and
+/// can be downloaded as CSV.
+pub trait Table: Serialize {
+    fn freshness(&self) -> &Freshness;
+    fn csv(&self) -> String;
 }
 
 /// A CSV document, RFC 4180 quoting where a field needs it.
@@ -278,8 +309,12 @@ fn opt(v: &Option<impl ToString>) -> String {
     v.as_ref().map(ToString::to_string).unwrap_or_default()
 }
 
-impl DailyResponse {
-    pub fn csv(&self) -> String {
+impl Table for DailyResponse {
+    fn freshness(&self) -> &Freshness {
+        &self.freshness
+    }
+
+    fn csv(&self) -> String {
         let mut c = Csv::default();
         c.row([
             "day",
@@ -321,8 +356,12 @@ impl DailyResponse {
     }
 }
 
-impl TopResponse {
-    pub fn csv(&self) -> String {
+impl Table for TopResponse {
+    fn freshness(&self) -> &Freshness {
+        &self.freshness
+    }
+
+    fn csv(&self) -> String {
         let mut c = Csv::default();
         c.row([
             "rank",
@@ -352,8 +391,12 @@ impl TopResponse {
     }
 }
 
-impl SummaryResponse {
-    pub fn csv(&self) -> String {
+impl Table for SummaryResponse {
+    fn freshness(&self) -> &Freshness {
+        &self.freshness
+    }
+
+    fn csv(&self) -> String {
         let mut c = Csv::default();
         c.row([
             "currency",
@@ -444,7 +487,7 @@ mod tests {
         };
         let s = CurrencySummary::new(eur(), &cur, &prev);
         let names: Vec<&str> = s.measures.iter().map(|m| m.measure.as_str()).collect();
-        assert_eq!(names, MEASURES);
+        assert_eq!(names, MEASURES.map(|m| m.name));
         let net = &s.measures[0];
         assert_eq!(
             (net.current, net.previous, net.change),

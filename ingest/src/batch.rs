@@ -138,7 +138,7 @@ pub(crate) async fn run_batch(
 ) -> Result<BatchOutcome, IngestError> {
     let started = Instant::now();
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)::text")
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
         .bind(SEAM_LOCK)
         .execute(&mut *tx)
         .await?;

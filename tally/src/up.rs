@@ -191,8 +191,11 @@ async fn serve(
     println!("  Press Ctrl-C to stop.");
     println!();
 
-    // Run until a signal, or until a component fails on its own.
+    // Run until a signal, or until a component fails on its own. Biased:
+    // on a signal the components stop too, and a component that stopped
+    // because of the signal must not be reported as stopping on its own.
     let early = tokio::select! {
+        biased;
         () = shutdown.cancelled() => None,
         r = &mut api_task => Some(("write API", r.map(|r| r.map_err(anyhow::Error::from)))),
         r = &mut dash_task => Some(("dashboards", r.map(|r| r.map_err(anyhow::Error::from)))),

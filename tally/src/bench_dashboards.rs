@@ -337,9 +337,9 @@ pub(crate) async fn run(
         summary.push(Summary {
             figure: format!("dashboard {name}, 90 days"),
             result: format!(
-                "p99 {:.1} ms, {:.2}× clickhouse-client",
-                p99.median * 1e3,
-                ratio.median
+                "p99 {} ms, {}× clickhouse-client",
+                p99.show(1, 1e3),
+                ratio.show(2, 1.0)
             ),
             target: "p99 ≤ 50 ms, ≤ 1.5×".into(),
         });

@@ -163,7 +163,11 @@ pub async fn run(
             "freshness at half the max write rate ({:.0} of {:.0} orders/s): ack → visible",
             rate.median, max.median
         ),
-        result: format!("p50 **{:.0} ms**, p99 **{:.0} ms**", p50.median, p99.median),
+        result: format!(
+            "p50 **{}** ms, p99 **{}** ms",
+            p50.show(0, 1.0),
+            p99.show(0, 1.0)
+        ),
         target: "p50 ≤ 100 ms, p99 ≤ 250 ms".into(),
     }])
 }

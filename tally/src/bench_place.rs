@@ -255,10 +255,10 @@ pub async fn run(
     Ok(vec![crate::bench::Summary {
         figure: format!("PlaceOrder, {clients} clients: write API vs pgbench, same SQL"),
         result: format!(
-            "{:.0} vs {:.0}/s = **{:.2}**; p50 {:.1} vs {:.1} ms; p99 {:.1} vs {:.1} ms",
-            ours.median,
-            theirs.median,
-            ratios.median,
+            "{} vs {}/s = **{}**; p50 {:.1} vs {:.1} ms; p99 {:.1} vs {:.1} ms",
+            ours.show(0, 1.0),
+            theirs.show(0, 1.0),
+            ratios.show(2, 1.0),
             op50.median,
             pp50.median,
             op99.median,

@@ -480,7 +480,14 @@ pub fn init_logs() {
 /// The projections equal what the write tables say, exactly: every daily
 /// cell (against the SQL oracle) and every order's fact row (version,
 /// status, captured, refunded). Panics with the differences.
-pub async fn assert_projections_exact(db: &TestDb) {
+/// What [`assert_projections_exact`] compared.
+#[derive(Debug, Clone, Copy)]
+pub struct Compared {
+    pub cells: usize,
+    pub orders: usize,
+}
+
+pub async fn assert_projections_exact(db: &TestDb) -> Compared {
     let report = tally_rebuild::verify_daily(&db.pg, &db.ch.client(), "UTC")
         .await
         .expect("verify");
@@ -527,6 +534,15 @@ pub async fn assert_projections_exact(db: &TestDb) {
         "order_facts differs from the write store ({} orders)",
         expected.len()
     );
+    let compared = Compared {
+        cells: report.matching,
+        orders: expected.len(),
+    };
+    println!(
+        "exact: 0 mismatches in {} daily cells and {} orders (oracle: the PostgreSQL write tables)",
+        compared.cells, compared.orders
+    );
+    compared
 }
 
 /// Writes a placed order (rows and outbox event) through the write API's

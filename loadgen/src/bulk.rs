@@ -45,8 +45,12 @@ impl Default for BulkConfig {
     }
 }
 
-/// Per-order values, as SQL over `g(i)`: two independent hashes.
-const G: &str = "SELECT i, md5($1::int8::text || ':' || i)::uuid AS order_id,
+/// Per-order values, as SQL over `g(i)`: the order id and two independent
+/// hashes. Ids grow with the order number, as the write API's UUIDv7 grow
+/// with time (random ids would make every index insert a random page
+/// write, which no real store of this model pays); payments, shipments
+/// and refunds take the order's id with a different second group.
+const G: &str = "SELECT i, ((lpad(to_hex($1::int8 % 65536), 4, '0') || '0000' || lpad(to_hex(i), 24, '0'))::uuid) AS order_id,
                         abs(hashint8(i * 7919 + $1::int8)::int8) AS h1,
                         abs(hashint8(i * 3 + $1::int8 + 1)::int8) AS h2
                  FROM generate_series($2::int8, $3::int8 - 1) i";
@@ -100,17 +104,17 @@ fn statements(m: u32, c: &[String; 3]) -> Vec<String> {
         ),
         format!(
             "{with} INSERT INTO payments (payment_id, order_id, amount_minor, captured_at)
-             SELECT md5('p' || order_id::text)::uuid, order_id, {total}, placed_at + interval '1 hour'
+             SELECT overlay(order_id::text placing '0001' from 5)::uuid, order_id, {total}, placed_at + interval '1 hour'
              FROM d WHERE sb >= 15"
         ),
         format!(
             "{with} INSERT INTO shipments (shipment_id, order_id, carrier, tracking_number, shipped_at)
-             SELECT md5('s' || order_id::text)::uuid, order_id, 'DHL', 'T' || i, placed_at + interval '1 day'
+             SELECT overlay(order_id::text placing '0002' from 5)::uuid, order_id, 'DHL', 'T' || i, placed_at + interval '1 day'
              FROM d WHERE sb >= 30"
         ),
         format!(
             "{with} INSERT INTO refunds (refund_id, order_id, amount_minor, cause, reason, refunded_at)
-             SELECT md5('r' || order_id::text)::uuid, order_id, {refund_amount}, 'requested', 'bulk',
+             SELECT overlay(order_id::text placing '0003' from 5)::uuid, order_id, {refund_amount}, 'requested', 'bulk',
                     placed_at + interval '2 days'
              FROM d WHERE {refunded}"
         ),

@@ -163,7 +163,7 @@ fn write_config(
     <max_connections>1024</max_connections>
     <keep_alive_timeout>10</keep_alive_timeout>
     <max_concurrent_queries>200</max_concurrent_queries>
-    <uncompressed_cache_size>268435456</uncompressed_cache_size>
+    <uncompressed_cache_size>1073741824</uncompressed_cache_size>
     <mark_cache_size>268435456</mark_cache_size>
     <path>{d}/data/</path>
     <tmp_path>{d}/data/tmp/</tmp_path>
@@ -190,6 +190,7 @@ fn write_config(
         <readonly>
             <readonly>1</readonly>
             <max_memory_usage>2000000000</max_memory_usage>
+            <use_uncompressed_cache>1</use_uncompressed_cache>
         </readonly>
     </profiles>
     <users>

@@ -9,8 +9,9 @@
 //! currencies are requested one after another through HTTP (daily revenue
 //! and top merchants, as the page asks for them). The very SQL the API ran
 //! for each (from the same plan of clean partitions) is then timed with one
-//! `clickhouse-client --multiquery --time` per run: the client's own figure
-//! per statement, without its process start.
+//! `clickhouse-client --multiquery --time` per run, connected as the same
+//! read-only user (so with the same settings profile): the client's own
+//! figure per statement, without its process start.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -137,12 +138,13 @@ async fn seed(ch: &clickhouse::Client, merchants: u64, days: i64) -> anyhow::Res
 /// (fed on stdin) and returns the seconds it reports for each.
 async fn client_times(
     port: u16,
-    database: &str,
+    user: &tally_ops::ChSettings,
     statements: &[String],
 ) -> anyhow::Result<Vec<f64>> {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new("clickhouse-client")
-        .args(["--port", &port.to_string(), "--database", database])
+        .args(["--port", &port.to_string(), "--database", &user.database])
+        .args(["--user", &user.user, "--password", &user.password])
         .args(["--multiquery", "--time", "--format", "Null"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -269,7 +271,7 @@ pub(crate) async fn run(
             statements[i % 2].push(sql.inline());
         }
         for (times, sqls) in run.client.iter_mut().zip(&statements) {
-            *times = client_times(port, &s.ch.database, sqls).await?;
+            *times = client_times(port, &s.ch_reader, sqls).await?;
         }
         for xs in run.api.iter_mut().chain(run.client.iter_mut()) {
             xs.sort_by(f64::total_cmp);

@@ -155,8 +155,39 @@ impl TableDrift {
     }
 }
 
-/// Receives every non-matching row (the report file).
-pub type Sink<'a> = dyn FnMut(&DriftRow) -> Result<(), RebuildError> + Send + 'a;
+type WriteRow<'a> = Box<dyn FnMut(&DriftRow) -> Result<(), RebuildError> + Send + 'a>;
+
+/// Where the differing rows go. Without a report file only the worst rows
+/// of each chunk are ever built, so a comparison against live tables that
+/// are badly damaged (or empty) needs no more memory than a quiet one.
+pub struct Sink<'a> {
+    write: Option<WriteRow<'a>>,
+}
+
+impl<'a> Sink<'a> {
+    /// Counts and the worst offenders only.
+    pub fn worst_only() -> Self {
+        Sink { write: None }
+    }
+
+    /// Every differing row goes to `write` (the report file).
+    pub fn every_row(write: impl FnMut(&DriftRow) -> Result<(), RebuildError> + Send + 'a) -> Self {
+        Sink {
+            write: Some(Box::new(write)),
+        }
+    }
+
+    fn wants_every_row(&self) -> bool {
+        self.write.is_some()
+    }
+
+    fn write(&mut self, row: &DriftRow) -> Result<(), RebuildError> {
+        match &mut self.write {
+            Some(w) => w(row),
+            None => Ok(()),
+        }
+    }
+}
 
 /// What one chunk's comparison found: its counts and drift (`worst` left
 /// empty), and the differing rows themselves.
@@ -182,7 +213,7 @@ impl TableDrift {
             }
         }
         for row in &diff.rows {
-            sink(row)?;
+            sink.write(row)?;
             self.keep_worst(row);
         }
         Ok(())
@@ -199,18 +230,25 @@ pub async fn compare_chunk(
     totals: &mut TableDrift,
     sink: &mut Sink<'_>,
 ) -> Result<(), RebuildError> {
-    let diff = tokio::task::spawn_blocking(move || compare_frames(table, specs, expected, live))
-        .await
-        .map_err(|e| RebuildError::Invariant(format!("comparison task failed: {e}")))??;
+    let every_row = sink.wants_every_row();
+    let diff = tokio::task::spawn_blocking(move || {
+        compare_frames(table, specs, expected, live, every_row)
+    })
+    .await
+    .map_err(|e| RebuildError::Invariant(format!("comparison task failed: {e}")))??;
     totals.absorb(diff, sink)
 }
 
-/// The comparison itself: pure, synchronous.
+/// The comparison itself: pure, synchronous. `every_row`: return every
+/// differing row, else only the [`TableDrift::WORST_KEPT`] with the largest
+/// drift (earliest first among equals), which is all the worst list of the
+/// whole run can take from this chunk.
 pub fn compare_frames(
     table: &'static str,
     specs: &[ColumnSpec],
     expected: Frame,
     live: Frame,
+    every_row: bool,
 ) -> Result<ChunkDiff, RebuildError> {
     let mut diff = ChunkDiff::default();
     let totals = &mut diff.counts;
@@ -313,6 +351,23 @@ pub fn compare_frames(
                 .unwrap_or(0);
             *entry.entry(s.name).or_default() += i128::from(v);
         }
+    }
+
+    if !every_row && diff_idx.len() > TableDrift::WORST_KEPT {
+        let abs = money
+            .iter()
+            .map(|s| {
+                Ok(classified
+                    .column(&format!("abs_{}", s.name))?
+                    .i64()?
+                    .clone())
+            })
+            .collect::<PolarsResult<Vec<_>>>()?;
+        let drift =
+            |i: usize| -> i128 { abs.iter().map(|c| i128::from(c.get(i).unwrap_or(0))).sum() };
+        diff_idx.sort_by_key(|&i| (std::cmp::Reverse(drift(i)), i));
+        diff_idx.truncate(TableDrift::WORST_KEPT);
+        diff_idx.sort_unstable();
     }
 
     // The differing rows themselves, for the report and the worst list.
@@ -422,13 +477,14 @@ mod tests {
         ]); // c missing
         let mut totals = TableDrift::default();
         let mut seen = Vec::new();
-        let diff = compare_frames("t", &SPECS, expected, live).unwrap();
-        totals
-            .absorb(diff, &mut |r| {
+        let diff = compare_frames("t", &SPECS, expected, live, true).unwrap();
+        {
+            let mut sink = Sink::every_row(|r| {
                 seen.push((r.key.clone(), r.kind));
                 Ok(())
-            })
-            .unwrap();
+            });
+            totals.absorb(diff, &mut sink).unwrap();
+        }
         assert_eq!(
             (
                 totals.compared,
@@ -458,12 +514,46 @@ mod tests {
     }
 
     #[test]
+    fn without_a_report_only_the_worst_rows_of_a_chunk_are_built() {
+        // 50 keys, all missing on the live side, drift 1..=50; the last
+        // three have the same drift as their predecessors' neighbours.
+        let keys: Vec<String> = (0..50).map(|i| format!("k{i:02}")).collect();
+        let rows: Vec<(&str, &str, i64, &str)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.as_str(), "EUR", (i as i64 % 47) + 1, "paid"))
+            .collect();
+        let everything = compare_frames("t", &SPECS, frame(&rows), frame(&[]), true).unwrap();
+        assert_eq!(everything.rows.len(), 50);
+        let diff = compare_frames("t", &SPECS, frame(&rows), frame(&[]), false).unwrap();
+        assert_eq!(diff.counts.missing, 50, "counts cover every row");
+        assert_eq!(
+            diff.counts.drift_by_currency["EUR"]["gross_minor"],
+            everything.counts.drift_by_currency["EUR"]["gross_minor"]
+        );
+        assert_eq!(diff.rows.len(), TableDrift::WORST_KEPT);
+        // The same worst list either way, ties going to the row seen first.
+        let worst = |d: ChunkDiff| {
+            let mut t = TableDrift::default();
+            t.absorb(d, &mut Sink::worst_only()).unwrap();
+            t.worst
+                .iter()
+                .map(|r| (r.key.clone(), r.abs_drift_minor))
+                .collect::<Vec<_>>()
+        };
+        let all = worst(everything);
+        assert_eq!(worst(diff), all);
+        assert_eq!(all[0], ("k46".to_string(), 47));
+        assert!(all.iter().all(|(_, d)| *d >= 27), "{all:?}");
+    }
+
+    #[test]
     fn identical_sides_match_entirely() {
         let rows = [("a", "EUR", 1, "x"), ("b", "EUR", 2, "y")];
         let mut totals = TableDrift::default();
-        let diff = compare_frames("t", &SPECS, frame(&rows), frame(&rows)).unwrap();
+        let diff = compare_frames("t", &SPECS, frame(&rows), frame(&rows), true).unwrap();
         totals
-            .absorb(diff, &mut |_| panic!("no drift expected"))
+            .absorb(diff, &mut Sink::every_row(|_| panic!("no drift expected")))
             .unwrap();
         assert_eq!(
             (totals.compared, totals.matching, totals.differing()),

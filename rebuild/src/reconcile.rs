@@ -144,7 +144,7 @@ pub async fn reconcile_recent(
 ) -> Result<ReconcileOutcome, RebuildError> {
     let today = zone.day(OffsetDateTime::now_utc());
     let since = today - Duration::days(days);
-    let out = reconcile(pool, ch, zone, since, &mut |_| Ok(())).await?;
+    let out = reconcile(pool, ch, zone, since, &mut Sink::worst_only()).await?;
     metrics.drift_minor.clear();
     for (currency, by) in &out.daily.drift_by_currency {
         let total: i128 = by.values().sum();

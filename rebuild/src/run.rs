@@ -615,11 +615,17 @@ async fn build_compare_swap(
         }
         Ok(())
     };
-    let (mut sink_daily, mut sink_facts) = (write, write);
-    let (daily, facts) = tokio::join!(
-        compare_daily(pool, ch, opts, &mut sink_daily),
-        compare_facts(ch, opts, &backlog.orders, &mut sink_facts)
-    );
+    let sink = || match opts.report_file {
+        Some(_) => Sink::every_row(write),
+        None => Sink::worst_only(),
+    };
+    let (daily, facts) = {
+        let (mut sink_daily, mut sink_facts) = (sink(), sink());
+        tokio::join!(
+            compare_daily(pool, ch, opts, &mut sink_daily),
+            compare_facts(ch, opts, &backlog.orders, &mut sink_facts)
+        )
+    };
     let (daily, (facts, not_compared)) = (daily?, facts?);
     if let Some(r) = report
         .into_inner()

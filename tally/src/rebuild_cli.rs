@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use prometheus_client::registry::Registry;
+use tally_rebuild::compare::Sink;
 use tally_rebuild::progress::ProgressMode;
 use tally_rebuild::reconcile::{ReconcileMetrics, reconcile};
 use tally_rebuild::report::{CsvReport, summary};
@@ -248,13 +249,13 @@ pub async fn verify(g: &Global, args: VerifyArgs) -> anyhow::Result<u8> {
             Some(p) => Some(CsvReport::create(p)?),
             None => None,
         };
-        let out = reconcile(&s.pool, &s.ch, &zone, since, &mut |row| {
-            if let Some(r) = report.as_mut() {
-                r.write(row)?;
-            }
-            Ok(())
-        })
-        .await?;
+        let out = {
+            let mut sink = match report.as_mut() {
+                Some(r) => Sink::every_row(|row| r.write(row)),
+                None => Sink::worst_only(),
+            };
+            reconcile(&s.pool, &s.ch, &zone, since, &mut sink).await?
+        };
         if let Some(r) = report {
             r.finish()?;
         }

@@ -446,9 +446,15 @@ async fn reconciliation_checks_complete_days_and_reports_drift_per_currency() {
     worker.drain().await.unwrap();
 
     let since = zone.day(past) - time::Duration::days(1);
-    let clean = tally_rebuild::reconcile::reconcile(&db.pg, &ch, &zone, since, &mut |_| Ok(()))
-        .await
-        .unwrap();
+    let clean = tally_rebuild::reconcile::reconcile(
+        &db.pg,
+        &ch,
+        &zone,
+        since,
+        &mut tally_rebuild::compare::Sink::worst_only(),
+    )
+    .await
+    .unwrap();
     assert_eq!(clean.daily.compared, 5);
     assert!(!clean.has_drift());
 

@@ -15,11 +15,17 @@
 //! days covered by two or more parts, or by a part never merged (in
 //! practice: today's, which the ingest rewrites all day), are read with it.
 //! `system.parts` gives each part's first and last day. The parts are looked
-//! up before the query and again after it: if any part of the range
-//! appeared or went in between, the answer is discarded and the query runs
-//! again (after three tries, with `FINAL` throughout). Parts are never
-//! renamed or reused, so an unchanged list means the query read what the
-//! plan assumed.
+//! up before the query and again after it. Parts are never renamed or
+//! reused, and a part only goes when something that covers its days takes
+//! its place (a merge, a mutation, a partition replaced), so a day whose
+//! covering parts all stayed put through both lookups was covered by
+//! exactly those parts while the query ran. If every part that appeared or
+//! went in between covers only days read with `FINAL` anyway (in practice:
+//! the ingest's new parts for today), the answer stands; otherwise it is
+//! discarded and the query runs again (after three tries, with `FINAL`
+//! throughout).
+
+use std::collections::HashSet;
 
 use clickhouse::Row;
 use serde::Deserialize;
@@ -140,19 +146,30 @@ impl Sql {
 /// Which days of a range must be read with `FINAL`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
+    range: DayRange,
     /// Disjoint, sorted day ranges where a cell may have more than one row:
     /// days covered by two or more parts, or by a part never merged.
+    /// Adjacent ranges are joined.
     needs_final: Vec<DayRange>,
     /// Every active part overlapping the range, to detect a change.
-    fingerprint: Vec<String>,
+    parts: Vec<Part>,
 }
 
 impl Plan {
+    fn new(parts: Vec<Part>, range: DayRange) -> Plan {
+        Plan {
+            range,
+            needs_final: days_needing_final(&parts, range),
+            parts,
+        }
+    }
+
     /// Everything with `FINAL` (the fallback).
     fn all_final(range: DayRange) -> Plan {
         Plan {
+            range,
             needs_final: vec![range],
-            fingerprint: Vec::new(),
+            parts: Vec::new(),
         }
     }
 
@@ -160,9 +177,40 @@ impl Plan {
     pub fn final_days(&self) -> i64 {
         self.needs_final.iter().map(|r| r.days()).sum()
     }
+
+    /// Whether every day of `p` within the range is read with `FINAL`.
+    fn read_with_final(&self, p: &Part) -> bool {
+        let (from, to) = (
+            p.min_date.max(self.range.from),
+            p.max_date.min(self.range.to),
+        );
+        from > to
+            || self
+                .needs_final
+                .iter()
+                .any(|r| r.from <= from && to <= r.to)
+    }
+
+    /// Whether a query run with this plan read what it assumed, given the
+    /// parts found after it (see the module docs): every part that appeared
+    /// or went in between covers only days read with `FINAL`.
+    pub fn still_holds(&self, after: &Plan) -> bool {
+        let before: HashSet<&str> = self.parts.iter().map(|p| p.name.as_str()).collect();
+        let now: HashSet<&str> = after.parts.iter().map(|p| p.name.as_str()).collect();
+        self.parts
+            .iter()
+            .filter(|p| !now.contains(p.name.as_str()))
+            .chain(
+                after
+                    .parts
+                    .iter()
+                    .filter(|p| !before.contains(p.name.as_str())),
+            )
+            .all(|p| self.read_with_final(p))
+    }
 }
 
-#[derive(Row, Deserialize)]
+#[derive(Row, Deserialize, Clone, Debug, PartialEq, Eq)]
 struct Part {
     name: String,
     level: u32,
@@ -229,10 +277,7 @@ pub async fn plan(
         .bind(range.to.to_string())
         .fetch_all()
         .await?;
-    Ok(Plan {
-        needs_final: days_needing_final(&parts, range),
-        fingerprint: parts.into_iter().map(|p| p.name).collect(),
-    })
+    Ok(Plan::new(parts, range))
 }
 
 /// Appends `day >= ? AND day <= ?` for `r`.
@@ -354,7 +399,7 @@ where
     for _ in 0..3 {
         let before = plan(ch, range).await?;
         let rows = build(&before).query(ch).fetch_all::<T>().await?;
-        if plan(ch, range).await? == before {
+        if before.still_holds(&plan(ch, range).await?) {
             return Ok(rows);
         }
         stats.retries.inc();
@@ -443,10 +488,7 @@ mod tests {
     }
 
     fn planned(parts: &[Part], r: DayRange) -> Plan {
-        Plan {
-            needs_final: days_needing_final(parts, r),
-            fingerprint: parts.iter().map(|p| p.name.clone()).collect(),
-        }
+        Plan::new(parts.to_vec(), r)
     }
 
     #[test]
@@ -484,10 +526,57 @@ mod tests {
         );
     }
 
-    impl Clone for Part {
-        fn clone(&self) -> Part {
-            part(&self.name, self.level, self.min_date, self.max_date)
-        }
+    #[test]
+    fn a_plan_survives_new_parts_only_where_it_read_with_final() {
+        let r = range(date!(2026 - 11 - 01), date!(2026 - 11 - 23));
+        let month = part("m1", 3, date!(2026 - 11 - 01), date!(2026 - 11 - 22));
+        let today = part("t1", 0, date!(2026 - 11 - 23), date!(2026 - 11 - 23));
+        let plan = planned(&[month.clone(), today.clone()], r);
+        assert_eq!(
+            plan.needs_final,
+            [range(date!(2026 - 11 - 23), date!(2026 - 11 - 23))]
+        );
+        let with = |extra: &[Part], without: &[&str]| {
+            let mut parts: Vec<Part> = [month.clone(), today.clone()]
+                .into_iter()
+                .filter(|p| !without.contains(&p.name.as_str()))
+                .collect();
+            parts.extend_from_slice(extra);
+            planned(&parts, r)
+        };
+        // Nothing changed.
+        assert!(plan.still_holds(&with(&[], &[])));
+        // The ingest wrote today again; today was read with FINAL.
+        let t2 = part("t2", 0, date!(2026 - 11 - 23), date!(2026 - 11 - 23));
+        assert!(plan.still_holds(&with(std::slice::from_ref(&t2), &[])));
+        // Today's parts merged together: still only today.
+        let t12 = part("t1_2", 1, date!(2026 - 11 - 23), date!(2026 - 11 - 23));
+        assert!(plan.still_holds(&with(&[t12], &["t1"])));
+        // A late write to a day read without FINAL: the answer may count a
+        // cell twice.
+        let late = part("l1", 0, date!(2026 - 11 - 05), date!(2026 - 11 - 05));
+        assert!(!plan.still_holds(&with(&[late], &[])));
+        // The month merged with today: its days changed parts.
+        let merged = part("m1_t1", 4, date!(2026 - 11 - 01), date!(2026 - 11 - 23));
+        assert!(!plan.still_holds(&with(&[merged], &["m1", "t1"])));
+        // The month's part went (a partition replaced or dropped).
+        assert!(!plan.still_holds(&with(&[], &["m1"])));
+        // A part outside the range changes nothing here.
+        let october = part("o1", 0, date!(2026 - 10 - 30), date!(2026 - 10 - 31));
+        assert!(plan.still_holds(&with(&[october], &[])));
+        // When today was clean at planning time, its new part is not
+        // covered by FINAL: read again.
+        let clean = planned(
+            &[
+                month.clone(),
+                part("t0", 1, date!(2026 - 11 - 23), date!(2026 - 11 - 23)),
+            ],
+            r,
+        );
+        assert!(clean.needs_final.is_empty());
+        let mut later = clean.parts.clone();
+        later.push(t2);
+        assert!(!clean.still_holds(&planned(&later, r)));
     }
 
     #[test]

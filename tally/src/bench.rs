@@ -217,7 +217,25 @@ pub(crate) struct Servers {
     pub(crate) _dir: Option<PathBuf>,
 }
 
-pub(crate) async fn servers(g: &Global) -> anyhow::Result<Servers> {
+/// Fails early, with the fix, when the temporary directory cannot hold
+/// what a benchmark writes: without it, a full disk shows up minutes in as
+/// a PostgreSQL error about its sort files.
+fn ensure_free_space(dir: &std::path::Path, need_gib: f64) -> anyhow::Result<()> {
+    let st = nix::sys::statvfs::statvfs(dir)
+        .with_context(|| format!("checking the free space in {}", dir.display()))?;
+    let free = st.blocks_available() as f64 * st.fragment_size() as f64 / (1u64 << 30) as f64;
+    anyhow::ensure!(
+        free >= need_gib,
+        "this benchmark writes about {need_gib:.0} GiB under {} (its own PostgreSQL and ClickHouse) \
+         and only {free:.1} GiB are free there: free some space, or point TMPDIR at a bigger disk",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Local servers for a benchmark that writes about `need_gib` GiB, or the
+/// given ones.
+pub(crate) async fn servers(g: &Global, need_gib: f64) -> anyhow::Result<Servers> {
     if g.database_url.is_some() && g.clickhouse_url.is_some() {
         return Ok(Servers {
             pg: g.pg("tally-bench")?,
@@ -227,6 +245,7 @@ pub(crate) async fn servers(g: &Global) -> anyhow::Result<Servers> {
             _dir: None,
         });
     }
+    ensure_free_space(&std::env::temp_dir(), need_gib)?;
     let dir = std::env::temp_dir().join(format!("tally-bench-{}", std::process::id()));
     eprintln!("starting PostgreSQL and ClickHouse in {} …", dir.display());
     let stack = tally_stack::LocalStack::start(&tally_stack::StackConfig::new(&dir)).await?;
@@ -473,7 +492,7 @@ async fn drain(
     runs: usize,
     record: Option<PathBuf>,
 ) -> anyhow::Result<Vec<Summary>> {
-    let s = servers(g).await?;
+    let s = servers(g, 1.0 + 1.5 * n as f64 / 1e6).await?;
     let pool = s.pg.connect().await.context("connecting to PostgreSQL")?;
     tally_migrations::migrate(&pool, &s.ch).await?;
     eprintln!("generating {n} events …");
@@ -608,7 +627,7 @@ pub(crate) struct BenchApi {
 impl BenchApi {
     /// `clients` concurrent HTTP clients get a connection each, plus spare.
     pub(crate) async fn start(g: &Global, clients: usize) -> anyhow::Result<BenchApi> {
-        let s = servers(g).await?;
+        let s = servers(g, 1.0).await?;
         let pg = PgSettings {
             max_connections: clients as u32 + 4,
             ..s.pg.clone()
@@ -726,6 +745,15 @@ pub(crate) fn machine() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_benchmark_that_would_fill_the_disk_stops_before_starting() {
+        let dir = std::env::temp_dir();
+        ensure_free_space(&dir, 0.0).unwrap();
+        let err = ensure_free_space(&dir, 1e9).unwrap_err().to_string();
+        assert!(err.contains("GiB are free there"), "{err}");
+        assert!(err.contains("point TMPDIR at a bigger disk"), "{err}");
+    }
 
     #[test]
     fn medians_of_odd_and_even_counts_and_their_display() {

@@ -189,7 +189,12 @@ pub(crate) async fn run(
     runs: usize,
     record: Option<PathBuf>,
 ) -> anyhow::Result<Vec<Summary>> {
-    let s = servers(g).await?;
+    // About 100 bytes a cell on disk, before merging.
+    let s = servers(
+        g,
+        1.0 + (merchants * 3 * days as u64) as f64 * 100.0 / (1u64 << 30) as f64,
+    )
+    .await?;
     let port = match &s._dir {
         Some(dir) => tally_stack::clickhouse_native_port(dir)
             .context("reading the local ClickHouse's native port")?,

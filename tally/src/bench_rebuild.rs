@@ -124,7 +124,9 @@ pub async fn run(
     // The same memory budget at both sizes, smaller than either, so the
     // RSS comparison shows whether memory follows the budget or the store.
     let chunk_rows = (orders / 4).clamp(1_000, 200_000);
-    let s = servers(g).await?;
+    // PostgreSQL and ClickHouse at the largest size, with sort files and
+    // WAL: about 2.5 GiB per million orders.
+    let s = servers(g, 1.0 + 2.5 * (orders * rss_factor) as f64 / 1e6).await?;
     let pool = s.pg.connect().await.context("connecting to PostgreSQL")?;
     tally_migrations::migrate(&pool, &s.ch).await?;
     let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")

@@ -109,6 +109,9 @@ async fn sigkilled_ingest_workers_lose_and_double_nothing() {
     let mut seen_pending = std::collections::HashSet::new();
     // Recovery after a kill: from the restart until the oldest event that
     // was waiting at that moment has been projected (its outbox row gone).
+    // One entry per kill: "idle" (nothing waited), the time, or "killed
+    // first" when the next kill came sooner.
+    let mut per_kill: Vec<String> = Vec::new();
     let mut recoveries = Vec::new();
     while kills < 25 {
         let waiting: Option<i64> = sqlx::query_scalar("SELECT min(id) FROM outbox")
@@ -118,6 +121,7 @@ async fn sigkilled_ingest_workers_lose_and_double_nothing() {
         let restarted = Instant::now();
         let mut worker = ingest_process(&app, &slow_clickhouse, rng.gen_range(5..60));
         let life = Duration::from_millis(rng.gen_range(150..700));
+        let recovered_before = recoveries.len();
         if let Some(id) = waiting {
             while restarted.elapsed() < life {
                 let still: bool =
@@ -133,6 +137,11 @@ async fn sigkilled_ingest_workers_lose_and_double_nothing() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+        per_kill.push(match (waiting, recoveries.get(recovered_before)) {
+            (None, _) => "idle".into(),
+            (Some(_), Some(d)) => format!("{:.0} ms", d.as_secs_f64() * 1e3),
+            (Some(_), None) => "killed first".into(),
+        });
         tokio::time::sleep(life.saturating_sub(restarted.elapsed())).await;
         kill(Pid::from_raw(worker.id() as i32), Signal::SIGKILL).unwrap();
         worker.wait().unwrap();
@@ -185,6 +194,7 @@ async fn sigkilled_ingest_workers_lose_and_double_nothing() {
         outcome.retries,
         started.elapsed().as_secs_f64()
     );
+    println!("chaos: recovery after each kill: {}", per_kill.join(", "));
     recoveries.sort();
     if let (Some(first), Some(last)) = (recoveries.first(), recoveries.last()) {
         println!(

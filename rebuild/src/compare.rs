@@ -365,7 +365,7 @@ pub fn compare_frames(
             .collect::<PolarsResult<Vec<_>>>()?;
         let drift =
             |i: usize| -> i128 { abs.iter().map(|c| i128::from(c.get(i).unwrap_or(0))).sum() };
-        diff_idx.sort_by_key(|&i| (std::cmp::Reverse(drift(i)), i));
+        diff_idx.sort_by_cached_key(|&i| (std::cmp::Reverse(drift(i)), i));
         diff_idx.truncate(TableDrift::WORST_KEPT);
         diff_idx.sort_unstable();
     }

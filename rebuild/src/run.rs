@@ -41,7 +41,7 @@ use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::RebuildError;
-use crate::compare::{ColumnSpec, DriftRow, Frame, Sink, TableDrift, Values, compare_chunk};
+use crate::compare::{ColumnSpec, Frame, Sink, TableDrift, Values, compare_chunk};
 use crate::oracle::ORACLE_SQL;
 use crate::progress::{Progress, ProgressMode};
 use crate::report::CsvReport;
@@ -602,21 +602,13 @@ async fn build_compare_swap(
 
     // Compare: cells and facts side by side (PostgreSQL + ClickHouse, and
     // ClickHouse + polars), one report file between them.
-    let report = std::sync::Mutex::new(match &opts.report_file {
-        Some(p) => Some(CsvReport::create(p)?),
+    let report = match &opts.report_file {
+        Some(p) => Some(std::sync::Mutex::new(CsvReport::create(p)?)),
         None => None,
-    });
-    let write = |row: &DriftRow| -> Result<(), RebuildError> {
-        let mut guard = report
-            .lock()
-            .map_err(|_| RebuildError::Invariant("report writer poisoned".into()))?;
-        if let Some(r) = guard.as_mut() {
-            r.write(row)?;
-        }
-        Ok(())
     };
-    let sink = || match opts.report_file {
-        Some(_) => Sink::every_row(write),
+    let poisoned = || RebuildError::Invariant("report writer poisoned".into());
+    let sink = || match &report {
+        Some(r) => Sink::every_row(|row| r.lock().map_err(|_| poisoned())?.write(row)),
         None => Sink::worst_only(),
     };
     let (daily, facts) = {
@@ -627,11 +619,8 @@ async fn build_compare_swap(
         )
     };
     let (daily, (facts, not_compared)) = (daily?, facts?);
-    if let Some(r) = report
-        .into_inner()
-        .map_err(|_| RebuildError::Invariant("report writer poisoned".into()))?
-    {
-        r.finish()?;
+    if let Some(r) = report {
+        r.into_inner().map_err(|_| poisoned())?.finish()?;
     }
 
     let mut outcome = RunOutcome {

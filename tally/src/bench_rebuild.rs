@@ -125,6 +125,7 @@ pub async fn run(
     // The same memory budget at both sizes, smaller than either, so the
     // RSS comparison shows whether memory follows the budget or the store.
     let chunk_rows = (orders / 4).clamp(1_000, 200_000);
+    let large_runs = large_runs.max(1);
     // PostgreSQL and ClickHouse at the largest size, with sort files and
     // WAL: about 2.5 GiB per million orders.
     let s = servers(g, 1.0 + 2.5 * (orders * rss_factor) as f64 / 1e6).await?;
@@ -181,7 +182,7 @@ pub async fn run(
     // Later runs at that size are quiet ones, like those at N.
     let mut large_rss = Vec::new();
     let mut large_secs = Vec::new();
-    for run in 1..=large_runs.max(1) {
+    for run in 1..=large_runs {
         eprintln!("rebuild at {big} orders, run {run} …");
         let large = rebuild_child(&s, chunk_rows).await?;
         let missing = large.report["facts"]["missing"].as_u64().unwrap_or(0);
@@ -232,7 +233,7 @@ pub async fn run(
     writeln!(
         table,
         "| peak RSS, {big} orders ({} run(s) of {:.0} s; the first one's verify finds the {} orders added since missing from the live tables) | {} MiB |",
-        large_runs.max(1),
+        large_runs,
         large_secs.median,
         big - orders,
         rss_large.show(0, 1.0)
@@ -247,7 +248,7 @@ pub async fn run(
         "rebuild",
         &format!(
             "{runs} runs at {orders} orders and {} at {big}; medians with min–max. Command: `tally bench rebuild --orders {orders} --runs {runs}` (release build). The rebuild is a `tally rebuild --chunk-rows {chunk_rows}` child process; RSS is its VmHWM.",
-            large_runs.max(1)
+            large_runs
         ),
         &table,
     )?;

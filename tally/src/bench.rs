@@ -483,10 +483,6 @@ pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len().max(1) - 1) as f64 * q).round() as usize]
 }
 
-pub(crate) fn fmt_rate(s: &Stat) -> String {
-    s.show(0, 1.0)
-}
-
 async fn drain(
     g: &Global,
     n: usize,
@@ -578,8 +574,8 @@ async fn drain(
     writeln!(
         table,
         "| outbox drain, {n} events, {workers} worker(s), batches of {batch_size}, events/s | {} | {} | {:.0} % ({:.0}–{:.0} %) | ≥ 70 % and ≥ 50 000/s |",
-        fmt_rate(&o),
-        fmt_rate(&b),
+        o.show(0, 1.0),
+        b.show(0, 1.0),
         100.0 * r.median,
         100.0 * r.min,
         100.0 * r.max

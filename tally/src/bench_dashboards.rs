@@ -24,7 +24,7 @@ use tally_dashboards::params::{Filter, Needs, RawQuery};
 use tally_dashboards::store;
 use time::OffsetDateTime;
 
-use crate::bench::{Stat, Summary, percentile, record_result, servers, stat};
+use crate::bench::{Summary, percentile, record_result, servers, stat};
 use crate::config::Global;
 
 const CURRENCIES: [&str; 3] = ["EUR", "USD", "GBP"];
@@ -296,14 +296,6 @@ pub(crate) async fn run(
     drop(pool);
     s.stop().await;
 
-    let ms = |st: &Stat| {
-        format!(
-            "{:.1} ({:.1}–{:.1})",
-            st.median * 1e3,
-            st.min * 1e3,
-            st.max * 1e3
-        )
-    };
     let mut table = String::new();
     writeln!(
         table,
@@ -333,13 +325,11 @@ pub(crate) async fn run(
         );
         writeln!(
             table,
-            "| {name} | {} | {} | {} | {:.2} ({:.2}–{:.2}) | p99 ≤ 50 ms, ≤ 1.5× |",
-            ms(&p50),
-            ms(&p99),
-            ms(&c99),
-            ratio.median,
-            ratio.min,
-            ratio.max
+            "| {name} | {} | {} | {} | {} | p99 ≤ 50 ms, ≤ 1.5× |",
+            p50.show(1, 1e3),
+            p99.show(1, 1e3),
+            c99.show(1, 1e3),
+            ratio.show(2, 1.0)
         )?;
         summary.push(Summary {
             figure: format!("dashboard {name}, 90 days"),

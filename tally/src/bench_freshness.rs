@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use crate::bench::{BenchApi, fmt_rate, percentile, record_result, stat};
+use crate::bench::{BenchApi, percentile, record_result, stat};
 use crate::config::Global;
 
 fn order(merchant: &str) -> serde_json::Value {
@@ -131,22 +131,22 @@ pub async fn run(
     writeln!(
         table,
         "| PlaceOrder max throughput through HTTP, {clients} clients, orders/s | {} | (bench reference) |",
-        fmt_rate(&max)
+        max.show(0, 1.0)
     )?;
     writeln!(
         table,
         "| load during the measurement (half of max), orders/s | {} | |",
-        fmt_rate(&rate)
+        rate.show(0, 1.0)
     )?;
     writeln!(
         table,
-        "| freshness p50, ack → visible in daily aggregate, ms | {:.0} ({:.0}–{:.0}) | ≤ 100 |",
-        p50.median, p50.min, p50.max
+        "| freshness p50, ack → visible in daily aggregate, ms | {} | ≤ 100 |",
+        p50.show(0, 1.0)
     )?;
     writeln!(
         table,
-        "| freshness p99, ms | {:.0} ({:.0}–{:.0}) | ≤ 250 |",
-        p99.median, p99.min, p99.max
+        "| freshness p99, ms | {} | ≤ 250 |",
+        p99.show(0, 1.0)
     )?;
     println!("{table}");
     record_result(

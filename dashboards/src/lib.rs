@@ -14,9 +14,11 @@ mod page;
 pub mod params;
 pub mod store;
 pub mod views;
+pub mod weekly;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -40,6 +42,7 @@ use crate::views::{
     CurrencySummary, DailyResponse, DailyRevenue, Freshness, SummaryResponse, Table, TopMerchant,
     TopResponse, file_name, percent,
 };
+use crate::weekly::{WeeklyMetrics, WeeklySums};
 use tally_domain::money::format_minor;
 
 #[derive(Clone, Debug)]
@@ -47,6 +50,11 @@ pub struct DashboardsConfig {
     pub listen: SocketAddr,
     /// Longest date range one request may ask for.
     pub max_span_days: i64,
+    /// Most (merchant, week) sums the ranking's cache holds (32 bytes
+    /// each); 0 turns the cache off.
+    pub weekly_cache_rows: usize,
+    /// How often the cache looks for new and vanished parts.
+    pub weekly_refresh: Duration,
 }
 
 impl Default for DashboardsConfig {
@@ -54,6 +62,8 @@ impl Default for DashboardsConfig {
         DashboardsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             max_span_days: 366,
+            weekly_cache_rows: 4_000_000,
+            weekly_refresh: Duration::from_secs(2),
         }
     }
 }
@@ -63,6 +73,7 @@ impl Default for DashboardsConfig {
 pub struct Metrics {
     http: HttpMetrics,
     reads: store::ReadStats,
+    weekly: WeeklyMetrics,
 }
 
 impl Metrics {
@@ -81,7 +92,37 @@ impl Metrics {
             "Reads that gave up on the plan and used FINAL throughout (slow)",
             reads.fallbacks.clone(),
         );
-        Metrics { http, reads }
+        let weekly = WeeklyMetrics::default();
+        r.register(
+            "weekly_cache_parts",
+            "Merged daily_revenue parts whose weekly sums the ranking has cached",
+            weekly.parts.clone(),
+        );
+        r.register(
+            "weekly_cache_rows",
+            "(merchant, week) sums held by the ranking's cache, 32 bytes each",
+            weekly.rows.clone(),
+        );
+        r.register(
+            "weekly_cache_fills",
+            "Parts read into the ranking's cache",
+            weekly.fills.clone(),
+        );
+        r.register(
+            "ranking_days_cached",
+            "Days of rankings answered from cached weekly sums",
+            weekly.days_cached.clone(),
+        );
+        r.register(
+            "ranking_days_live",
+            "Days of rankings read live from daily_revenue",
+            weekly.days_live.clone(),
+        );
+        Metrics {
+            http,
+            reads,
+            weekly,
+        }
     }
 }
 
@@ -89,6 +130,7 @@ impl Metrics {
 struct AppState {
     ch: clickhouse::Client,
     reads: store::ReadStats,
+    weekly: Arc<WeeklySums>,
     max_span_days: i64,
 }
 
@@ -214,7 +256,10 @@ async fn top_merchants(
     let Some(currency) = f.currency else {
         return Err(DashError::Data("currency missing after validation".into()));
     };
-    let (top, fresh) = tokio::try_join!(store::top_merchants(&s.ch, &s.reads, &f), s.freshness())?;
+    let (top, fresh) = tokio::try_join!(
+        store::top_merchants(&s.ch, &s.reads, &s.weekly, &f),
+        s.freshness()
+    )?;
     let total = top.total_net_minor;
     let rows = top
         .top
@@ -278,11 +323,13 @@ pub fn router(
     config: &DashboardsConfig,
     ch: clickhouse::Client,
     pg: PgPool,
+    weekly: Arc<WeeklySums>,
     metrics: &Metrics,
 ) -> Router {
     let state = AppState {
         ch,
         reads: metrics.reads.clone(),
+        weekly,
         max_span_days: config.max_span_days,
     };
     let readers = AuthState {
@@ -306,6 +353,9 @@ pub fn router(
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    ch: clickhouse::Client,
+    weekly: Arc<WeeklySums>,
+    config: DashboardsConfig,
 }
 
 impl Application {
@@ -319,9 +369,24 @@ impl Application {
         registry: Arc<Registry>,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
-        let router = router(config, ch.clone(), pg.clone(), metrics)
-            .merge(ops_routes(registry, readiness(ch, pg)));
-        Ok(Application { listener, router })
+        let weekly = Arc::new(WeeklySums::new(
+            config.weekly_cache_rows,
+            metrics.weekly.clone(),
+        ));
+        let router = router(config, ch.clone(), pg.clone(), weekly.clone(), metrics)
+            .merge(ops_routes(registry, readiness(ch.clone(), pg)));
+        Ok(Application {
+            listener,
+            router,
+            ch,
+            weekly,
+            config: config.clone(),
+        })
+    }
+
+    /// The ranking's cache, to fill it before serving (the benchmark does).
+    pub fn weekly(&self) -> Arc<WeeklySums> {
+        self.weekly.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -330,7 +395,19 @@ impl Application {
             .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// Serves, and keeps the ranking's cache fresh, until `shutdown`.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> std::io::Result<()> {
-        serve(self.listener, self.router, shutdown).await
+        let stop = shutdown.child_token();
+        let warm = (self.config.weekly_cache_rows > 0).then(|| {
+            let (weekly, ch, stop) = (self.weekly.clone(), self.ch.clone(), stop.clone());
+            let (span, every) = (self.config.max_span_days, self.config.weekly_refresh);
+            tokio::spawn(async move { weekly.keep_warm(ch, span, every, stop).await })
+        });
+        let served = serve(self.listener, self.router, shutdown).await;
+        stop.cancel();
+        if let Some(w) = warm {
+            let _ = w.await;
+        }
+        served
     }
 }

@@ -26,6 +26,7 @@
 //! throughout).
 
 use std::collections::HashSet;
+use std::future::Future;
 
 use clickhouse::Row;
 use serde::Deserialize;
@@ -33,6 +34,7 @@ use tally_domain::Currency;
 use time::Date;
 
 use crate::params::{DayRange, Filter};
+use crate::weekly::WeeklySums;
 
 /// Sums of one (day or period, currency).
 #[derive(Row, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,7 +90,7 @@ pub struct PeriodRow {
     pub previous: Sums,
 }
 
-#[derive(Row, Deserialize)]
+#[derive(Row, Deserialize, Debug, PartialEq, Eq)]
 pub struct TopRow {
     /// Net of every merchant in the range (the denominator of the shares).
     pub total_net_minor: i64,
@@ -156,7 +158,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn new(parts: Vec<Part>, range: DayRange) -> Plan {
+    pub(crate) fn new(parts: Vec<Part>, range: DayRange) -> Plan {
         Plan {
             range,
             needs_final: days_needing_final(&parts, range),
@@ -171,6 +173,18 @@ impl Plan {
             needs_final: vec![range],
             parts: Vec::new(),
         }
+    }
+
+    pub(crate) fn range(&self) -> DayRange {
+        self.range
+    }
+
+    pub(crate) fn needs_final(&self) -> &[DayRange] {
+        &self.needs_final
+    }
+
+    pub(crate) fn parts(&self) -> &[Part] {
+        &self.parts
     }
 
     /// How many days of the range are read with `FINAL`.
@@ -211,13 +225,25 @@ impl Plan {
 }
 
 #[derive(Row, Deserialize, Clone, Debug, PartialEq, Eq)]
-struct Part {
-    name: String,
-    level: u32,
+pub(crate) struct Part {
+    pub(crate) name: String,
+    pub(crate) level: u32,
     #[serde(with = "clickhouse::serde::time::date")]
-    min_date: Date,
+    pub(crate) min_date: Date,
     #[serde(with = "clickhouse::serde::time::date")]
-    max_date: Date,
+    pub(crate) max_date: Date,
+}
+
+impl Part {
+    #[cfg(test)]
+    pub(crate) fn new(name: &str, level: u32, min_date: Date, max_date: Date) -> Part {
+        Part {
+            name: name.into(),
+            level,
+            min_date,
+            max_date,
+        }
+    }
 }
 
 /// The days of `range` that `parts` may hold several rows of a cell for.
@@ -289,10 +315,15 @@ fn day_between(sql: &mut Sql, r: DayRange) {
         .push(")");
 }
 
-/// Appends the `WHERE` conditions of the filter over `range`.
-fn conditions(sql: &mut Sql, f: &Filter, range: DayRange) {
+/// Appends the `WHERE` conditions of the filter over `range`, without the
+/// days of `skip`.
+fn conditions(sql: &mut Sql, f: &Filter, range: DayRange, skip: &[DayRange]) {
     sql.push(" WHERE ");
     day_between(sql, range);
+    if !skip.is_empty() {
+        sql.push(" AND NOT ");
+        days_in(sql, skip);
+    }
     if let Some(c) = f.currency {
         sql.push(" AND currency = ").str(c.code());
     }
@@ -322,26 +353,27 @@ fn days_in(sql: &mut Sql, ranges: &[DayRange]) {
     sql.push(")");
 }
 
-/// Appends the rows of `daily_revenue` that the filter selects over `range`,
-/// one row per cell: a table expression for `FROM`.
-fn source(sql: &mut Sql, f: &Filter, range: DayRange, plan: &Plan) {
+/// Appends the rows of `daily_revenue` that the filter selects over `range`
+/// but for the days of `skip`, one row per cell: a table expression for
+/// `FROM`.
+fn source(sql: &mut Sql, f: &Filter, range: DayRange, skip: &[DayRange], plan: &Plan) {
     let whole = plan
         .needs_final
         .first()
         .is_some_and(|r| r.from <= range.from && r.to >= range.to);
     if whole {
         sql.push("daily_revenue FINAL");
-        conditions(sql, f, range);
+        conditions(sql, f, range, skip);
     } else if plan.needs_final.is_empty() {
         sql.push("daily_revenue");
-        conditions(sql, f, range);
+        conditions(sql, f, range, skip);
     } else {
         sql.push("(SELECT * FROM daily_revenue");
-        conditions(sql, f, range);
+        conditions(sql, f, range, skip);
         sql.push(" AND NOT ");
         days_in(sql, &plan.needs_final);
         sql.push(" UNION ALL SELECT * FROM daily_revenue FINAL");
-        conditions(sql, f, range);
+        conditions(sql, f, range, skip);
         sql.push(" AND ");
         days_in(sql, &plan.needs_final);
         sql.push(")");
@@ -351,7 +383,7 @@ fn source(sql: &mut Sql, f: &Filter, range: DayRange, plan: &Plan) {
 pub fn daily_sql(f: &Filter, plan: &Plan) -> Sql {
     let mut sql = Sql::default();
     sql.push(&format!("SELECT day, currency, {} FROM ", sums(None)));
-    source(&mut sql, f, f.range, plan);
+    source(&mut sql, f, f.range, &[], plan);
     sql.push(" GROUP BY day, currency ORDER BY day, currency");
     sql
 }
@@ -367,7 +399,7 @@ pub fn periods_sql(f: &Filter, plan: &Plan) -> Sql {
             sums(Some("day >= split")),
             sums(Some("day < split"))
         ));
-    source(&mut sql, f, f.range.with_previous(), plan);
+    source(&mut sql, f, f.range.with_previous(), &[], plan);
     sql.push(" GROUP BY currency ORDER BY currency");
     sql
 }
@@ -380,36 +412,53 @@ pub fn top_sql(f: &Filter, plan: &Plan) -> Sql {
     sql.push("SELECT sum(net), count(), arraySlice(arraySort(m -> (-m.2, m.1), groupArray((merchant_id, net, orders, gross))), 1, ")
         .arg(Arg::UInt(f.limit.into()))
         .push(") FROM (SELECT merchant_id, sum(captured_minor) - sum(refunded_minor) AS net, sum(orders_placed) AS orders, sum(gross_minor) AS gross FROM ");
-    source(&mut sql, f, f.range, plan);
+    source(&mut sql, f, f.range, &[], plan);
     sql.push(" GROUP BY merchant_id)");
     sql
 }
 
-/// Runs the statement `build` makes for the current plan of `range`, until
-/// the plan still holds after it ran (see the module docs).
-async fn exact<T>(
+/// Per-merchant sums of the days the weekly cache does not answer: the
+/// live half of a cached ranking.
+pub fn merchants_sql(f: &Filter, plan: &Plan, skip: &[DayRange]) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT merchant_id, sum(captured_minor) - sum(refunded_minor), sum(orders_placed), sum(gross_minor) FROM ");
+    source(&mut sql, f, f.range, skip, plan);
+    sql.push(" GROUP BY merchant_id");
+    sql
+}
+
+#[derive(Row, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MerchantRow {
+    pub merchant_id: String,
+    pub net: i64,
+    pub orders: i64,
+    pub gross: i64,
+}
+
+/// Runs `read` with the current plan of `range` until the plan still holds
+/// after it ran (see the module docs); after three tries, with `FINAL`
+/// throughout.
+async fn exact<T, F, Fut>(
     ch: &clickhouse::Client,
     stats: &ReadStats,
     range: DayRange,
-    build: impl Fn(&Plan) -> Sql,
-) -> Result<Vec<T>, clickhouse::error::Error>
+    read: F,
+) -> Result<T, clickhouse::error::Error>
 where
-    T: clickhouse::RowOwned + clickhouse::RowRead,
+    F: Fn(Plan) -> Fut,
+    Fut: Future<Output = Result<T, clickhouse::error::Error>>,
 {
     for _ in 0..3 {
         let before = plan(ch, range).await?;
-        let rows = build(&before).query(ch).fetch_all::<T>().await?;
+        let out = read(before.clone()).await?;
         if before.still_holds(&plan(ch, range).await?) {
-            return Ok(rows);
+            return Ok(out);
         }
         stats.retries.inc();
         tracing::debug!("daily_revenue parts changed during a read; reading again");
     }
     stats.fallbacks.inc();
-    build(&Plan::all_final(range))
-        .query(ch)
-        .fetch_all::<T>()
-        .await
+    read(Plan::all_final(range)).await
 }
 
 /// How often reads had to be repeated because parts changed underneath,
@@ -425,7 +474,10 @@ pub async fn daily(
     stats: &ReadStats,
     f: &Filter,
 ) -> Result<Vec<DailyRow>, clickhouse::error::Error> {
-    exact(ch, stats, f.range, |p| daily_sql(f, p)).await
+    exact(ch, stats, f.range, |p| async move {
+        daily_sql(f, &p).query(ch).fetch_all().await
+    })
+    .await
 }
 
 pub async fn periods(
@@ -433,18 +485,38 @@ pub async fn periods(
     stats: &ReadStats,
     f: &Filter,
 ) -> Result<Vec<PeriodRow>, clickhouse::error::Error> {
-    exact(ch, stats, f.range.with_previous(), |p| periods_sql(f, p)).await
+    exact(ch, stats, f.range.with_previous(), |p| async move {
+        periods_sql(f, &p).query(ch).fetch_all().await
+    })
+    .await
 }
 
+/// The ranking of `f`'s currency: from the cached weeks of merged parts
+/// plus a live read of the other days, or wholly live when nothing of the
+/// range is cached.
 pub async fn top_merchants(
     ch: &clickhouse::Client,
     stats: &ReadStats,
+    weekly: &WeeklySums,
     f: &Filter,
 ) -> Result<TopRow, clickhouse::error::Error> {
-    let rows: Vec<TopRow> = exact(ch, stats, f.range, |p| top_sql(f, p)).await?;
-    rows.into_iter()
-        .next()
-        .ok_or(clickhouse::error::Error::RowNotFound)
+    exact(ch, stats, f.range, |p| async move {
+        // Rankings always have a currency; without one, read live.
+        let cover = f.currency.map(|c| weekly.cover(&p, c.code_bytes()));
+        let Some(cover) = cover.filter(|c| !c.is_empty()) else {
+            return top_sql(f, &p).query(ch).fetch_one::<TopRow>().await;
+        };
+        let live: Vec<MerchantRow> = if cover.days == [f.range] {
+            Vec::new()
+        } else {
+            merchants_sql(f, &p, &cover.days)
+                .query(ch)
+                .fetch_all()
+                .await?
+        };
+        Ok(cover.rank(live, &f.merchants, f.limit as usize))
+    })
+    .await
 }
 
 /// The currency of a row, as stored. Rows are written by the ingest from

@@ -196,6 +196,11 @@ impl Currency {
             })
     }
 
+    /// The code as stored in ClickHouse's `FixedString(3)` columns.
+    pub fn code_bytes(&self) -> [u8; 3] {
+        self.0
+    }
+
     pub fn code(&self) -> &str {
         // Only ever built from the ASCII table above.
         std::str::from_utf8(&self.0).unwrap_or("???")

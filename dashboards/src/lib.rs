@@ -12,9 +12,9 @@
 mod error;
 mod page;
 pub mod params;
+pub mod part_sums;
 pub mod store;
 pub mod views;
-pub mod weekly;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,11 +38,11 @@ use tower_http::trace::TraceLayer;
 
 pub use crate::error::DashError;
 use crate::params::{Filter, Format, Needs, RawQuery};
+use crate::part_sums::{CacheMetrics, PartSums};
 use crate::views::{
     CurrencySummary, DailyResponse, DailyRevenue, Freshness, SummaryResponse, Table, TopMerchant,
     TopResponse, file_name, percent,
 };
-use crate::weekly::{WeeklyMetrics, WeeklySums};
 use tally_domain::money::format_minor;
 
 #[derive(Clone, Debug)]
@@ -50,11 +50,11 @@ pub struct DashboardsConfig {
     pub listen: SocketAddr,
     /// Longest date range one request may ask for.
     pub max_span_days: i64,
-    /// Most (merchant, week) sums the ranking's cache holds (32 bytes
+    /// Most sums the cache of merged parts' sums holds (about 32 bytes
     /// each); 0 turns the cache off.
-    pub weekly_cache_rows: usize,
+    pub cache_rows: usize,
     /// How often the cache looks for new and vanished parts.
-    pub weekly_refresh: Duration,
+    pub cache_refresh: Duration,
 }
 
 impl Default for DashboardsConfig {
@@ -62,8 +62,8 @@ impl Default for DashboardsConfig {
         DashboardsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             max_span_days: 366,
-            weekly_cache_rows: 4_000_000,
-            weekly_refresh: Duration::from_secs(2),
+            cache_rows: 4_000_000,
+            cache_refresh: Duration::from_secs(2),
         }
     }
 }
@@ -73,7 +73,7 @@ impl Default for DashboardsConfig {
 pub struct Metrics {
     http: HttpMetrics,
     reads: store::ReadStats,
-    weekly: WeeklyMetrics,
+    cache: CacheMetrics,
 }
 
 impl Metrics {
@@ -92,37 +92,33 @@ impl Metrics {
             "Reads that gave up on the plan and used FINAL throughout (slow)",
             reads.fallbacks.clone(),
         );
-        let weekly = WeeklyMetrics::default();
+        let cache = CacheMetrics::default();
         r.register(
-            "weekly_cache_parts",
-            "Merged daily_revenue parts whose weekly sums the ranking has cached",
-            weekly.parts.clone(),
+            "cache_parts",
+            "Merged daily_revenue parts whose sums are cached",
+            cache.parts.clone(),
         );
         r.register(
-            "weekly_cache_rows",
-            "(merchant, week) sums held by the ranking's cache, 32 bytes each",
-            weekly.rows.clone(),
+            "cache_rows",
+            "Sums held by the cache (per merchant and week, per day), about 32 bytes each",
+            cache.rows.clone(),
         );
         r.register(
-            "weekly_cache_fills",
-            "Parts read into the ranking's cache",
-            weekly.fills.clone(),
+            "cache_fills",
+            "Parts read into the cache",
+            cache.fills.clone(),
         );
         r.register(
-            "ranking_days_cached",
-            "Days of rankings answered from cached weekly sums",
-            weekly.days_cached.clone(),
+            "days_cached",
+            "Days of reads answered from cached part sums",
+            cache.days_cached.clone(),
         );
         r.register(
-            "ranking_days_live",
-            "Days of rankings read live from daily_revenue",
-            weekly.days_live.clone(),
+            "days_live",
+            "Days of reads read live from daily_revenue",
+            cache.days_live.clone(),
         );
-        Metrics {
-            http,
-            reads,
-            weekly,
-        }
+        Metrics { http, reads, cache }
     }
 }
 
@@ -130,7 +126,7 @@ impl Metrics {
 struct AppState {
     ch: clickhouse::Client,
     reads: store::ReadStats,
-    weekly: Arc<WeeklySums>,
+    cache: Arc<PartSums>,
     max_span_days: i64,
 }
 
@@ -201,7 +197,8 @@ async fn daily_revenue(
     q: Result<Query<RawQuery>, QueryRejection>,
 ) -> Result<Response, DashError> {
     let f = s.filter(q, Needs::default())?;
-    let (rows, fresh) = tokio::try_join!(store::daily(&s.ch, &s.reads, &f), s.freshness())?;
+    let (rows, fresh) =
+        tokio::try_join!(store::daily(&s.ch, &s.reads, &s.cache, &f), s.freshness())?;
     let rows = rows
         .into_iter()
         .map(|r| {
@@ -226,7 +223,8 @@ async fn summary(
     q: Result<Query<RawQuery>, QueryRejection>,
 ) -> Result<Response, DashError> {
     let f = s.filter(q, Needs::default())?;
-    let (rows, fresh) = tokio::try_join!(store::periods(&s.ch, &s.reads, &f), s.freshness())?;
+    let (rows, fresh) =
+        tokio::try_join!(store::periods(&s.ch, &s.reads, &s.cache, &f), s.freshness())?;
     let currencies = rows
         .iter()
         .map(|r| {
@@ -257,7 +255,7 @@ async fn top_merchants(
         return Err(DashError::Data("currency missing after validation".into()));
     };
     let (top, fresh) = tokio::try_join!(
-        store::top_merchants(&s.ch, &s.reads, &s.weekly, &f),
+        store::top_merchants(&s.ch, &s.reads, &s.cache, &f),
         s.freshness()
     )?;
     let total = top.total_net_minor;
@@ -323,13 +321,13 @@ pub fn router(
     config: &DashboardsConfig,
     ch: clickhouse::Client,
     pg: PgPool,
-    weekly: Arc<WeeklySums>,
+    cache: Arc<PartSums>,
     metrics: &Metrics,
 ) -> Router {
     let state = AppState {
         ch,
         reads: metrics.reads.clone(),
-        weekly,
+        cache,
         max_span_days: config.max_span_days,
     };
     let readers = AuthState {
@@ -354,7 +352,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     ch: clickhouse::Client,
-    weekly: Arc<WeeklySums>,
+    cache: Arc<PartSums>,
     config: DashboardsConfig,
 }
 
@@ -369,24 +367,22 @@ impl Application {
         registry: Arc<Registry>,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
-        let weekly = Arc::new(WeeklySums::new(
-            config.weekly_cache_rows,
-            metrics.weekly.clone(),
-        ));
-        let router = router(config, ch.clone(), pg.clone(), weekly.clone(), metrics)
+        let cache = Arc::new(PartSums::new(config.cache_rows, metrics.cache.clone()));
+        let router = router(config, ch.clone(), pg.clone(), cache.clone(), metrics)
             .merge(ops_routes(registry, readiness(ch.clone(), pg)));
         Ok(Application {
             listener,
             router,
             ch,
-            weekly,
+            cache,
             config: config.clone(),
         })
     }
 
-    /// The ranking's cache, to fill it before serving (the benchmark does).
-    pub fn weekly(&self) -> Arc<WeeklySums> {
-        self.weekly.clone()
+    /// The cache of part sums, to fill it before serving (the benchmark
+    /// does).
+    pub fn cache(&self) -> Arc<PartSums> {
+        self.cache.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -395,13 +391,13 @@ impl Application {
             .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// Serves, and keeps the ranking's cache fresh, until `shutdown`.
+    /// Serves, and keeps the cache of part sums fresh, until `shutdown`.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> std::io::Result<()> {
         let stop = shutdown.child_token();
-        let warm = (self.config.weekly_cache_rows > 0).then(|| {
-            let (weekly, ch, stop) = (self.weekly.clone(), self.ch.clone(), stop.clone());
-            let (span, every) = (self.config.max_span_days, self.config.weekly_refresh);
-            tokio::spawn(async move { weekly.keep_warm(ch, span, every, stop).await })
+        let warm = (self.config.cache_rows > 0).then(|| {
+            let (cache, ch, stop) = (self.cache.clone(), self.ch.clone(), stop.clone());
+            let (span, every) = (self.config.max_span_days, self.config.cache_refresh);
+            tokio::spawn(async move { cache.keep_warm(ch, span, every, stop).await })
         });
         let served = serve(self.listener, self.router, shutdown).await;
         stop.cancel();

@@ -34,7 +34,7 @@ use tally_domain::Currency;
 use time::Date;
 
 use crate::params::{DayRange, Filter};
-use crate::weekly::WeeklySums;
+use crate::part_sums::{DayCover, PartSums};
 
 /// Sums of one (day or period, currency).
 #[derive(Row, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,6 +53,17 @@ impl Sums {
     }
 }
 
+impl std::ops::AddAssign for Sums {
+    fn add_assign(&mut self, o: Sums) {
+        self.orders_placed += o.orders_placed;
+        self.orders_cancelled += o.orders_cancelled;
+        self.items_sold += o.items_sold;
+        self.gross_minor += o.gross_minor;
+        self.captured_minor += o.captured_minor;
+        self.refunded_minor += o.refunded_minor;
+    }
+}
+
 /// The columns of [`Sums`], in its order.
 const SUM_COLUMNS: [&str; 6] = [
     "orders_placed",
@@ -64,7 +75,7 @@ const SUM_COLUMNS: [&str; 6] = [
 ];
 
 /// `sum(column)` (or `sumIf(column, cond)`) of every [`Sums`] column.
-fn sums(cond: Option<&str>) -> String {
+pub(crate) fn sums(cond: Option<&str>) -> String {
     SUM_COLUMNS
         .map(|c| match cond {
             None => format!("sum({c})"),
@@ -73,7 +84,7 @@ fn sums(cond: Option<&str>) -> String {
         .join(", ")
 }
 
-#[derive(Row, Deserialize)]
+#[derive(Row, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DailyRow {
     #[serde(with = "clickhouse::serde::time::date")]
     pub day: Date,
@@ -81,7 +92,7 @@ pub struct DailyRow {
     pub sums: Sums,
 }
 
-#[derive(Row, Deserialize)]
+#[derive(Row, Deserialize, Debug, PartialEq, Eq)]
 pub struct PeriodRow {
     pub currency: [u8; 3],
     /// The requested period.
@@ -380,17 +391,18 @@ fn source(sql: &mut Sql, f: &Filter, range: DayRange, skip: &[DayRange], plan: &
     }
 }
 
-pub fn daily_sql(f: &Filter, plan: &Plan) -> Sql {
+/// Sums per day and currency, but for the days of `skip`.
+pub fn daily_sql(f: &Filter, plan: &Plan, skip: &[DayRange]) -> Sql {
     let mut sql = Sql::default();
     sql.push(&format!("SELECT day, currency, {} FROM ", sums(None)));
-    source(&mut sql, f, f.range, &[], plan);
+    source(&mut sql, f, f.range, skip, plan);
     sql.push(" GROUP BY day, currency ORDER BY day, currency");
     sql
 }
 
 /// Totals per currency for the filter's range and the period before it, in
-/// one scan.
-pub fn periods_sql(f: &Filter, plan: &Plan) -> Sql {
+/// one scan, but for the days of `skip`.
+pub fn periods_sql(f: &Filter, plan: &Plan, skip: &[DayRange]) -> Sql {
     let mut sql = Sql::default();
     sql.push("WITH toDate(")
         .str(f.range.from.to_string())
@@ -399,7 +411,7 @@ pub fn periods_sql(f: &Filter, plan: &Plan) -> Sql {
             sums(Some("day >= split")),
             sums(Some("day < split"))
         ));
-    source(&mut sql, f, f.range.with_previous(), &[], plan);
+    source(&mut sql, f, f.range.with_previous(), skip, plan);
     sql.push(" GROUP BY currency ORDER BY currency");
     sql
 }
@@ -417,7 +429,7 @@ pub fn top_sql(f: &Filter, plan: &Plan) -> Sql {
     sql
 }
 
-/// Per-merchant sums of the days the weekly cache does not answer: the
+/// Per-merchant sums of the days the cached weeks do not answer: the
 /// live half of a cached ranking.
 pub fn merchants_sql(f: &Filter, plan: &Plan, skip: &[DayRange]) -> Sql {
     let mut sql = Sql::default();
@@ -469,24 +481,81 @@ pub struct ReadStats {
     pub fallbacks: prometheus_client::metrics::counter::Counter,
 }
 
+/// Per day and currency: cached totals for the days merged parts alone
+/// cover, a live read of the others. With a merchant filter, all live.
 pub async fn daily(
     ch: &clickhouse::Client,
     stats: &ReadStats,
+    cache: &PartSums,
     f: &Filter,
 ) -> Result<Vec<DailyRow>, clickhouse::error::Error> {
     exact(ch, stats, f.range, |p| async move {
-        daily_sql(f, &p).query(ch).fetch_all().await
+        let cover = day_cover(cache, &p, f);
+        let mut rows: Vec<DailyRow> = if cover.days == [p.range()] {
+            Vec::new()
+        } else {
+            daily_sql(f, &p, &cover.days).query(ch).fetch_all().await?
+        };
+        if !cover.rows.is_empty() {
+            rows.extend(cover.rows);
+            rows.sort_by_key(|r| (r.day, r.currency));
+        }
+        Ok(rows)
     })
     .await
 }
 
+/// The cached part of a daily or summary read: none with a merchant filter
+/// (the cache holds totals over all merchants).
+fn day_cover(cache: &PartSums, plan: &Plan, f: &Filter) -> DayCover {
+    if f.merchants.is_empty() {
+        cache.day_cover(plan, f.currency.map(|c| c.code_bytes()))
+    } else {
+        DayCover::default()
+    }
+}
+
+/// Totals per currency of the range and of the period before it, from
+/// cached day totals and a live read, as [`daily`].
 pub async fn periods(
     ch: &clickhouse::Client,
     stats: &ReadStats,
+    cache: &PartSums,
     f: &Filter,
 ) -> Result<Vec<PeriodRow>, clickhouse::error::Error> {
     exact(ch, stats, f.range.with_previous(), |p| async move {
-        periods_sql(f, &p).query(ch).fetch_all().await
+        let cover = day_cover(cache, &p, f);
+        let live: Vec<PeriodRow> = if cover.days == [p.range()] {
+            Vec::new()
+        } else {
+            periods_sql(f, &p, &cover.days)
+                .query(ch)
+                .fetch_all()
+                .await?
+        };
+        if cover.rows.is_empty() {
+            return Ok(live);
+        }
+        let mut by: std::collections::BTreeMap<[u8; 3], (Sums, Sums)> = live
+            .into_iter()
+            .map(|r| (r.currency, (r.current, r.previous)))
+            .collect();
+        for r in cover.rows {
+            let (current, previous) = by.entry(r.currency).or_default();
+            if r.day >= f.range.from {
+                *current += r.sums;
+            } else {
+                *previous += r.sums;
+            }
+        }
+        Ok(by
+            .into_iter()
+            .map(|(currency, (current, previous))| PeriodRow {
+                currency,
+                current,
+                previous,
+            })
+            .collect())
     })
     .await
 }
@@ -497,12 +566,12 @@ pub async fn periods(
 pub async fn top_merchants(
     ch: &clickhouse::Client,
     stats: &ReadStats,
-    weekly: &WeeklySums,
+    cache: &PartSums,
     f: &Filter,
 ) -> Result<TopRow, clickhouse::error::Error> {
     exact(ch, stats, f.range, |p| async move {
         // Rankings always have a currency; without one, read live.
-        let cover = f.currency.map(|c| weekly.cover(&p, c.code_bytes()));
+        let cover = f.currency.map(|c| cache.cover(&p, c.code_bytes()));
         let Some(cover) = cover.filter(|c| !c.is_empty()) else {
             return top_sql(f, &p).query(ch).fetch_one::<TopRow>().await;
         };
@@ -659,7 +728,7 @@ mod tests {
             &[part("a", 1, date!(2026 - 08 - 01), date!(2026 - 10 - 31))],
             r,
         );
-        let sql = daily_sql(&f, &clean);
+        let sql = daily_sql(&f, &clean, &[]);
         assert!(!sql.text.contains("FINAL"), "{}", sql.text);
         assert_eq!(sql.args.len(), 3);
 
@@ -689,14 +758,14 @@ mod tests {
             &[part("a", 0, date!(2026 - 08 - 01), date!(2026 - 10 - 31))],
             r,
         );
-        let sql = daily_sql(&f, &dirty);
+        let sql = daily_sql(&f, &dirty, &[]);
         assert!(
             sql.text.contains("FROM daily_revenue FINAL WHERE"),
             "{}",
             sql.text
         );
         assert!(!sql.text.contains("UNION"));
-        let sql = daily_sql(&f, &Plan::all_final(f.range));
+        let sql = daily_sql(&f, &Plan::all_final(f.range), &[]);
         assert!(
             sql.text.contains("FROM daily_revenue FINAL WHERE"),
             "{}",
@@ -707,7 +776,7 @@ mod tests {
     #[test]
     fn values_are_placeholders_in_the_text_and_escaped_when_inlined() {
         let f = filter("m-1,m.2");
-        let sql = daily_sql(&f, &planned(&[], f.range));
+        let sql = daily_sql(&f, &planned(&[], f.range), &[]);
         assert!(!sql.text.contains("m-1") && !sql.text.contains("2026-08-15"));
         assert!(sql.text.contains("merchant_id IN (?, ?)"));
         let inlined = sql.inline();
@@ -726,7 +795,7 @@ mod tests {
     #[test]
     fn the_summary_reads_both_periods() {
         let f = filter("");
-        let sql = periods_sql(&f, &planned(&[], f.range));
+        let sql = periods_sql(&f, &planned(&[], f.range), &[]);
         let inlined = sql.inline();
         // 2026-08-15..2026-10-10 is 57 days; the period before starts 57 days earlier.
         assert!(

@@ -7,11 +7,10 @@
 //! does all day, so the current month is a partition with unmerged parts:
 //! the state the dashboards really read. Then random 90-day windows and
 //! currencies are requested one after another through HTTP (daily revenue
-//! and top merchants, as the page asks for them). The SQL that answers each
-//! request in one statement (from the same plan of clean partitions: for
-//! daily revenue the very statement the API ran, for top merchants the one
-//! it runs when nothing is cached, since the API adds cached weekly sums to
-//! a read of the other days) is then timed with one
+//! and top merchants, as the page asks for them). The one statement that
+//! answers each request (from the same plan of clean partitions: what the
+//! API runs when nothing is cached, since it adds cached sums of merged
+//! parts to a read of the other days) is then timed with one
 //! `clickhouse-client --multiquery --time` per run, connected as the same
 //! read-only user (so with the same settings profile): the client's own
 //! figure per statement, without its process start.
@@ -229,14 +228,14 @@ pub(crate) async fn run(
         Arc::new(registry),
     )
     .await?;
-    // The service fills its ranking cache in the background from start-up;
+    // The service fills its cache of part sums in the background from start-up;
     // here it is filled first, so that the timed requests do not race it,
     // and what that costs is shown.
     let t = Instant::now();
     let since = OffsetDateTime::now_utc().date() - time::Duration::days(config.max_span_days - 1);
-    let filled = app.weekly().refresh(&reader, since).await?;
+    let filled = app.cache().refresh(&reader, since).await?;
     eprintln!(
-        "  ranking cache: weekly sums of {} merged parts read in {:.1} s",
+        "  cache: sums of {} merged parts read in {:.1} s",
         filled.filled,
         t.elapsed().as_secs_f64()
     );
@@ -283,7 +282,7 @@ pub(crate) async fn run(
             let plan = store::plan(&reader, a.filter.range).await?;
             final_days = final_days.max(plan.final_days());
             let sql = if i % 2 == 0 {
-                store::daily_sql(&a.filter, &plan)
+                store::daily_sql(&a.filter, &plan, &[])
             } else {
                 store::top_sql(&a.filter, &plan)
             };
@@ -360,7 +359,7 @@ pub(crate) async fn run(
         record.as_deref(),
         "dashboards",
         &format!(
-            "{merchants} merchants × 3 currencies × {days} days ({} cells), merged except today's cells, written again as the ingest does; {requests} random 90-day windows per run, one request at a time, over HTTP with a finance:read key; median of {runs} runs (min–max). The ranking cache is filled before the runs (its fill time is printed). Baseline: the one statement that answers each request, from the same plan (for top merchants, without the cache), timed by `clickhouse-client --time`.",
+            "{merchants} merchants × 3 currencies × {days} days ({} cells), merged except today's cells, written again as the ingest does; {requests} random 90-day windows per run, one request at a time, over HTTP with a finance:read key; median of {runs} runs (min–max). The cache of merged parts' sums is filled before the runs (its fill time is printed). Baseline: the one statement that answers each request, from the same plan (what the API runs with nothing cached), timed by `clickhouse-client --time`.",
             merchants * 3 * days as u64
         ),
         &table,

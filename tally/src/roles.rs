@@ -66,14 +66,11 @@ pub struct DashboardsArgs {
     /// Longest date range (days) one dashboard request may ask for.
     #[arg(long, env = "TALLY_DASHBOARDS_MAX_SPAN_DAYS", default_value_t = 366, value_parser = clap::value_parser!(i64).range(1..=3660))]
     pub max_span_days: i64,
-    /// Most (merchant, week) sums cached for rankings, 32 bytes each (the
-    /// default is about 128 MB at most); 0 turns the cache off.
-    #[arg(
-        long,
-        env = "TALLY_DASHBOARDS_WEEKLY_CACHE_ROWS",
-        default_value_t = 4_000_000
-    )]
-    pub weekly_cache_rows: usize,
+    /// Most sums of merged parts cached (per merchant and week, per day;
+    /// about 32 bytes each, so at most about 128 MB by default); 0 turns
+    /// the cache off.
+    #[arg(long, env = "TALLY_DASHBOARDS_CACHE_ROWS", default_value_t = 4_000_000)]
+    pub cache_rows: usize,
 }
 
 #[derive(Subcommand, Clone, Debug)]
@@ -260,7 +257,7 @@ pub async fn dashboards(g: &Global, args: DashboardsArgs) -> anyhow::Result<()> 
     let config = tally_dashboards::DashboardsConfig {
         listen: args.listen,
         max_span_days: args.max_span_days,
-        weekly_cache_rows: args.weekly_cache_rows,
+        cache_rows: args.cache_rows,
         ..Default::default()
     };
     let mut registry = Registry::default();

@@ -28,14 +28,11 @@ pub struct UpArgs {
     /// Longest date range (days) one dashboard request may ask for.
     #[arg(long, env = "TALLY_DASHBOARDS_MAX_SPAN_DAYS", default_value_t = 366, value_parser = clap::value_parser!(i64).range(1..=3660))]
     pub dashboards_max_span_days: i64,
-    /// Most (merchant, week) sums the dashboards cache for rankings, 32
-    /// bytes each (the default is about 128 MB at most); 0 turns it off.
-    #[arg(
-        long,
-        env = "TALLY_DASHBOARDS_WEEKLY_CACHE_ROWS",
-        default_value_t = 4_000_000
-    )]
-    pub dashboards_weekly_cache_rows: usize,
+    /// Most sums of merged parts the dashboards cache (per merchant and
+    /// week, per day; about 32 bytes each, so at most about 128 MB by
+    /// default); 0 turns the cache off.
+    #[arg(long, env = "TALLY_DASHBOARDS_CACHE_ROWS", default_value_t = 4_000_000)]
+    pub dashboards_cache_rows: usize,
     /// When the projections are rebuilt from the write store (cron, with
     /// seconds, UTC).
     #[arg(long, env = "TALLY_REBUILD_CRON", default_value = "0 0 3 * * *")]
@@ -133,7 +130,7 @@ async fn serve(
     let dash_config = tally_dashboards::DashboardsConfig {
         listen: args.dashboards_listen,
         max_span_days: args.dashboards_max_span_days,
-        weekly_cache_rows: args.dashboards_weekly_cache_rows,
+        cache_rows: args.dashboards_cache_rows,
         ..Default::default()
     };
     let dashboards = tally_dashboards::Application::build(

@@ -559,7 +559,8 @@ async fn ranking_oracle(
     ch: &clickhouse::Client,
     f: &tally_dashboards::params::Filter,
 ) -> tally_dashboards::store::TopRow {
-    let mut q = ch
+    let only: Vec<&str> = f.merchants.iter().map(|m| m.as_str()).collect();
+    let mut rows: Vec<tally_dashboards::store::MerchantRow> = ch
         .query(
             "SELECT merchant_id, sum(captured_minor) - sum(refunded_minor), sum(orders_placed), sum(gross_minor) \
              FROM daily_revenue FINAL WHERE currency = ? AND day >= toDate(?) AND day <= toDate(?) \
@@ -568,10 +569,12 @@ async fn ranking_oracle(
         )
         .bind(f.currency.unwrap().code())
         .bind(f.range.from.to_string())
-        .bind(f.range.to.to_string());
-    let only: Vec<&str> = f.merchants.iter().map(|m| m.as_str()).collect();
-    q = q.bind(only.join(",")).bind(only.join(","));
-    let mut rows: Vec<tally_dashboards::store::MerchantRow> = q.fetch_all().await.unwrap();
+        .bind(f.range.to.to_string())
+        .bind(only.join(","))
+        .bind(only.join(","))
+        .fetch_all()
+        .await
+        .unwrap();
     let total_net_minor = rows.iter().map(|r| r.net).sum();
     let merchants = rows.len() as u64;
     rows.sort_by(|a, b| b.net.cmp(&a.net).then(a.merchant_id.cmp(&b.merchant_id)));
@@ -586,15 +589,65 @@ async fn ranking_oracle(
     }
 }
 
-/// Rankings answered partly from the cached weekly sums of merged parts
-/// equal the oracle's: with the range cut mid-week, with a merchant filter,
-/// after a late write lands beside a cached part, and after a merge replaces
-/// the cached parts with new ones.
+/// Per day and currency out of `daily_revenue FINAL`: the oracle for the
+/// daily view, and (summed in Rust) for the summary.
+async fn daily_oracle(
+    ch: &clickhouse::Client,
+    f: &tally_dashboards::params::Filter,
+    range: tally_dashboards::params::DayRange,
+) -> Vec<tally_dashboards::store::DailyRow> {
+    let only: Vec<&str> = f.merchants.iter().map(|m| m.as_str()).collect();
+    let currency = f.currency.as_ref().map_or("", |c| c.code());
+    ch.query(
+        "SELECT day, currency, sum(orders_placed), sum(orders_cancelled), sum(items_sold), \
+                sum(gross_minor), sum(captured_minor), sum(refunded_minor) \
+         FROM daily_revenue FINAL WHERE day >= toDate(?) AND day <= toDate(?) \
+           AND (? = '' OR currency = ?) AND (? = '' OR has(splitByChar(',', ?), merchant_id)) \
+         GROUP BY day, currency ORDER BY day, currency",
+    )
+    .bind(range.from.to_string())
+    .bind(range.to.to_string())
+    .bind(currency)
+    .bind(currency)
+    .bind(only.join(","))
+    .bind(only.join(","))
+    .fetch_all()
+    .await
+    .unwrap()
+}
+
+async fn periods_oracle(
+    ch: &clickhouse::Client,
+    f: &tally_dashboards::params::Filter,
+) -> Vec<tally_dashboards::store::PeriodRow> {
+    let mut by = std::collections::BTreeMap::new();
+    for r in daily_oracle(ch, f, f.range.with_previous()).await {
+        let p = by
+            .entry(r.currency)
+            .or_insert_with(|| tally_dashboards::store::PeriodRow {
+                currency: r.currency,
+                current: Default::default(),
+                previous: Default::default(),
+            });
+        if r.day >= f.range.from {
+            p.current += r.sums;
+        } else {
+            p.previous += r.sums;
+        }
+    }
+    by.into_values().collect()
+}
+
+/// Reads answered partly from the cached sums of merged parts (rankings,
+/// daily rows, summaries) equal the oracle's: with the range cut mid-week,
+/// with and without a currency, with a merchant filter, after a late write
+/// lands beside a cached part, and after a merge replaces the cached parts
+/// with new ones.
 #[tokio::test]
-async fn rankings_from_cached_weekly_sums_equal_a_full_final_read() {
+async fn reads_from_cached_part_sums_equal_a_full_final_read() {
     use tally_dashboards::params::{Filter, Needs, RawQuery};
+    use tally_dashboards::part_sums::{CacheMetrics, PartSums};
     use tally_dashboards::store;
-    use tally_dashboards::weekly::{WeeklyMetrics, WeeklySums};
 
     let db = tally_tests::TestDb::new().await;
     let (ch, reader) = (db.ch.client(), db.ch_reader.client());
@@ -624,11 +677,11 @@ async fn rankings_from_cached_weekly_sums_equal_a_full_final_read() {
     ] {
         ch.query(sql).execute().await.unwrap();
     }
-    let metrics = WeeklyMetrics::default();
-    let weekly = WeeklySums::new(1_000_000, metrics.clone());
+    let metrics = CacheMetrics::default();
+    let cache = PartSums::new(1_000_000, metrics.clone());
     let stats = store::ReadStats::default();
     let since = date!(2026 - 01 - 01);
-    let filled = weekly.refresh(&reader, since).await.unwrap();
+    let filled = cache.refresh(&reader, since).await.unwrap();
     assert_eq!((filled.filled, filled.dropped), (3, 0), "one part a month");
 
     let cases = [
@@ -639,7 +692,7 @@ async fn rankings_from_cached_weekly_sums_equal_a_full_final_read() {
         ("2026-09-02", "2026-09-03", "EUR", "", "10"), // no whole week
     ];
     let check = |round: &'static str| {
-        let (weekly, stats, reader, ch) = (&weekly, &stats, &reader, &ch);
+        let (cache, stats, reader, ch) = (&cache, &stats, &reader, &ch);
         async move {
             for (from, to, currency, merchants, limit) in cases {
                 let raw = RawQuery {
@@ -652,22 +705,33 @@ async fn rankings_from_cached_weekly_sums_equal_a_full_final_read() {
                 };
                 let f = Filter::parse(&raw, date!(2026 - 11 - 23), 366, Needs { currency: true })
                     .unwrap();
-                let got = store::top_merchants(reader, stats, weekly, &f)
+                let case = format!("{round}: {from}..{to} {currency} [{merchants}] top {limit}");
+                let got = store::top_merchants(reader, stats, cache, &f)
                     .await
                     .unwrap();
-                let want = ranking_oracle(ch, &f).await;
-                assert_eq!(
-                    got, want,
-                    "{round}: {from}..{to} {currency} [{merchants}] top {limit}"
-                );
+                assert_eq!(got, ranking_oracle(ch, &f).await, "{case}");
                 assert!(got.merchants > 0);
+                for f in [
+                    f.clone(),
+                    Filter {
+                        currency: None,
+                        ..f
+                    },
+                ] {
+                    let got = store::daily(reader, stats, cache, &f).await.unwrap();
+                    assert_eq!(got, daily_oracle(ch, &f, f.range).await, "daily {case}");
+                    assert!(!got.is_empty());
+                    let got = store::periods(reader, stats, cache, &f).await.unwrap();
+                    assert_eq!(got, periods_oracle(ch, &f).await, "summary {case}");
+                }
             }
         }
     };
     check("merged").await;
     let cached = metrics.days_cached.get();
-    // Of the first four cases: all 84 days; Aug 10 - Oct 18; all 92 (Aug
-    // 1-2 and Oct 26-31 are whole weeks of their parts); Aug 10 - Sep 27.
+    // The rankings alone of the first four cases: all 84 days; Aug 10 -
+    // Oct 18; all 92 (Aug 1-2 and Oct 26-31 are whole weeks of their
+    // parts); Aug 10 - Sep 27. The daily and summary reads add more.
     assert!(cached >= 84 + 70 + 92 + 49, "{cached} days from the cache");
 
     // A late write for Sep 16 in a part of its own: that week is read live
@@ -696,7 +760,7 @@ async fn rankings_from_cached_weekly_sums_equal_a_full_final_read() {
         ch.query(sql).execute().await.unwrap();
     }
     check("merged, not refreshed").await;
-    let again = weekly.refresh(&reader, since).await.unwrap();
+    let again = cache.refresh(&reader, since).await.unwrap();
     assert_eq!((again.filled, again.dropped), (1, 1));
     check("refreshed").await;
     assert_eq!(metrics.parts.get(), 3);

@@ -1,23 +1,24 @@
-//! Per-merchant weekly sums of merged parts, kept in the dashboards process,
-//! so that ranking 10 000 merchants over 90 days does not group 900 000
-//! cells by merchant on every request (on 2 cores that grouping alone is
-//! 25-35 ms; added up from cached weeks it is about 1 ms).
+//! Sums of merged parts, kept in the dashboards process: per (currency,
+//! day) for the daily and summary views, per (currency, ISO week, merchant)
+//! for the ranking. Ranking 10 000 merchants over 90 days would otherwise
+//! group 900 000 cells by merchant on every request (25-35 ms of ClickHouse
+//! on 2 cores; added up from cached weeks it is about 1 ms), and the daily
+//! view would sum them by day.
 //!
 //! Why it is exact: a ClickHouse part never changes once written. A merge,
 //! a mutation or a replaced partition writes new parts under new names. So
-//! the (currency, week, merchant) sums of one merged part, keyed by the
-//! part's name, stay right for as long as that name is active. A request
-//! uses a part's week only where its plan (see `store`) says that part is
-//! the sole cover of those days, never where a day is read with `FINAL`;
-//! the other days (ragged ends of the range, days read with `FINAL`, parts
-//! not cached yet) are read live, and the plan's before/after check covers
-//! the answer as a whole.
+//! the sums of one merged part, keyed by the part's name, stay right for as
+//! long as that name is active. A read uses a part's sums only for days its
+//! plan (see `store`) says that part is the sole cover of, never a day read
+//! with `FINAL`; the other days (ragged ends of a ranking's range, days
+//! read with `FINAL`, parts not cached yet) are read live, and the plan's
+//! before/after check covers the answer as a whole.
 //!
 //! Why a cache and not a rollup table: it costs the ingest and the rebuild
-//! nothing, and a miss only means those days are read live, as they would
-//! be without it, so a cold cache is never slower than no cache. A
-//! background task fills it, newest parts first and within a row budget,
-//! and drops the parts that went.
+//! nothing and is no projection that could drift, and a miss only means
+//! those days are read live, as they would be without it, so a cold cache
+//! is never slower than no cache. A background task fills it (newest parts
+//! first, within a row budget) and drops the parts that went.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::AddAssign;
@@ -33,7 +34,7 @@ use tally_ops::Shutdown;
 use time::Date;
 
 use crate::params::DayRange;
-use crate::store::{MerchantRow, Plan, TopRow};
+use crate::store::{DailyRow, MerchantRow, Plan, TopRow};
 
 /// The measures the ranking shows, of one merchant.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -80,6 +81,8 @@ impl Names {
 
 struct Cached {
     weeks: HashMap<WeekKey, Week>,
+    /// Totals per (day, currency), in that order.
+    days: Vec<DailyRow>,
     rows: usize,
 }
 
@@ -93,9 +96,9 @@ struct State {
     too_big: HashSet<String>,
 }
 
-/// The cache's Prometheus metrics (`tally_dashboards_weekly_*`).
+/// The cache's Prometheus metrics.
 #[derive(Clone, Debug, Default)]
-pub struct WeeklyMetrics {
+pub struct CacheMetrics {
     pub parts: Gauge,
     pub rows: Gauge,
     pub fills: Counter,
@@ -103,10 +106,10 @@ pub struct WeeklyMetrics {
     pub days_live: Counter,
 }
 
-pub struct WeeklySums {
+pub struct PartSums {
     state: Mutex<State>,
     budget_rows: usize,
-    metrics: WeeklyMetrics,
+    metrics: CacheMetrics,
 }
 
 /// Monday of `d`'s week (ClickHouse's `toMonday`).
@@ -140,7 +143,60 @@ fn usable_weeks(plan: &Plan, from: Date, to: Date) -> Vec<DayRange> {
     out
 }
 
-/// What the cache can answer for one currency over one plan.
+/// The days of `part` (`from..=to`) within the plan's range that are not
+/// read with `FINAL` (so this part is their only cover).
+fn clean_days(plan: &Plan, from: Date, to: Date) -> Vec<DayRange> {
+    let range = plan.range();
+    let (mut from, to) = (from.max(range.from), to.min(range.to));
+    let mut out = Vec::new();
+    // `needs_final` is sorted and disjoint.
+    for r in plan.needs_final() {
+        if from > to {
+            return out;
+        }
+        if r.to < from || to < r.from {
+            continue;
+        }
+        if from < r.from {
+            out.push(DayRange {
+                from,
+                to: r.from.previous_day().unwrap_or(r.from),
+            });
+        }
+        match r.to.next_day() {
+            Some(next) => from = next,
+            None => return out,
+        }
+    }
+    if from <= to {
+        out.push(DayRange { from, to });
+    }
+    out
+}
+
+/// Sorts day ranges and joins adjacent ones.
+fn joined(mut days: Vec<DayRange>) -> Vec<DayRange> {
+    days.sort_by_key(|r| r.from);
+    let mut out: Vec<DayRange> = Vec::with_capacity(days.len());
+    for r in days {
+        match out.last_mut() {
+            Some(last) if last.to.next_day() == Some(r.from) => last.to = r.to,
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// What the cache can answer of per-day totals over one plan.
+#[derive(Debug, Default)]
+pub struct DayCover {
+    /// One row per (day, currency) with cells, of the days answered.
+    pub rows: Vec<DailyRow>,
+    /// The days answered, sorted, adjacent ranges joined.
+    pub days: Vec<DayRange>,
+}
+
+/// What the cache can answer of a ranking over one plan.
 pub struct Cover {
     names: Arc<Names>,
     weeks: Vec<Week>,
@@ -253,11 +309,11 @@ pub struct Refreshed {
     pub over_budget: usize,
 }
 
-impl WeeklySums {
-    /// A cache that holds at most `budget_rows` (merchant, week) sums, 32
-    /// bytes each.
-    pub fn new(budget_rows: usize, metrics: WeeklyMetrics) -> WeeklySums {
-        WeeklySums {
+impl PartSums {
+    /// A cache that holds at most `budget_rows` sums, 32 bytes or so each
+    /// (nearly all of them (merchant, week) sums).
+    pub fn new(budget_rows: usize, metrics: CacheMetrics) -> PartSums {
+        PartSums {
             state: Mutex::new(State::default()),
             budget_rows,
             metrics,
@@ -285,25 +341,49 @@ impl WeeklySums {
                 days.push(span);
             }
         }
-        days.sort_by_key(|r| r.from);
-        let mut joined: Vec<DayRange> = Vec::with_capacity(days.len());
-        for r in days {
-            match joined.last_mut() {
-                Some(last) if last.to.next_day() == Some(r.from) => last.to = r.to,
-                _ => joined.push(r),
-            }
-        }
         let cover = Cover {
             names: st.names.clone(),
             weeks,
-            days: joined,
+            days: joined(days),
         };
-        let cached = u64::try_from(cover.days_count()).unwrap_or(0);
-        self.metrics.days_cached.inc_by(cached);
+        self.count_days(plan, &cover.days);
+        cover
+    }
+
+    /// What the cache holds of per-day totals over `plan`'s range, of one
+    /// currency or of all.
+    pub fn day_cover(&self, plan: &Plan, currency: Option<[u8; 3]>) -> DayCover {
+        let st = self.state();
+        let mut cover = DayCover::default();
+        for p in plan.parts() {
+            let Some(cached) = st.parts.get(p.name.as_str()) else {
+                continue;
+            };
+            for span in clean_days(plan, p.min_date, p.max_date) {
+                let from = cached.days.partition_point(|r| r.day < span.from);
+                cover.rows.extend(
+                    cached.days[from..]
+                        .iter()
+                        .take_while(|r| r.day <= span.to)
+                        .filter(|r| currency.is_none_or(|c| r.currency == c)),
+                );
+                cover.days.push(span);
+            }
+        }
+        cover.days = joined(cover.days);
+        self.count_days(plan, &cover.days);
+        cover
+    }
+
+    fn count_days(&self, plan: &Plan, cached: &[DayRange]) {
+        let cached: i64 = cached.iter().map(|r| r.days()).sum();
+        let live = plan.range().days() - cached;
+        self.metrics
+            .days_cached
+            .inc_by(u64::try_from(cached).unwrap_or(0));
         self.metrics
             .days_live
-            .inc_by(u64::try_from(plan.range().days()).unwrap_or(0) - cached);
-        cover
+            .inc_by(u64::try_from(live).unwrap_or(0));
     }
 
     /// Drops the parts that are no longer active and fills the merged
@@ -368,8 +448,17 @@ impl WeeklySums {
             .bind(part)
             .fetch_all()
             .await?;
-        // Listed before the query and still active after it: active when
-        // the query started, so it read the whole part (a part that went
+        let days: Vec<DailyRow> = ch
+            .query(&format!(
+                "SELECT day, currency, {} FROM daily_revenue WHERE _part = ? \
+                 GROUP BY day, currency ORDER BY day, currency",
+                crate::store::sums(None)
+            ))
+            .bind(part)
+            .fetch_all()
+            .await?;
+        // Listed before the queries and still active after them: active
+        // when they started, so they read the whole part (a part that went
         // before would have given nothing).
         let active: u64 = ch
             .query(
@@ -386,11 +475,11 @@ impl WeeklySums {
         if st.parts.contains_key(part) {
             return Ok(Fill::Done);
         }
-        if st.rows + rows.len() > self.budget_rows {
+        if st.rows + rows.len() + days.len() > self.budget_rows {
             st.too_big.insert(part.to_owned());
             return Ok(Fill::OverBudget);
         }
-        let n = rows.len();
+        let n = rows.len() + days.len();
         let names = Arc::make_mut(&mut st.names);
         let mut weeks: HashMap<WeekKey, Vec<(u32, Tot)>> = HashMap::new();
         for r in rows {
@@ -405,7 +494,14 @@ impl WeeklySums {
             ));
         }
         let weeks = weeks.into_iter().map(|(k, v)| (k, v.into())).collect();
-        st.parts.insert(part.to_owned(), Cached { weeks, rows: n });
+        st.parts.insert(
+            part.to_owned(),
+            Cached {
+                weeks,
+                days,
+                rows: n,
+            },
+        );
         st.rows += n;
         self.metrics.fills.inc();
         self.publish(&st);
@@ -439,17 +535,25 @@ impl WeeklySums {
             match self.refresh(&ch, since).await {
                 Ok(r) => {
                     if failing {
-                        tracing::info!("weekly sums refreshing again");
+                        tracing::info!("part sums refreshing again");
                     }
                     failing = false;
                     if r.filled + r.dropped > 0 {
-                        tracing::debug!(?r, "weekly sums refreshed");
+                        tracing::debug!(?r, "part sums refreshed");
+                    }
+                    if r.over_budget > 0 {
+                        tracing::warn!(
+                            parts = r.over_budget,
+                            budget_rows = self.budget_rows,
+                            "the sums of some parts do not fit the cache; their days are read live \
+                             (raise TALLY_DASHBOARDS_CACHE_ROWS, 32 bytes a row)"
+                        );
                     }
                 }
                 // A ClickHouse outage shows in /readyz; say it once here.
                 Err(e) if !failing => {
                     failing = true;
-                    tracing::warn!(error = %e, "refreshing the weekly sums failed; ranking reads every day live meanwhile");
+                    tracing::warn!(error = %e, "refreshing the part sums failed; every day is read live meanwhile");
                 }
                 Err(_) => {}
             }
@@ -514,6 +618,53 @@ mod tests {
             Some(&r(date!(2026 - 10 - 26), date!(2026 - 10 - 31)))
         );
         assert_eq!(weeks.len(), 5);
+    }
+
+    #[test]
+    fn clean_days_are_the_parts_days_in_range_without_final_ones() {
+        let month = Part::new("m", 1, date!(2026 - 10 - 01), date!(2026 - 10 - 31));
+        let late = |from, to| Part::new("l", 0, from, to);
+        let range = r(date!(2026 - 09 - 20), date!(2026 - 10 - 25));
+        let plan = |extra: &[Part]| {
+            let mut parts = vec![month.clone()];
+            parts.extend_from_slice(extra);
+            Plan::new(parts, range)
+        };
+        let days = |p: &Plan| clean_days(p, month.min_date, month.max_date);
+        // Clipped to the range.
+        assert_eq!(
+            days(&plan(&[])),
+            [r(date!(2026 - 10 - 01), date!(2026 - 10 - 25))]
+        );
+        // Holes where a second part overlaps, at the start, inside and at
+        // the end.
+        let p = plan(&[
+            late(date!(2026 - 10 - 01), date!(2026 - 10 - 01)),
+            late(date!(2026 - 10 - 10), date!(2026 - 10 - 12)),
+            late(date!(2026 - 10 - 25), date!(2026 - 10 - 25)),
+        ]);
+        assert_eq!(
+            days(&p),
+            [
+                r(date!(2026 - 10 - 02), date!(2026 - 10 - 09)),
+                r(date!(2026 - 10 - 13), date!(2026 - 10 - 24)),
+            ]
+        );
+        // Everything read with FINAL: nothing.
+        let p = plan(&[late(date!(2026 - 09 - 01), date!(2026 - 10 - 31))]);
+        assert_eq!(days(&p), []);
+        // Joined when adjacent, across parts.
+        assert_eq!(
+            joined(vec![
+                r(date!(2026 - 10 - 13), date!(2026 - 10 - 24)),
+                r(date!(2026 - 10 - 02), date!(2026 - 10 - 12)),
+                r(date!(2026 - 10 - 26), date!(2026 - 10 - 27)),
+            ]),
+            [
+                r(date!(2026 - 10 - 02), date!(2026 - 10 - 24)),
+                r(date!(2026 - 10 - 26), date!(2026 - 10 - 27)),
+            ]
+        );
     }
 
     fn names(ids: &[&str]) -> Arc<Names> {

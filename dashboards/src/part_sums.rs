@@ -388,7 +388,9 @@ impl PartSums {
 
     /// Drops the parts that are no longer active and fills the merged
     /// parts with days since `since` that are not cached yet, newest
-    /// first, while the budget lasts.
+    /// first, while the budget lasts. Parts of a single day are left out:
+    /// in practice today's, which the ingest's next insert makes dirty
+    /// again at once, and one day is cheap to read live anyway.
     pub async fn refresh(
         &self,
         ch: &clickhouse::Client,
@@ -398,7 +400,7 @@ impl PartSums {
             .query(
                 "SELECT name FROM system.parts \
                  WHERE database = currentDatabase() AND table = 'daily_revenue' AND active \
-                   AND level > 0 AND max_date >= toDate(?) \
+                   AND level > 0 AND max_date > min_date AND max_date >= toDate(?) \
                  ORDER BY max_date DESC, name",
             )
             .bind(since.to_string())

@@ -481,6 +481,23 @@ pub struct ReadStats {
     pub fallbacks: prometheus_client::metrics::counter::Counter,
 }
 
+/// The live half of a read the cache answers in part: the rows of `sql`,
+/// or none when the cached days are the whole of the plan's range.
+async fn live_rows<T>(
+    ch: &clickhouse::Client,
+    plan: &Plan,
+    cached: &[DayRange],
+    sql: impl FnOnce() -> Sql,
+) -> Result<Vec<T>, clickhouse::error::Error>
+where
+    T: clickhouse::RowOwned + clickhouse::RowRead,
+{
+    if cached == [plan.range()] {
+        return Ok(Vec::new());
+    }
+    sql().query(ch).fetch_all().await
+}
+
 /// Per day and currency: cached totals for the days merged parts alone
 /// cover, a live read of the others. With a merchant filter, all live.
 pub async fn daily(
@@ -491,11 +508,8 @@ pub async fn daily(
 ) -> Result<Vec<DailyRow>, clickhouse::error::Error> {
     exact(ch, stats, f.range, |p| async move {
         let cover = day_cover(cache, &p, f);
-        let mut rows: Vec<DailyRow> = if cover.days == [p.range()] {
-            Vec::new()
-        } else {
-            daily_sql(f, &p, &cover.days).query(ch).fetch_all().await?
-        };
+        let mut rows: Vec<DailyRow> =
+            live_rows(ch, &p, &cover.days, || daily_sql(f, &p, &cover.days)).await?;
         if !cover.rows.is_empty() {
             rows.extend(cover.rows);
             rows.sort_by_key(|r| (r.day, r.currency));
@@ -525,14 +539,8 @@ pub async fn periods(
 ) -> Result<Vec<PeriodRow>, clickhouse::error::Error> {
     exact(ch, stats, f.range.with_previous(), |p| async move {
         let cover = day_cover(cache, &p, f);
-        let live: Vec<PeriodRow> = if cover.days == [p.range()] {
-            Vec::new()
-        } else {
-            periods_sql(f, &p, &cover.days)
-                .query(ch)
-                .fetch_all()
-                .await?
-        };
+        let live: Vec<PeriodRow> =
+            live_rows(ch, &p, &cover.days, || periods_sql(f, &p, &cover.days)).await?;
         if cover.rows.is_empty() {
             return Ok(live);
         }
@@ -575,14 +583,8 @@ pub async fn top_merchants(
         let Some(cover) = cover.filter(|c| !c.is_empty()) else {
             return top_sql(f, &p).query(ch).fetch_one::<TopRow>().await;
         };
-        let live: Vec<MerchantRow> = if cover.days == [f.range] {
-            Vec::new()
-        } else {
-            merchants_sql(f, &p, &cover.days)
-                .query(ch)
-                .fetch_all()
-                .await?
-        };
+        let live: Vec<MerchantRow> =
+            live_rows(ch, &p, &cover.days, || merchants_sql(f, &p, &cover.days)).await?;
         Ok(cover.rank(live, &f.merchants, f.limit as usize))
     })
     .await

@@ -34,13 +34,18 @@ use crate::rows::{CellKey, DailyRow, ReportingZone, currency_bytes, project};
 /// (and retried from PostgreSQL).
 const INSERT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The claim itself, shared by both forms below: lock, read and delete up
-/// to `$1` outbox rows that no other worker holds.
+/// The claim itself, shared by the forms below: lock, read and delete up
+/// to `$1` outbox rows that no other worker holds, from one end of the
+/// outbox (`ASC`: oldest first, `DESC`: newest first).
 macro_rules! claim {
-    () => {
-        "DELETE FROM outbox WHERE id IN (
-             SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+    ($order:literal) => {
+        concat!(
+            "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox ORDER BY id ",
+            $order,
+            " LIMIT $1 FOR UPDATE SKIP LOCKED
          )"
+        )
     };
 }
 
@@ -52,19 +57,14 @@ macro_rules! outbox_columns {
     };
 }
 
-/// The columns of an [`OutboxRow`], for anyone reading the outbox.
-pub const OUTBOX_COLUMNS: &str = outbox_columns!();
-
-/// Claims up to `$1` outbox rows. Public so that `tally bench drain`
-/// measures PostgreSQL alone with exactly this statement.
-pub const CLAIM_SQL: &str = concat!(claim!(), " RETURNING ", outbox_columns!());
-
-/// [`CLAIM_SQL`] while a rebuild needs the events too: the claimed rows are
+/// The claim while a rebuild needs the events too: the claimed rows are
 /// copied into `rebuild_journal` by the same statement.
-const CLAIM_AND_JOURNAL_SQL: &str = concat!(
-    "WITH claimed AS (",
-    claim!(),
-    " RETURNING *
+macro_rules! claim_and_journal {
+    ($order:literal) => {
+        concat!(
+            "WITH claimed AS (",
+            claim!($order),
+            " RETURNING *
      ), journaled AS (
          INSERT INTO rebuild_journal (outbox_id, event_id, aggregate_id, aggregate_version, event_type,
                                       schema_version, occurred_at, payload, created_at)
@@ -73,9 +73,87 @@ const CLAIM_AND_JOURNAL_SQL: &str = concat!(
          FROM claimed
      )
      SELECT ",
-    outbox_columns!(),
-    " FROM claimed"
-);
+            outbox_columns!(),
+            " FROM claimed"
+        )
+    };
+}
+
+/// The columns of an [`OutboxRow`], for anyone reading the outbox.
+pub const OUTBOX_COLUMNS: &str = outbox_columns!();
+
+/// Claims up to `$1` outbox rows, oldest first. Public so that `tally
+/// bench drain` measures PostgreSQL alone with exactly this statement.
+pub const CLAIM_SQL: &str = concat!(claim!("ASC"), " RETURNING ", outbox_columns!());
+
+/// Which end of the outbox a worker claims from.
+///
+/// Correctness does not depend on it: a fact row wins by its version and
+/// daily deltas add up in any order, and the watermark is the oldest row
+/// still waiting wherever the workers take from. It is about contention.
+/// Two workers claiming from the same end meet on the same index pages:
+/// the second one steps over every row the first holds locked (`SKIP
+/// LOCKED` still visits them) and over the dead entries both leave behind.
+/// A second worker that claims from the other end meets the first only
+/// when the backlog is nearly gone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClaimFrom {
+    /// Oldest first: the watermark moves as the backlog shrinks.
+    #[default]
+    Oldest,
+    /// Newest first: for a second worker beside an oldest-first one.
+    Newest,
+}
+
+impl ClaimFrom {
+    /// The `i`th of several workers started together: alternate ends, the
+    /// first from the oldest.
+    pub fn alternating(i: usize) -> ClaimFrom {
+        if i % 2 == 0 {
+            ClaimFrom::Oldest
+        } else {
+            ClaimFrom::Newest
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimFrom::Oldest => "oldest",
+            ClaimFrom::Newest => "newest",
+        }
+    }
+
+    fn sql(self, journaling: bool) -> &'static str {
+        match (self, journaling) {
+            (ClaimFrom::Oldest, false) => CLAIM_SQL,
+            (ClaimFrom::Newest, false) => {
+                concat!(claim!("DESC"), " RETURNING ", outbox_columns!())
+            }
+            (ClaimFrom::Oldest, true) => claim_and_journal!("ASC"),
+            (ClaimFrom::Newest, true) => claim_and_journal!("DESC"),
+        }
+    }
+}
+
+impl std::str::FromStr for ClaimFrom {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "oldest" => Ok(ClaimFrom::Oldest),
+            "newest" => Ok(ClaimFrom::Newest),
+            other => Err(format!(
+                "unknown claim end {other:?}: use \"oldest\" or \"newest\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ClaimFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Every batch holds this advisory lock (shared) until it commits; a
 /// rebuild takes it exclusively for the moments it must see the ingest at
@@ -133,6 +211,7 @@ pub(crate) async fn run_batch(
     pool: &PgPool,
     ch: &clickhouse::Client,
     batch_size: i64,
+    claim_from: ClaimFrom,
     zone: &ReportingZone,
     metrics: &Metrics,
 ) -> Result<BatchOutcome, IngestError> {
@@ -151,11 +230,7 @@ pub(crate) async fn run_batch(
             ..BatchOutcome::default()
         });
     }
-    let claim = if journaling {
-        CLAIM_AND_JOURNAL_SQL
-    } else {
-        CLAIM_SQL
-    };
+    let claim = claim_from.sql(journaling);
     let rows: Vec<OutboxRow> = sqlx::query_as(claim)
         .bind(batch_size)
         .fetch_all(&mut *tx)

@@ -27,8 +27,8 @@ use tally_ops::Shutdown;
 use time::OffsetDateTime;
 
 pub use batch::{
-    BatchOutcome, CLAIM_SQL, OUTBOX_COLUMNS, OutboxRow, SEAM_LOCK, TOTALS_COLUMNS, TOTALS_TABLE,
-    TotalsRow, add_to_totals, insert_rows, recover_pending,
+    BatchOutcome, CLAIM_SQL, ClaimFrom, OUTBOX_COLUMNS, OutboxRow, SEAM_LOCK, TOTALS_COLUMNS,
+    TOTALS_TABLE, TotalsRow, add_to_totals, insert_rows, recover_pending,
 };
 pub use metrics::Metrics;
 pub use rows::{DailyRow, FactRow, ReportingZone, WatermarkRow};
@@ -51,6 +51,8 @@ pub struct IngestConfig {
     pub max_backoff: Duration,
     /// Least time between two watermark measurements while busy.
     pub watermark_interval: Duration,
+    /// Which end of the outbox this worker claims from ([`ClaimFrom`]).
+    pub claim_from: ClaimFrom,
     /// Where reporting days start and end. Changing it on a live system
     /// needs a rebuild: cells already counted stay on their old days.
     pub reporting_zone: ReportingZone,
@@ -64,6 +66,7 @@ impl Default for IngestConfig {
             pending_grace: Duration::from_secs(5),
             max_backoff: Duration::from_secs(10),
             watermark_interval: Duration::from_millis(100),
+            claim_from: ClaimFrom::Oldest,
             reporting_zone: ReportingZone::utc(),
         }
     }
@@ -235,6 +238,7 @@ impl Worker {
             &self.pool,
             &self.ch,
             c.batch_size,
+            c.claim_from,
             &c.reporting_zone,
             &self.metrics,
         )

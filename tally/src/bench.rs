@@ -522,9 +522,10 @@ async fn drain(
         let metrics = tally_ingest::Metrics::register(&mut registry);
         let t = Instant::now();
         let tasks: Vec<_> = (0..workers)
-            .map(|_| {
+            .map(|i| {
                 let config = tally_ingest::IngestConfig {
                     batch_size,
+                    claim_from: tally_ingest::ClaimFrom::alternating(i),
                     ..Default::default()
                 };
                 let mut w =

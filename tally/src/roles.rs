@@ -53,6 +53,11 @@ pub struct IngestArgs {
     /// Most outbox events per batch.
     #[arg(long, env = "TALLY_INGEST_BATCH_SIZE", default_value_t = 10_000)]
     pub batch_size: i64,
+    /// Which end of the outbox to claim from: oldest or newest. Running two
+    /// workers? Give one of them `newest`, so they never queue behind each
+    /// other's locks.
+    #[arg(long, env = "TALLY_INGEST_CLAIM_FROM", default_value_t = tally_ingest::ClaimFrom::Oldest)]
+    pub claim_from: tally_ingest::ClaimFrom,
     /// Address for /livez, /readyz and /metrics.
     #[arg(long, env = "TALLY_INGEST_OPS_ADDR", default_value = "127.0.0.1:9091")]
     pub ops_listen: SocketAddr,
@@ -232,7 +237,10 @@ async fn run_ingest(g: &Global, args: IngestArgs) -> anyhow::Result<()> {
         .context("migrating")?;
     let mut registry = Registry::default();
     let metrics = tally_ingest::Metrics::register(&mut registry);
-    let config = g.ingest_config(args.batch_size)?;
+    let config = tally_ingest::IngestConfig {
+        claim_from: args.claim_from,
+        ..g.ingest_config(args.batch_size)?
+    };
     let shutdown = shutdown_on_signal();
     let ops = axum::Router::new().merge(tally_ops::http::ops_routes(
         Arc::new(registry),

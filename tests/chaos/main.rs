@@ -9,7 +9,12 @@ use nix::unistd::Pid;
 use rand::{Rng, SeedableRng};
 use tally_tests::{Ingest, TestApp, assert_projections_exact, spawn_app};
 
-fn ingest_process(app: &TestApp, clickhouse_url: &str, batch_size: u32) -> Child {
+fn ingest_process(
+    app: &TestApp,
+    clickhouse_url: &str,
+    batch_size: u32,
+    claim_from: tally_ingest::ClaimFrom,
+) -> Child {
     Command::new(env!("CARGO_BIN_EXE_tally"))
         .args([
             "ingest",
@@ -17,6 +22,8 @@ fn ingest_process(app: &TestApp, clickhouse_url: &str, batch_size: u32) -> Child
             &batch_size.to_string(),
             "--ops-listen",
             "127.0.0.1:0",
+            "--claim-from",
+            claim_from.as_str(),
         ])
         .env("DATABASE_URL", &app.db.pg_settings.url)
         .env("CLICKHOUSE_URL", clickhouse_url)
@@ -119,7 +126,13 @@ async fn sigkilled_ingest_workers_lose_and_double_nothing() {
             .await
             .unwrap();
         let restarted = Instant::now();
-        let mut worker = ingest_process(&app, &slow_clickhouse, rng.gen_range(5..60));
+        let mut worker = ingest_process(
+            &app,
+            &slow_clickhouse,
+            rng.gen_range(5..60),
+            // Both ends in turn: neither may lose or double an event.
+            tally_ingest::ClaimFrom::alternating(kills),
+        );
         let life = Duration::from_millis(rng.gen_range(150..700));
         let recovered_before = recoveries.len();
         if let Some(id) = waiting {

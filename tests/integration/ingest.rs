@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tally_domain::OrderId;
-use tally_ingest::{FactRow, IngestConfig};
+use tally_ingest::{ClaimFrom, FactRow, IngestConfig};
 use tally_tests::{Ingest, TestDb, init_logs, order_body, spawn_app};
 
 fn config(batch_size: i64) -> IngestConfig {
@@ -176,8 +176,11 @@ async fn concurrent_workers_count_each_event_once(workers: usize) {
         place(&db.pg, &format!("m{}", i % 5), 10 + i).await;
     }
     let tasks: Vec<_> = (0..workers)
-        .map(|_| {
-            let mut w = db.ingest_worker(config(9));
+        .map(|i| {
+            let mut w = db.ingest_worker(IngestConfig {
+                claim_from: ClaimFrom::alternating(i),
+                ..config(9)
+            });
             tokio::spawn(async move { w.drain().await.unwrap() })
         })
         .collect();

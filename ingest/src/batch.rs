@@ -12,7 +12,10 @@
 //!    the touched cells in `ingest_pending_pushes`. Commit.
 //! 4. Push the cells' absolute totals to ClickHouse, then delete the
 //!    pending record. A crash before that leaves the record, and any worker
-//!    pushes those cells' *current* totals later: again harmless.
+//!    pushes those cells' *current* totals later: again harmless. While a
+//!    backlog drains, the delete rides in the next batch's transaction
+//!    (one commit fewer per batch); a worker about to go idle deletes at
+//!    once, because a pending record holds the watermark back.
 //!
 //! A crash before the commit undoes step 1 and 3 (the events are claimed
 //! again later); after it, every event is counted in PostgreSQL exactly
@@ -214,6 +217,7 @@ pub(crate) async fn run_batch(
     claim_from: ClaimFrom,
     zone: &ReportingZone,
     metrics: &Metrics,
+    settled: &mut Vec<Uuid>,
 ) -> Result<BatchOutcome, IngestError> {
     let started = Instant::now();
     let mut tx = pool.begin().await?;
@@ -225,6 +229,7 @@ pub(crate) async fn run_batch(
         sqlx::query_as(SEAM_STATE_SQL).fetch_one(&mut *tx).await?;
     if swapping {
         tx.rollback().await?;
+        clear_settled(pool, settled).await?;
         return Ok(BatchOutcome {
             paused: true,
             ..BatchOutcome::default()
@@ -240,7 +245,14 @@ pub(crate) async fn run_batch(
         // lazily, and until then it looks like an open transaction to the
         // watermark.
         tx.rollback().await?;
+        clear_settled(pool, settled).await?;
         return Ok(BatchOutcome::default());
+    }
+    if !settled.is_empty() {
+        sqlx::query("DELETE FROM ingest_pending_pushes WHERE batch_id = ANY($1)")
+            .bind(&*settled)
+            .execute(&mut *tx)
+            .await?;
     }
     let t_claim = started.elapsed();
 
@@ -261,6 +273,9 @@ pub(crate) async fn run_batch(
 
     let (facts, cells) = project(&events, zone);
     let t_decode = started.elapsed();
+    // The fact insert comes before the totals upsert, never beside it: the
+    // upsert locks the batch's cells until the commit, and a worker whose
+    // ClickHouse is slow must not hold other workers' cells meanwhile.
     if !facts.is_empty() {
         insert_rows(ch, "order_facts", &facts)
             .await
@@ -280,14 +295,19 @@ pub(crate) async fn run_batch(
     };
     let t_totals = started.elapsed();
     tx.commit().await?;
+    settled.clear();
     let t_commit = started.elapsed();
 
     if let Some((batch_id, rows)) = pending {
-        push_cells(pool, ch, batch_id, &rows)
+        insert_rows(ch, "daily_revenue", &rows)
             .await
             .inspect_err(|_| {
                 metrics.insert_errors.inc();
             })?;
+        settled.push(batch_id);
+    }
+    if (rows.len() as i64) < batch_size {
+        clear_settled(pool, settled).await?;
     }
 
     for e in &events {
@@ -472,18 +492,18 @@ async fn record_pending(
     Ok(batch_id)
 }
 
-/// Pushes absolute totals and clears the pending record.
-async fn push_cells(
+/// Deletes the pending records of pushes that have landed.
+pub(crate) async fn clear_settled(
     pool: &PgPool,
-    ch: &clickhouse::Client,
-    batch_id: Uuid,
-    rows: &[DailyRow],
-) -> Result<(), IngestError> {
-    insert_rows(ch, "daily_revenue", rows).await?;
-    sqlx::query("DELETE FROM ingest_pending_pushes WHERE batch_id = $1")
-        .bind(batch_id)
-        .execute(pool)
-        .await?;
+    settled: &mut Vec<Uuid>,
+) -> Result<(), sqlx::Error> {
+    if !settled.is_empty() {
+        sqlx::query("DELETE FROM ingest_pending_pushes WHERE batch_id = ANY($1)")
+            .bind(&*settled)
+            .execute(pool)
+            .await?;
+        settled.clear();
+    }
     Ok(())
 }
 

@@ -95,6 +95,10 @@ pub struct Worker {
     /// Events were projected since the watermark was last measured.
     watermark_behind: bool,
     last_pause_warning: Option<Instant>,
+    /// Batches whose totals are pushed but whose pending record is not yet
+    /// deleted (`batch.rs`, step 4).
+    settled: Vec<uuid::Uuid>,
+    last_recovery: Option<Instant>,
 }
 
 /// Totals of a [`Worker::drain`] call.
@@ -122,6 +126,8 @@ impl Worker {
             last_measured: None,
             watermark_behind: false,
             last_pause_warning: None,
+            settled: Vec::new(),
+            last_recovery: None,
         }
     }
 
@@ -213,6 +219,10 @@ impl Worker {
                 ok = wait => if !ok { listener = None; },
             }
         }
+        if let Err(e) = batch::clear_settled(&self.pool, &mut self.settled).await {
+            // Harmless: another worker re-pushes those cells after the grace.
+            tracing::warn!(error = %e, "could not clear the last pending-push records");
+        }
         tracing::info!("ingest worker stopped");
         Ok(())
     }
@@ -241,6 +251,7 @@ impl Worker {
             c.claim_from,
             &c.reporting_zone,
             &self.metrics,
+            &mut self.settled,
         )
         .await?;
         if b.paused
@@ -259,7 +270,15 @@ impl Worker {
 
     /// One batch plus housekeeping. `Ok(true)` if the batch was full.
     async fn cycle(&mut self) -> Result<bool, IngestError> {
-        batch::recover_pending(&self.pool, &self.ch, self.config.pending_grace).await?;
+        // Only records older than the grace are recovered: looking a few
+        // times per grace period is enough, not before every batch.
+        if self
+            .last_recovery
+            .is_none_or(|t| t.elapsed() >= self.config.pending_grace / 4)
+        {
+            batch::recover_pending(&self.pool, &self.ch, self.config.pending_grace).await?;
+            self.last_recovery = Some(Instant::now());
+        }
         let b = self.one_batch().await?;
         let full = b.claimed as i64 >= self.config.batch_size;
         // Rate-limited even when idle: the measurement (three queries and an

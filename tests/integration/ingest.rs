@@ -436,3 +436,55 @@ async fn a_slow_worker_does_not_hold_up_the_others() {
     assert_eq!(fact_count(&db).await, 60);
     assert_matches_oracle(&db).await;
 }
+
+/// While a backlog drains, a pushed batch's pending record is deleted by
+/// the next batch's transaction; a worker that runs out of work must delete
+/// it before it measures the watermark, or "data as of" would stay behind
+/// the last batch until the next event arrives (the grace and idle poll
+/// here are far longer than the test).
+#[tokio::test]
+async fn a_worker_that_runs_out_of_work_publishes_a_complete_watermark() {
+    let db = TestDb::new().await;
+    for i in 0..25 {
+        place(&db.pg, "m1", 100 + i).await;
+    }
+    let placed: time::OffsetDateTime = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&db.pg)
+        .await
+        .unwrap();
+    let placed_us = i64::try_from(placed.unix_timestamp_nanos() / 1_000).unwrap();
+    let shutdown = tally_ops::Shutdown::new();
+    let worker = db.ingest_worker(IngestConfig {
+        batch_size: 10,
+        pending_grace: Duration::from_secs(600),
+        idle_poll: Duration::from_secs(600),
+        ..Default::default()
+    });
+    let task = tokio::spawn(worker.run(shutdown.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest_pending_pushes")
+            .fetch_one(&db.pg)
+            .await
+            .unwrap();
+        let watermark_us: i64 = db
+            .ch
+            .client()
+            .query("SELECT max(watermark_us) FROM ingest_watermark")
+            .fetch_one()
+            .await
+            .unwrap();
+        if pending == 0 && watermark_us >= placed_us {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after 10 s: {pending} pending pushes, watermark {}",
+            watermark_us - placed_us
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_matches_oracle(&db).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -14,66 +14,175 @@ use serde::Serialize;
 
 use crate::RebuildError;
 
-/// One column of a [`Frame`].
-pub enum Values {
-    Int(Vec<i64>),
-    Text(Vec<String>),
+/// What a compared column holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// An integer; differences are reported with their delta.
+    Count,
+    /// Minor units: like `Count`, and summed per currency into the drift.
+    Money,
+    Text,
+    /// A UTC timestamp, whole seconds (ClickHouse `DateTime`).
+    Time,
+    Day,
 }
 
 pub struct ColumnSpec {
     pub name: &'static str,
-    /// Summed per currency into the drift totals.
-    pub money: bool,
+    pub kind: ColumnKind,
 }
 
-/// The rows of one side of a chunk, column-wise.
-pub struct Frame {
-    pub key: Vec<String>,
-    pub currency: Vec<String>,
-    pub columns: Vec<Values>,
+impl ColumnSpec {
+    pub const fn new(name: &'static str, kind: ColumnKind) -> Self {
+        ColumnSpec { name, kind }
+    }
+
+    fn money(&self) -> bool {
+        self.kind == ColumnKind::Money
+    }
 }
 
-impl Frame {
-    pub fn new(specs: &[ColumnSpec], texts: &[bool]) -> Frame {
-        debug_assert_eq!(specs.len(), texts.len());
-        Frame {
-            key: Vec::new(),
-            currency: Vec::new(),
-            columns: texts
-                .iter()
-                .map(|&t| {
-                    if t {
-                        Values::Text(Vec::new())
-                    } else {
-                        Values::Int(Vec::new())
-                    }
-                })
-                .collect(),
+enum ColumnBuilder {
+    Ints(Vec<i64>),
+    Texts(StringChunkedBuilder),
+    Days(Vec<i32>),
+}
+
+/// Builds one side of a chunk column by column, straight into polars
+/// buffers: no `String` per value, so a million-row chunk costs a few
+/// large allocations instead of millions of small ones.
+pub struct FrameBuilder {
+    specs: &'static [ColumnSpec],
+    key: StringChunkedBuilder,
+    currency: StringChunkedBuilder,
+    columns: Vec<ColumnBuilder>,
+    next: usize,
+    len: usize,
+}
+
+impl FrameBuilder {
+    pub fn new(specs: &'static [ColumnSpec], capacity: usize) -> Self {
+        let columns = specs
+            .iter()
+            .map(|s| match s.kind {
+                ColumnKind::Count | ColumnKind::Money | ColumnKind::Time => {
+                    ColumnBuilder::Ints(Vec::with_capacity(capacity))
+                }
+                ColumnKind::Text => {
+                    ColumnBuilder::Texts(StringChunkedBuilder::new(s.name.into(), capacity))
+                }
+                ColumnKind::Day => ColumnBuilder::Days(Vec::with_capacity(capacity)),
+            })
+            .collect();
+        FrameBuilder {
+            specs,
+            key: StringChunkedBuilder::new("key".into(), capacity),
+            currency: StringChunkedBuilder::new("currency".into(), capacity),
+            columns,
+            next: 0,
+            len: 0,
         }
+    }
+
+    /// Starts a row; its values follow in the order of the specs.
+    pub fn row(&mut self, key: &str, currency: &str) -> &mut Self {
+        debug_assert!(
+            self.len == 0 || self.next == self.columns.len(),
+            "previous row incomplete"
+        );
+        self.key.append_value(key);
+        self.currency.append_value(currency);
+        self.next = 0;
+        self.len += 1;
+        self
+    }
+
+    fn column(&mut self) -> &mut ColumnBuilder {
+        let i = self.next;
+        self.next += 1;
+        &mut self.columns[i]
+    }
+
+    pub fn int(&mut self, v: i64) -> &mut Self {
+        match self.column() {
+            ColumnBuilder::Ints(c) => c.push(v),
+            _ => panic!("an integer pushed into a non-integer column"),
+        }
+        self
+    }
+
+    pub fn text(&mut self, v: &str) -> &mut Self {
+        match self.column() {
+            ColumnBuilder::Texts(c) => c.append_value(v),
+            _ => panic!("text pushed into a non-text column"),
+        }
+        self
+    }
+
+    /// Whole seconds, as ClickHouse keeps them.
+    pub fn time(&mut self, t: time::OffsetDateTime) -> &mut Self {
+        self.int(t.unix_timestamp() * 1000)
+    }
+
+    pub fn day(&mut self, d: time::Date) -> &mut Self {
+        const EPOCH_JULIAN: i32 = 2_440_588; // 1970-01-01
+        match self.column() {
+            ColumnBuilder::Days(c) => c.push(d.to_julian_day() - EPOCH_JULIAN),
+            _ => panic!("a day pushed into a non-day column"),
+        }
+        self
     }
 
     pub fn len(&self) -> usize {
-        self.key.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.key.is_empty()
+        self.len == 0
     }
 
-    fn into_df(self, specs: &[ColumnSpec]) -> PolarsResult<DataFrame> {
-        let n = self.key.len();
-        let mut cols = vec![
-            Column::new("key".into(), self.key),
-            Column::new("currency".into(), self.currency),
-            Column::new("present".into(), vec![true; n]),
+    pub fn finish(self) -> PolarsResult<Frame> {
+        let mut columns = vec![
+            self.key.finish().into_column(),
+            self.currency.finish().into_column(),
+            Column::new("present".into(), vec![true; self.len]),
         ];
-        for (spec, values) in specs.iter().zip(self.columns) {
-            cols.push(match values {
-                Values::Int(v) => Column::new(spec.name.into(), v),
-                Values::Text(v) => Column::new(spec.name.into(), v),
+        for (spec, values) in self.specs.iter().zip(self.columns) {
+            columns.push(match values {
+                ColumnBuilder::Ints(v) if spec.kind == ColumnKind::Time => {
+                    Column::new(spec.name.into(), v)
+                        .cast(&DataType::Datetime(TimeUnit::Milliseconds, None))?
+                }
+                ColumnBuilder::Ints(v) => Column::new(spec.name.into(), v),
+                ColumnBuilder::Texts(b) => b.finish().into_column(),
+                ColumnBuilder::Days(v) => Column::new(spec.name.into(), v).cast(&DataType::Date)?,
             });
         }
-        DataFrame::new(n, cols)
+        Ok(Frame {
+            len: self.len,
+            columns,
+        })
+    }
+}
+
+/// The rows of one side of a chunk, as polars columns: `key`, `currency`,
+/// `present`, then one per spec.
+pub struct Frame {
+    len: usize,
+    columns: Vec<Column>,
+}
+
+impl Frame {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn into_df(self) -> PolarsResult<DataFrame> {
+        DataFrame::new(self.len, self.columns)
     }
 }
 
@@ -255,8 +364,8 @@ pub fn compare_frames(
     if expected.is_empty() && live.is_empty() {
         return Ok(diff);
     }
-    let exp = expected.into_df(specs)?;
-    let liv = live.into_df(specs)?;
+    let exp = expected.into_df()?;
+    let liv = live.into_df()?;
     let args = JoinArgs::new(JoinType::Full)
         .with_coalesce(JoinCoalesce::CoalesceColumns)
         .with_suffix(Some("_live".into()));
@@ -283,7 +392,7 @@ pub fn compare_frames(
         .otherwise(col("currency"))
         .alias("cur");
     let mut abs_cols = Vec::new();
-    for s in specs.iter().filter(|s| s.money) {
+    for s in specs.iter().filter(|s| s.money()) {
         let d =
             col(format!("{}_live", s.name)).fill_null(lit(0i64)) - col(s.name).fill_null(lit(0i64));
         abs_cols.push(
@@ -324,7 +433,7 @@ pub fn compare_frames(
     }
 
     // Absolute drift per currency, in polars.
-    let money: Vec<&ColumnSpec> = specs.iter().filter(|s| s.money).collect();
+    let money: Vec<&ColumnSpec> = specs.iter().filter(|s| s.money()).collect();
     let by_currency = classified
         .clone()
         .lazy()
@@ -391,7 +500,7 @@ pub fn compare_frames(
                 (AnyValue::Int64(a), AnyValue::Int64(b)) => Some(b - a),
                 _ => None,
             };
-            if s.money {
+            if s.money() {
                 let as_i = |v: &AnyValue| match v {
                     AnyValue::Int64(x) => i128::from(*x),
                     _ => 0,
@@ -435,30 +544,64 @@ fn show(v: &AnyValue) -> Option<String> {
 mod tests {
     use super::*;
 
-    const SPECS: [ColumnSpec; 2] = [
-        ColumnSpec {
-            name: "gross_minor",
-            money: true,
-        },
-        ColumnSpec {
-            name: "status",
-            money: false,
-        },
+    const SPECS: [ColumnSpec; 4] = [
+        ColumnSpec::new("gross_minor", ColumnKind::Money),
+        ColumnSpec::new("status", ColumnKind::Text),
+        ColumnSpec::new("at", ColumnKind::Time),
+        ColumnSpec::new("day", ColumnKind::Day),
     ];
 
     fn frame(rows: &[(&str, &str, i64, &str)]) -> Frame {
-        let mut f = Frame::new(&SPECS, &[false, true]);
+        let mut f = FrameBuilder::new(&SPECS, rows.len());
         for (k, c, g, s) in rows {
-            f.key.push((*k).into());
-            f.currency.push((*c).into());
-            if let Values::Int(v) = &mut f.columns[0] {
-                v.push(*g);
-            }
-            if let Values::Text(v) = &mut f.columns[1] {
-                v.push((*s).into());
-            }
+            f.row(k, c)
+                .int(*g)
+                .text(s)
+                .time(time::macros::datetime!(2026-01-02 03:04:05 UTC))
+                .day(time::macros::date!(2026 - 01 - 02));
         }
-        f
+        f.finish().unwrap()
+    }
+
+    #[test]
+    fn times_and_days_show_as_such_and_differences_are_found() {
+        let mut a = FrameBuilder::new(&SPECS, 1);
+        a.row("k", "EUR")
+            .int(1)
+            .text("x")
+            .time(time::macros::datetime!(2026-01-02 03:04:05 UTC))
+            .day(time::macros::date!(2026 - 01 - 02));
+        let mut b = FrameBuilder::new(&SPECS, 1);
+        b.row("k", "EUR")
+            .int(1)
+            .text("x")
+            .time(time::macros::datetime!(2026-01-02 03:04:06 UTC))
+            .day(time::macros::date!(2026 - 01 - 03));
+        let diff =
+            compare_frames("t", &SPECS, a.finish().unwrap(), b.finish().unwrap(), true).unwrap();
+        assert_eq!(diff.counts.different, 1);
+        let fields: Vec<_> = diff.rows[0]
+            .fields
+            .iter()
+            .map(|f| {
+                (
+                    f.field,
+                    f.expected.clone().unwrap(),
+                    f.live.clone().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                (
+                    "at",
+                    "2026-01-02 03:04:05".into(),
+                    "2026-01-02 03:04:06".into()
+                ),
+                ("day", "2026-01-02".into(), "2026-01-03".into()),
+            ]
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! ([`tables`]); ARCHITECTURE.md ("Rebuild") explains why the seam with the
 //! running ingest loses and doubles nothing.
 
+pub mod cells;
 pub mod compare;
 pub mod oracle;
 pub mod progress;

@@ -25,6 +25,7 @@
 //! the journal replay rewrote with a still newer version.
 
 use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -41,8 +42,10 @@ use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::RebuildError;
-use crate::compare::{ColumnSpec, Frame, Sink, TableDrift, Values, compare_chunk};
-use crate::oracle::ORACLE_SQL;
+use crate::cells::CellSums;
+use crate::compare::{
+    ColumnKind, ColumnSpec, Frame, FrameBuilder, Sink, TableDrift, compare_chunk,
+};
 use crate::progress::{Progress, ProgressMode};
 use crate::report::CsvReport;
 use crate::source;
@@ -79,6 +82,15 @@ pub struct RunOptions {
     pub insert_rows: usize,
     /// Every differing row, as CSV.
     pub report_file: Option<PathBuf>,
+}
+
+impl RunOptions {
+    /// Daily cells summed in memory before partial sums go to PostgreSQL:
+    /// five comparison chunks' worth (about 80 bytes a cell), so
+    /// `--chunk-rows` stays the one memory knob.
+    pub fn cells_in_memory(&self) -> usize {
+        self.chunk_rows.saturating_mul(5)
+    }
 }
 
 impl Default for RunOptions {
@@ -405,41 +417,108 @@ async fn register(
     r
 }
 
-/// Daily cells as of the snapshot, minus what its outbox still holds, in
-/// `rebuild_cells` (with a version newer than any push so far), and the
-/// cells where the ingest's running totals disagree with them.
-async fn build_cells(
-    conn: &mut PgConnection,
-    zone: &ReportingZone,
-) -> Result<(Backlog, i64, i64), RebuildError> {
-    let backlog = read_backlog(&mut *conn, zone).await?;
+/// What the pass over the orders produced.
+struct Pass {
+    backlog: Backlog,
+    orders: u64,
+    sums: CellSums,
+    /// The version the shadow's cells carry.
+    version: i64,
+}
+
+/// One pass over the write store as of the snapshot: every order's fact
+/// row into the shadow table, and its contributions summed into daily
+/// cells. `orders_conn` has imported the snapshot; `snapshot` reads the
+/// outbox and takes any cells spilled over the memory budget.
+async fn pass(
+    snapshot: &mut PgConnection,
+    orders_conn: &mut PgConnection,
+    ch: &clickhouse::Client,
+    opts: &RunOptions,
+) -> Result<Pass, RebuildError> {
+    let backlog = read_backlog(&mut *snapshot, &opts.zone).await?;
     sqlx::query("TRUNCATE rebuild_cells, rebuild_totals_drift")
-        .execute(&mut *conn)
+        .execute(&mut *snapshot)
         .await?;
     let v0: i64 = sqlx::query_scalar("SELECT nextval('ingest_version_seq')")
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut *snapshot)
         .await?;
-    sqlx::query(&format!(
-        "INSERT INTO {CELLS_TABLE} ({TOTALS_COLUMNS}) SELECT c.*, $2 FROM ({ORACLE_SQL}) c"
-    ))
-    .bind(zone.name())
-    .bind(v0)
-    .execute(&mut *conn)
-    .await?;
-    if !backlog.cells.is_empty() {
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&mut *orders_conn)
+        .await?;
+    tables::recreate(ch, Copy::Shadow).await?;
+
+    let mut progress = Progress::start(opts.progress, "orders", total as u64);
+    let shadow = Copy::Shadow.of("order_facts");
+    let zone = opts.zone.name().to_owned();
+    let mut sums = CellSums::new(opts.cells_in_memory());
+    let mut facts: Vec<FactRow> = Vec::with_capacity(opts.insert_rows);
+    // One insert in flight while the next chunk is read: PostgreSQL,
+    // this process and ClickHouse each keep a core busy.
+    let mut in_flight: Option<tokio::task::JoinHandle<Result<(), tally_ingest::IngestError>>> =
+        None;
+    let mut orders = 0u64;
+    {
+        let mut rows = source::orders(&mut *orders_conn, &zone);
+        while let Some(o) = rows.try_next().await? {
+            orders += 1;
+            o.contributions(|day, m| sums.add(day, &o.merchant_id, &o.currency, &m));
+            facts.extend(o.fact());
+            if facts.len() >= opts.insert_rows {
+                if let Some(h) = in_flight.take() {
+                    join_insert(h).await?;
+                }
+                progress.inc(facts.len() as u64);
+                let chunk = std::mem::replace(&mut facts, Vec::with_capacity(opts.insert_rows));
+                let (ch, table) = (ch.clone(), shadow.clone());
+                in_flight = Some(tokio::spawn(async move {
+                    insert_rows(&ch, &table, &chunk).await
+                }));
+            }
+            if sums.full() {
+                sums.spill(&mut *snapshot).await?;
+            }
+        }
+    }
+    if let Some(h) = in_flight.take() {
+        join_insert(h).await?;
+    }
+    insert_rows(ch, &shadow, &facts).await?;
+    progress.inc(facts.len() as u64);
+    progress.finish();
+    Ok(Pass {
+        backlog,
+        orders,
+        sums,
+        version: v0,
+    })
+}
+
+/// The daily cells, minus what the snapshot's outbox still holds, into
+/// `rebuild_cells`; then the cells where the ingest's running totals
+/// disagree with them. Returns (cells, cells whose totals drifted).
+async fn write_cells(
+    snapshot: &mut PgConnection,
+    sums: CellSums,
+    version: i64,
+    backlog: &BTreeMap<CellKey, DailyMeasures>,
+) -> Result<(i64, i64), RebuildError> {
+    let t = Instant::now();
+    sums.write(&mut *snapshot, CELLS_TABLE, version).await?;
+    let written = t.elapsed();
+    if !backlog.is_empty() {
         let negated = backlog
-            .cells
             .iter()
             .map(|(k, d)| (k.clone(), negate(d)))
             .collect();
-        let mut tx = conn.begin().await?; // a savepoint: add_to_totals wants a transaction
+        let mut tx = snapshot.begin().await?; // a savepoint: add_to_totals wants a transaction
         add_to_totals(&mut tx, CELLS_TABLE, &negated).await?;
         tx.commit().await?;
         sqlx::query(
             "DELETE FROM rebuild_cells WHERE orders_placed = 0 AND gross_minor = 0 AND captured_minor = 0
                AND refunded_minor = 0 AND orders_cancelled = 0 AND items_sold = 0",
         )
-        .execute(&mut *conn)
+        .execute(&mut *snapshot)
         .await?;
     }
     // Both sides as of the snapshot; afterwards both move by the same
@@ -455,42 +534,26 @@ async fn build_cells(
             IS DISTINCT FROM (t.orders_placed, t.gross_minor, t.captured_minor, t.refunded_minor,
                               t.orders_cancelled, t.items_sold)"
     ))
-    .execute(&mut *conn)
+    .execute(&mut *snapshot)
     .await?
     .rows_affected() as i64;
     let cells: i64 = sqlx::query_scalar("SELECT count(*) FROM rebuild_cells")
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut *snapshot)
         .await?;
-    Ok((backlog, cells, totals_drift))
+    tracing::debug!(
+        cells_written_ms = written.as_millis() as u64,
+        totals_compared_ms = (t.elapsed() - written).as_millis() as u64,
+        "daily cells built"
+    );
+    Ok((cells, totals_drift))
 }
 
-/// Every order's fact row as of the snapshot, into the shadow table.
-async fn build_facts(
-    conn: &mut PgConnection,
-    ch: &clickhouse::Client,
-    opts: &RunOptions,
-) -> Result<i64, RebuildError> {
-    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-        .fetch_one(&mut *conn)
-        .await?;
-    tables::recreate(ch, Copy::Shadow).await?;
-    let mut progress = Progress::start(opts.progress, "order facts", orders as u64);
-    let shadow = Copy::Shadow.of("order_facts");
-    let zone = opts.zone.name().to_owned();
-    let mut rows = source::facts(conn, &zone);
-    let mut chunk: Vec<FactRow> = Vec::with_capacity(opts.insert_rows.min(100_000));
-    while let Some(row) = rows.try_next().await? {
-        chunk.push(row);
-        if chunk.len() >= opts.insert_rows {
-            insert_rows(ch, &shadow, &chunk).await?;
-            progress.inc(chunk.len() as u64);
-            chunk.clear();
-        }
-    }
-    insert_rows(ch, &shadow, &chunk).await?;
-    progress.inc(chunk.len() as u64);
-    progress.finish();
-    Ok(orders)
+async fn join_insert(
+    h: tokio::task::JoinHandle<Result<(), tally_ingest::IngestError>>,
+) -> Result<(), RebuildError> {
+    h.await
+        .map_err(|e| RebuildError::Invariant(format!("shadow insert task failed: {e}")))??;
+    Ok(())
 }
 
 /// What the snapshot's outbox (and dead letters) hold: not yet in the
@@ -574,9 +637,8 @@ async fn build_compare_swap(
         paused_ms: register_paused_ms,
     } = reg;
 
-    // Build, all from one snapshot: the cells in PostgreSQL on this
-    // connection while a second one, importing the same snapshot, streams
-    // the facts into ClickHouse (two halves of the work, side by side).
+    // Build from one snapshot: a second connection imports it and streams
+    // the orders while this one reads the outbox and writes the cells.
     let exported: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
         .fetch_one(&mut *snapshot)
         .await?;
@@ -585,23 +647,27 @@ async fn build_compare_swap(
             "unexpected snapshot id {exported:?}"
         )));
     }
-    let mut facts_tx = pool.begin().await?;
+    let mut orders_tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *facts_tx)
+        .execute(&mut *orders_tx)
         .await?;
     sqlx::query(&format!("SET TRANSACTION SNAPSHOT '{exported}'"))
-        .execute(&mut *facts_tx)
+        .execute(&mut *orders_tx)
         .await?;
-    let cells_work = build_cells(&mut snapshot, &opts.zone);
-    let facts_work = build_facts(&mut facts_tx, ch, opts);
-    let (cells_built, orders) = tokio::join!(cells_work, facts_work);
-    let (backlog, cells, totals_drift) = cells_built?;
-    let orders = orders?;
-    facts_tx.rollback().await?;
-    snapshot.commit().await?;
+    sqlx::query("SET LOCAL max_parallel_workers_per_gather = 0")
+        .execute(&mut *orders_tx)
+        .await?;
+    let Pass {
+        backlog,
+        orders,
+        sums,
+        version,
+    } = pass(&mut snapshot, &mut orders_tx, ch, opts).await?;
+    orders_tx.rollback().await?;
 
-    // Compare: cells and facts side by side (PostgreSQL + ClickHouse, and
-    // ClickHouse + polars), one report file between them.
+    // Then, side by side: PostgreSQL writes the cells and ClickHouse and
+    // polars compare the facts; the cells are compared once written. One
+    // report file between the two comparisons.
     let report = match &opts.report_file {
         Some(p) => Some(std::sync::Mutex::new(CsvReport::create(p)?)),
         None => None,
@@ -611,14 +677,21 @@ async fn build_compare_swap(
         Some(r) => Sink::every_row(|row| r.lock().map_err(|_| poisoned())?.write(row)),
         None => Sink::worst_only(),
     };
-    let (daily, facts) = {
+    let (cells_and_daily, facts) = {
         let (mut sink_daily, mut sink_facts) = (sink(), sink());
+        let cells_then_daily = async {
+            let (cells, totals_drift) =
+                write_cells(&mut snapshot, sums, version, &backlog.cells).await?;
+            snapshot.commit().await?;
+            let daily = compare_daily(pool, ch, opts, &mut sink_daily).await?;
+            Ok::<_, RebuildError>((cells, totals_drift, daily))
+        };
         tokio::join!(
-            compare_daily(pool, ch, opts, &mut sink_daily),
+            cells_then_daily,
             compare_facts(ch, opts, &backlog.orders, &mut sink_facts)
         )
     };
-    let (daily, (facts, not_compared)) = (daily?, facts?);
+    let ((cells, totals_drift, daily), (facts, not_compared)) = (cells_and_daily?, facts?);
     if let Some(r) = report {
         r.into_inner().map_err(|_| poisoned())?.finish()?;
     }
@@ -631,7 +704,7 @@ async fn build_compare_swap(
             "verify"
         },
         snapshot_at,
-        orders: orders as u64,
+        orders,
         cells: cells as u64,
         daily,
         facts,
@@ -662,7 +735,7 @@ async fn build_compare_swap(
         "UPDATE rebuild_runs SET orders = $2, cells = $3, drift_rows = $4, drift = $5 WHERE run_id = $1",
     )
     .bind(run_id)
-    .bind(orders)
+    .bind(orders as i64)
     .bind(cells)
     .bind((outcome.daily.differing() + outcome.facts.differing()) as i64)
     .bind(sqlx::types::Json(serde_json::json!({
@@ -713,56 +786,36 @@ async fn build_compare_swap(
 }
 
 const DAILY_SPECS: [ColumnSpec; 6] = [
-    ColumnSpec {
-        name: "orders_placed",
-        money: false,
-    },
-    ColumnSpec {
-        name: "gross_minor",
-        money: true,
-    },
-    ColumnSpec {
-        name: "captured_minor",
-        money: true,
-    },
-    ColumnSpec {
-        name: "refunded_minor",
-        money: true,
-    },
-    ColumnSpec {
-        name: "orders_cancelled",
-        money: false,
-    },
-    ColumnSpec {
-        name: "items_sold",
-        money: false,
-    },
+    ColumnSpec::new("orders_placed", ColumnKind::Count),
+    ColumnSpec::new("gross_minor", ColumnKind::Money),
+    ColumnSpec::new("captured_minor", ColumnKind::Money),
+    ColumnSpec::new("refunded_minor", ColumnKind::Money),
+    ColumnSpec::new("orders_cancelled", ColumnKind::Count),
+    ColumnSpec::new("items_sold", ColumnKind::Count),
 ];
 
-pub(crate) fn daily_frame<'a>(rows: impl IntoIterator<Item = &'a DailyRow>) -> Frame {
-    let mut f = Frame::new(&DAILY_SPECS, &[false; 6]);
+pub(crate) fn daily_frame<'a>(
+    rows: impl ExactSizeIterator<Item = &'a DailyRow>,
+) -> Result<Frame, RebuildError> {
+    let mut f = FrameBuilder::new(&DAILY_SPECS, rows.len());
+    let mut key = String::new();
     for r in rows {
         let m = r.measures();
         if m.is_zero() {
             continue;
         }
-        let cur = String::from_utf8_lossy(&r.currency).into_owned();
-        f.key.push(format!("{}/{}/{}", r.day, r.merchant_id, cur));
-        f.currency.push(cur);
-        for (col, v) in f.columns.iter_mut().zip([
-            m.orders_placed,
-            m.gross_minor,
-            m.captured_minor,
-            m.refunded_minor,
-            m.orders_cancelled,
-            m.items_sold,
-        ]) {
-            if let Values::Int(c) = col {
-                c.push(v);
-            }
-        }
+        let cur = std::str::from_utf8(&r.currency).unwrap_or("???");
+        key.clear();
+        let _ = write!(key, "{}/{}/{cur}", r.day, r.merchant_id);
+        f.row(&key, cur)
+            .int(m.orders_placed)
+            .int(m.gross_minor)
+            .int(m.captured_minor)
+            .int(m.refunded_minor)
+            .int(m.orders_cancelled)
+            .int(m.items_sold);
     }
-    f
+    Ok(f.finish()?)
 }
 
 pub(crate) async fn compare_daily_rows(
@@ -774,8 +827,8 @@ pub(crate) async fn compare_daily_rows(
     compare_chunk(
         "daily_revenue",
         &DAILY_SPECS,
-        daily_frame(expected),
-        daily_frame(live),
+        daily_frame(expected.iter())?,
+        daily_frame(live.iter())?,
         totals,
         sink,
     )
@@ -867,92 +920,38 @@ async fn compare_daily(
 }
 
 const FACT_SPECS: [ColumnSpec; 11] = [
-    ColumnSpec {
-        name: "version",
-        money: false,
-    },
-    ColumnSpec {
-        name: "merchant_id",
-        money: false,
-    },
-    ColumnSpec {
-        name: "customer_id",
-        money: false,
-    },
-    ColumnSpec {
-        name: "status",
-        money: false,
-    },
-    ColumnSpec {
-        name: "placed_at",
-        money: false,
-    },
-    ColumnSpec {
-        name: "placed_day",
-        money: false,
-    },
-    ColumnSpec {
-        name: "item_count",
-        money: false,
-    },
-    ColumnSpec {
-        name: "total_minor",
-        money: true,
-    },
-    ColumnSpec {
-        name: "captured_minor",
-        money: true,
-    },
-    ColumnSpec {
-        name: "refunded_minor",
-        money: true,
-    },
-    ColumnSpec {
-        name: "updated_at",
-        money: false,
-    },
+    ColumnSpec::new("version", ColumnKind::Count),
+    ColumnSpec::new("merchant_id", ColumnKind::Text),
+    ColumnSpec::new("customer_id", ColumnKind::Text),
+    ColumnSpec::new("status", ColumnKind::Text),
+    ColumnSpec::new("placed_at", ColumnKind::Time),
+    ColumnSpec::new("placed_day", ColumnKind::Day),
+    ColumnSpec::new("item_count", ColumnKind::Count),
+    ColumnSpec::new("total_minor", ColumnKind::Money),
+    ColumnSpec::new("captured_minor", ColumnKind::Money),
+    ColumnSpec::new("refunded_minor", ColumnKind::Money),
+    ColumnSpec::new("updated_at", ColumnKind::Time),
 ];
 
-const FACT_TEXT: [bool; 11] = [
-    false, true, true, true, true, true, false, false, false, false, true,
-];
-
-fn fact_frame(rows: &[FactRow], skip: &HashSet<Uuid>) -> Frame {
-    let mut f = Frame::new(&FACT_SPECS, &FACT_TEXT);
+fn fact_frame(rows: &[FactRow], skip: &HashSet<Uuid>) -> Result<Frame, RebuildError> {
+    let mut f = FrameBuilder::new(&FACT_SPECS, rows.len());
+    let mut key = [0u8; uuid::fmt::Hyphenated::LENGTH];
     for r in rows.iter().filter(|r| !skip.contains(&r.order_id)) {
-        f.key.push(r.order_id.to_string());
-        f.currency
-            .push(String::from_utf8_lossy(&r.currency).into_owned());
-        let ints = [
-            i64::from(r.version),
-            r.item_count as i64,
-            r.total_minor,
-            r.captured_minor,
-            r.refunded_minor,
-        ];
-        let texts = [
-            r.merchant_id.clone(),
-            r.customer_id.clone(),
-            r.status.clone(),
-            r.placed_at.to_string(),
-            r.placed_day.to_string(),
-            r.updated_at.to_string(),
-        ];
-        let (mut i, mut t) = (0, 0);
-        for col in f.columns.iter_mut() {
-            match col {
-                Values::Int(c) => {
-                    c.push(ints[i]);
-                    i += 1;
-                }
-                Values::Text(c) => {
-                    c.push(texts[t].clone());
-                    t += 1;
-                }
-            }
-        }
+        let key = r.order_id.hyphenated().encode_lower(&mut key);
+        f.row(key, std::str::from_utf8(&r.currency).unwrap_or("???"))
+            .int(i64::from(r.version))
+            .text(&r.merchant_id)
+            .text(&r.customer_id)
+            .text(&r.status)
+            .time(r.placed_at)
+            .day(r.placed_day)
+            .int(r.item_count as i64)
+            .int(r.total_minor)
+            .int(r.captured_minor)
+            .int(r.refunded_minor)
+            .time(r.updated_at);
     }
-    f
+    Ok(f.finish()?)
 }
 
 /// A part of `order_facts` its primary key `(merchant_id, order_id)` finds
@@ -1065,8 +1064,8 @@ async fn compare_facts(
         compare_chunk(
             "order_facts",
             &FACT_SPECS,
-            fact_frame(&expected, skip),
-            fact_frame(&live, skip),
+            fact_frame(&expected, skip)?,
+            fact_frame(&live, skip)?,
             &mut totals,
             sink,
         )

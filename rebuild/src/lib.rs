@@ -2,10 +2,11 @@
 //! rollback, continuous reconciliation, and their schedule.
 //!
 //! The ground truth for every finance figure is the normalised write model
-//! (orders, order_items, payments, refunds), never the outbox: [`oracle`]
-//! and [`source`] state the projection rules a second time, in SQL,
-//! independently of the ingest's Rust. [`run`] builds shadow tables from a
-//! snapshot of the write store, compares them with a frozen copy of the live
+//! (orders, order_items, payments, refunds), never the outbox: [`source`]
+//! (with [`cells`]) and [`oracle`] state the projection rules again,
+//! independently of the ingest's event code and of each other, so the
+//! tests can hold one to the other. [`run`] builds shadow tables in one pass
+//! over a snapshot of the write store, compares them with a frozen copy of the live
 //! ones ([`compare`], polars) and swaps them in partition by partition
 //! ([`tables`]); ARCHITECTURE.md ("Rebuild") explains why the seam with the
 //! running ingest loses and doubles nothing.

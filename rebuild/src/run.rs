@@ -39,6 +39,7 @@ use tally_ingest::{
     insert_rows, recover_pending,
 };
 use time::{Date, OffsetDateTime};
+use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 use crate::RebuildError;
@@ -556,6 +557,15 @@ async fn join_insert(
     Ok(())
 }
 
+/// A chunk read (and turned into frames) while the previous one is being
+/// compared; dropped, it stops reading.
+type Prefetch<T> = AbortOnDropHandle<Result<T, RebuildError>>;
+
+async fn prefetched<T>(p: Prefetch<T>) -> Result<T, RebuildError> {
+    p.await
+        .map_err(|e| RebuildError::Invariant(format!("chunk reader failed: {e}")))?
+}
+
 /// What the snapshot's outbox (and dead letters) hold: not yet in the
 /// projections, so subtracted from the cells and left out of the facts.
 struct Backlog {
@@ -892,28 +902,53 @@ async fn compare_daily(
     let total: u64 = counts.values().sum();
     let mut progress = Progress::start(opts.progress, "daily cells", total);
     let mut totals = TableDrift::default();
-    for (from, to) in day_ranges(&counts, opts.chunk_rows as u64) {
-        let expected: Vec<DailyRow> = sqlx::query_as::<_, TotalsRow>(&format!(
-            "SELECT {TOTALS_COLUMNS} FROM rebuild_cells WHERE day BETWEEN $1 AND $2"
-        ))
-        .bind(from)
-        .bind(to)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(DailyRow::from)
-        .collect();
-        insert_rows(ch, &shadow, &expected).await?;
-        let live: Vec<DailyRow> = ch
-            .query(&format!(
-                "SELECT ?fields FROM {frozen} FINAL WHERE day >= toDate(?) AND day <= toDate(?)"
+    let ranges = day_ranges(&counts, opts.chunk_rows as u64);
+    let fetch = |(from, to): (Date, Date)| {
+        let (pool, ch) = (pool.clone(), ch.clone());
+        let (shadow, frozen) = (shadow.clone(), frozen.clone());
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            let expected: Vec<DailyRow> = sqlx::query_as::<_, TotalsRow>(&format!(
+                "SELECT {TOTALS_COLUMNS} FROM rebuild_cells WHERE day BETWEEN $1 AND $2"
             ))
-            .bind(from.to_string())
-            .bind(to.to_string())
-            .fetch_all()
-            .await?;
-        progress.inc(expected.len().max(live.len()) as u64);
-        compare_daily_rows(&expected, &live, &mut totals, sink).await?;
+            .bind(from)
+            .bind(to)
+            .fetch_all(&pool)
+            .await?
+            .into_iter()
+            .map(DailyRow::from)
+            .collect();
+            insert_rows(&ch, &shadow, &expected).await?;
+            let live: Vec<DailyRow> = ch
+                .query(&format!(
+                    "SELECT ?fields FROM {frozen} FINAL WHERE day >= toDate(?) AND day <= toDate(?)"
+                ))
+                .bind(from.to_string())
+                .bind(to.to_string())
+                .fetch_all()
+                .await?;
+            let rows = expected.len().max(live.len()) as u64;
+            Ok((
+                rows,
+                daily_frame(expected.iter())?,
+                daily_frame(live.iter())?,
+            ))
+        }))
+    };
+    let mut next = ranges.first().map(|&r| fetch(r));
+    for i in 0..ranges.len() {
+        let Some(chunk) = next.take() else { break };
+        let (rows, expected, live) = prefetched(chunk).await?;
+        next = ranges.get(i + 1).map(|&r| fetch(r));
+        progress.inc(rows);
+        compare_chunk(
+            "daily_revenue",
+            &DAILY_SPECS,
+            expected,
+            live,
+            &mut totals,
+            sink,
+        )
+        .await?;
     }
     progress.finish();
     Ok(totals)
@@ -956,7 +991,7 @@ fn fact_frame(rows: &[FactRow], skip: &HashSet<Uuid>) -> Result<Frame, RebuildEr
 
 /// A part of `order_facts` its primary key `(merchant_id, order_id)` finds
 /// without reading the rest, so every row is read once per side.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum FactSlice {
     /// Merchants `from ..= to`.
     Merchants(String, String),
@@ -1052,20 +1087,42 @@ async fn compare_facts(
     let mut progress = Progress::start(opts.progress, "order facts", n);
     let mut totals = TableDrift::default();
     let mut not_compared: HashSet<Uuid> = HashSet::new();
-    for slice in &slices {
-        let expected = read_facts(ch, &shadow, "", slice).await?;
-        let live = read_facts(ch, &frozen, "FINAL", slice).await?;
-        progress.inc(expected.len().max(live.len()) as u64);
-        for r in expected.iter().chain(live.iter()) {
-            if skip.contains(&r.order_id) {
-                not_compared.insert(r.order_id);
-            }
-        }
+    let skip = std::sync::Arc::new(skip.clone());
+    let fetch = |slice: &FactSlice| {
+        let (ch, slice, skip) = (ch.clone(), slice.clone(), skip.clone());
+        let (shadow, frozen) = (shadow.clone(), frozen.clone());
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            let (expected, live) = tokio::try_join!(
+                read_facts(&ch, &shadow, "", &slice),
+                read_facts(&ch, &frozen, "FINAL", &slice)
+            )?;
+            let skipped: Vec<Uuid> = expected
+                .iter()
+                .chain(live.iter())
+                .map(|r| r.order_id)
+                .filter(|id| skip.contains(id))
+                .collect();
+            let rows = expected.len().max(live.len()) as u64;
+            Ok((
+                rows,
+                skipped,
+                fact_frame(&expected, &skip)?,
+                fact_frame(&live, &skip)?,
+            ))
+        }))
+    };
+    let mut next = slices.first().map(fetch);
+    for i in 0..slices.len() {
+        let Some(chunk) = next.take() else { break };
+        let (rows, skipped, expected, live) = prefetched(chunk).await?;
+        next = slices.get(i + 1).map(fetch);
+        progress.inc(rows);
+        not_compared.extend(skipped);
         compare_chunk(
             "order_facts",
             &FACT_SPECS,
-            fact_frame(&expected, skip)?,
-            fact_frame(&live, skip)?,
+            expected,
+            live,
             &mut totals,
             sink,
         )

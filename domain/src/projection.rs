@@ -65,6 +65,18 @@ impl DailyMeasures {
         self.items_sold = self.items_sold.saturating_add(o.items_sold);
     }
 
+    /// The measures that cancel these: adding them subtracts a cell.
+    pub fn negated(&self) -> DailyMeasures {
+        DailyMeasures {
+            orders_placed: -self.orders_placed,
+            gross_minor: -self.gross_minor,
+            captured_minor: -self.captured_minor,
+            refunded_minor: -self.refunded_minor,
+            orders_cancelled: -self.orders_cancelled,
+            items_sold: -self.items_sold,
+        }
+    }
+
     pub fn is_zero(&self) -> bool {
         *self == DailyMeasures::default()
     }

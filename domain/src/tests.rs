@@ -357,6 +357,11 @@ fn daily_measures_follow_the_counting_rules() {
     ));
     sum.add(&DailyMeasures::of_event(&o.handle(&refund(100)).unwrap()));
     assert_eq!(sum.net_minor(), TOTAL - 100);
+
+    let mut cancelled_out = sum;
+    cancelled_out.add(&sum.negated());
+    assert!(cancelled_out.is_zero());
+    assert_eq!(sum.negated().negated(), sum);
 }
 
 #[test]

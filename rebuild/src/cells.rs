@@ -8,11 +8,12 @@
 //! them up at the end, so a store with more (day, merchant, currency)
 //! cells than the budget costs time, never memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use sqlx::PgConnection;
 use tally_domain::DailyMeasures;
+use tally_ingest::rows::{CellKey, DailyRow};
 use time::Date;
 
 use crate::RebuildError;
@@ -21,10 +22,20 @@ use crate::RebuildError;
 /// small `Copy` values and adding to a cell allocates nothing.
 type Key = (Date, u32, [u8; 3]);
 
+/// Where an order's contributions go, whatever their day: its merchant's
+/// number and its currency, looked up once per order.
+#[derive(Clone, Copy, Debug)]
+pub struct Column(u32, [u8; 3]);
+
+/// Keys are this process's own small integers and the write store's
+/// merchant ids, not an attacker's choice: a fast hasher (foldhash, also
+/// hashbrown's default) instead of SipHash, which took a third of `add`.
+type Fast = foldhash::fast::RandomState;
+
 pub struct CellSums {
-    merchants: HashMap<String, u32>,
+    merchants: HashMap<String, u32, Fast>,
     names: Vec<String>,
-    sums: HashMap<Key, DailyMeasures>,
+    sums: HashMap<Key, DailyMeasures, Fast>,
     budget: usize,
     spilled_rows: u64,
 }
@@ -36,15 +47,15 @@ const COLUMNS: &str = "day, merchant_id, currency, orders_placed, gross_minor, c
 impl CellSums {
     pub fn new(budget: usize) -> Self {
         CellSums {
-            merchants: HashMap::new(),
+            merchants: HashMap::default(),
             names: Vec::new(),
-            sums: HashMap::new(),
+            sums: HashMap::default(),
             budget: budget.max(1),
             spilled_rows: 0,
         }
     }
 
-    pub fn add(&mut self, day: Date, merchant: &str, currency: &str, m: &DailyMeasures) {
+    pub fn column(&mut self, merchant: &str, currency: &str) -> Column {
         let id = match self.merchants.get(merchant) {
             Some(&id) => id,
             None => {
@@ -54,8 +65,16 @@ impl CellSums {
                 id
             }
         };
-        let cur = tally_ingest::rows::currency_bytes(currency);
-        self.sums.entry((day, id, cur)).or_default().add(m);
+        Column(id, tally_ingest::rows::currency_bytes(currency))
+    }
+
+    pub fn add_at(&mut self, day: Date, at: Column, m: &DailyMeasures) {
+        self.sums.entry((day, at.0, at.1)).or_default().add(m);
+    }
+
+    pub fn add(&mut self, day: Date, merchant: &str, currency: &str, m: &DailyMeasures) {
+        let at = self.column(merchant, currency);
+        self.add_at(day, at, m);
     }
 
     /// Over budget: the caller should [`spill`](Self::spill).
@@ -115,40 +134,131 @@ impl CellSums {
         table: &str,
         version: i64,
     ) -> Result<u64, RebuildError> {
+        let cells = self.drain_sorted();
+        copy_cells(conn, table, &self.names, &cells, version).await
+    }
+
+    fn drain_sorted(&mut self) -> Vec<(Key, DailyMeasures)> {
         let mut cells: Vec<(Key, DailyMeasures)> = self.sums.drain().collect();
         self.sums.shrink_to(0);
         let names = &self.names;
         cells.sort_unstable_by(|(a, _), (b, _)| {
             (a.0, &names[a.1 as usize], a.2).cmp(&(b.0, &names[b.1 as usize], b.2))
         });
-        let mut copy = conn
-            .copy_in_raw(&format!("COPY {table} ({COLUMNS}) FROM STDIN"))
-            .await?;
-        let mut buf = String::with_capacity(1 << 20);
-        for ((day, merchant, cur), m) in &cells {
-            let _ = write!(buf, "{day}\t");
-            escape_copy_text(&mut buf, &names[*merchant as usize]);
-            let _ = writeln!(
-                buf,
-                "\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{version}",
-                String::from_utf8_lossy(cur),
-                m.orders_placed,
-                m.gross_minor,
-                m.captured_minor,
-                m.refunded_minor,
-                m.orders_cancelled,
-                m.items_sold
-            );
-            if buf.len() >= 1 << 20 {
-                copy.send(buf.as_bytes()).await?;
-                buf.clear();
-            }
-        }
-        if !buf.is_empty() {
-            copy.send(buf.as_bytes()).await?;
-        }
-        Ok(copy.finish().await?)
+        cells
     }
+
+    /// When nothing was spilled: every cell minus what `backlog` (events
+    /// not yet projected) adds, all-zero cells left out, in key order.
+    /// Otherwise the sums back, for [`write`](Self::write).
+    pub fn into_sorted(
+        mut self,
+        backlog: &BTreeMap<CellKey, DailyMeasures>,
+        version: i64,
+    ) -> Result<SortedCells, CellSums> {
+        if self.spilled_rows > 0 {
+            return Err(self);
+        }
+        for ((day, merchant, currency), m) in backlog {
+            self.add(*day, merchant, currency, &m.negated());
+        }
+        self.sums.retain(|_, m| !m.is_zero());
+        let cells = self.drain_sorted();
+        Ok(SortedCells {
+            names: self.names,
+            cells,
+            version,
+        })
+    }
+}
+
+/// A pass's cells that fitted the budget, sorted by (day, merchant,
+/// currency): written to PostgreSQL and compared with ClickHouse from
+/// memory, side by side.
+pub struct SortedCells {
+    names: Vec<String>,
+    cells: Vec<(Key, DailyMeasures)>,
+    version: i64,
+}
+
+impl SortedCells {
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    pub fn day_counts(&self) -> BTreeMap<Date, u64> {
+        let mut out = BTreeMap::new();
+        for ((day, _, _), _) in &self.cells {
+            *out.entry(*day).or_default() += 1;
+        }
+        out
+    }
+
+    /// The cells of days `from ..= to`, as the rows the shadow takes.
+    pub fn rows_between(&self, from: Date, to: Date) -> Vec<DailyRow> {
+        let a = self.cells.partition_point(|((d, _, _), _)| *d < from);
+        let b = self.cells.partition_point(|((d, _, _), _)| *d <= to);
+        self.cells[a..b.max(a)]
+            .iter()
+            .map(|((day, merchant, currency), m)| DailyRow {
+                day: *day,
+                merchant_id: self.names[*merchant as usize].clone(),
+                currency: *currency,
+                orders_placed: m.orders_placed,
+                gross_minor: m.gross_minor,
+                captured_minor: m.captured_minor,
+                refunded_minor: m.refunded_minor,
+                orders_cancelled: m.orders_cancelled,
+                items_sold: m.items_sold,
+                version: self.version as u64,
+            })
+            .collect()
+    }
+
+    /// Writes every cell into `table` (empty, in `conn`'s transaction).
+    pub async fn write(&self, conn: &mut PgConnection, table: &str) -> Result<u64, RebuildError> {
+        copy_cells(conn, table, &self.names, &self.cells, self.version).await
+    }
+}
+
+async fn copy_cells(
+    conn: &mut PgConnection,
+    table: &str,
+    names: &[String],
+    cells: &[(Key, DailyMeasures)],
+    version: i64,
+) -> Result<u64, RebuildError> {
+    let mut copy = conn
+        .copy_in_raw(&format!("COPY {table} ({COLUMNS}) FROM STDIN"))
+        .await?;
+    let mut buf = String::with_capacity(1 << 20);
+    for ((day, merchant, cur), m) in cells {
+        let _ = write!(buf, "{day}\t");
+        escape_copy_text(&mut buf, &names[*merchant as usize]);
+        let _ = writeln!(
+            buf,
+            "\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{version}",
+            String::from_utf8_lossy(cur),
+            m.orders_placed,
+            m.gross_minor,
+            m.captured_minor,
+            m.refunded_minor,
+            m.orders_cancelled,
+            m.items_sold
+        );
+        if buf.len() >= 1 << 20 {
+            copy.send(buf.as_bytes()).await?;
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        copy.send(buf.as_bytes()).await?;
+    }
+    Ok(copy.finish().await?)
 }
 
 /// A value in `COPY … FROM STDIN` text format: backslash, tab, newline and

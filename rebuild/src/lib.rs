@@ -22,6 +22,7 @@ pub mod scheduler;
 pub mod source;
 pub mod tables;
 pub mod verify;
+pub mod writer;
 
 pub use oracle::daily_from_write_store;
 pub use scheduler::{RebuildScheduler, SchedulerConfig};

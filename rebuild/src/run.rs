@@ -27,6 +27,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
@@ -43,7 +44,7 @@ use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 use crate::RebuildError;
-use crate::cells::CellSums;
+use crate::cells::{CellSums, SortedCells};
 use crate::compare::{
     ColumnKind, ColumnSpec, Frame, FrameBuilder, Sink, TableDrift, compare_chunk,
 };
@@ -51,9 +52,13 @@ use crate::progress::{Progress, ProgressMode};
 use crate::report::CsvReport;
 use crate::source;
 use crate::tables::{self, Copy};
+use crate::writer::{BLOCK_ROWS, ShadowWriter};
 
 /// Held (session-level) for a whole run: one run at a time across replicas.
 pub const RUN_LOCK: i64 = 0x7461_6c6c_7275_6e73; // "tallruns"
+
+/// Rows the order pass hands to the shadow writer at a time.
+const HANDOFF_ROWS: usize = 50_000;
 
 /// Longest wait for in-flight ingest batches to commit.
 const SEAM_WAIT: Duration = Duration::from_secs(60);
@@ -79,7 +84,8 @@ pub struct RunOptions {
     pub progress: ProgressMode,
     /// Most rows per side held in memory by one comparison chunk.
     pub chunk_rows: usize,
-    /// Rows per ClickHouse insert while building.
+    /// Rows per block ClickHouse writes while building (a part per
+    /// partition each).
     pub insert_rows: usize,
     /// Every differing row, as CSV.
     pub report_file: Option<PathBuf>,
@@ -101,7 +107,7 @@ impl Default for RunOptions {
             trigger: "cli".into(),
             progress: ProgressMode::Log,
             chunk_rows: 200_000,
-            insert_rows: 100_000,
+            insert_rows: BLOCK_ROWS,
             report_file: None,
         }
     }
@@ -425,6 +431,9 @@ struct Pass {
     sums: CellSums,
     /// The version the shadow's cells carry.
     version: i64,
+    /// Still writing ClickHouse's last block of facts: only the facts
+    /// comparison has to wait for it.
+    facts: ShadowWriter<FactRow>,
 }
 
 /// One pass over the write store as of the snapshot: every order's fact
@@ -453,46 +462,45 @@ async fn pass(
     let shadow = Copy::Shadow.of("order_facts");
     let zone = opts.zone.name().to_owned();
     let mut sums = CellSums::new(opts.cells_in_memory());
-    let mut facts: Vec<FactRow> = Vec::with_capacity(opts.insert_rows);
-    // One insert in flight while the next chunk is read: PostgreSQL,
-    // this process and ClickHouse each keep a core busy.
-    let mut in_flight: Option<tokio::task::JoinHandle<Result<(), tally_ingest::IngestError>>> =
-        None;
+    let mut facts: Vec<FactRow> = Vec::with_capacity(HANDOFF_ROWS);
+    // The writer encodes and sends on its own task: PostgreSQL, this
+    // process and ClickHouse each keep a core busy.
+    let mut writer = ShadowWriter::start(ch, &shadow, opts.insert_rows);
     let mut orders = 0u64;
     {
         let mut rows = source::orders(&mut *orders_conn, &zone);
         while let Some(o) = rows.try_next().await? {
             orders += 1;
-            o.contributions(|day, m| sums.add(day, &o.merchant_id, &o.currency, &m));
+            let at = sums.column(&o.merchant_id, &o.currency);
+            o.contributions(|day, m| sums.add_at(day, at, &m));
             facts.extend(o.fact());
-            if facts.len() >= opts.insert_rows {
-                if let Some(h) = in_flight.take() {
-                    join_insert(h).await?;
-                }
+            if facts.len() >= HANDOFF_ROWS {
                 progress.inc(facts.len() as u64);
-                let chunk = std::mem::replace(&mut facts, Vec::with_capacity(opts.insert_rows));
-                let (ch, table) = (ch.clone(), shadow.clone());
-                in_flight = Some(tokio::spawn(async move {
-                    insert_rows(&ch, &table, &chunk).await
-                }));
+                let chunk = std::mem::replace(&mut facts, Vec::with_capacity(HANDOFF_ROWS));
+                writer.send(chunk).await?;
             }
             if sums.full() {
                 sums.spill(&mut *snapshot).await?;
             }
         }
     }
-    if let Some(h) = in_flight.take() {
-        join_insert(h).await?;
-    }
-    insert_rows(ch, &shadow, &facts).await?;
     progress.inc(facts.len() as u64);
+    writer.send(facts).await?;
     progress.finish();
     Ok(Pass {
         backlog,
         orders,
         sums,
         version: v0,
+        facts: writer,
     })
+}
+
+/// A pass's daily cells: sorted in memory when they fitted the budget,
+/// else partial sums of which some are already in PostgreSQL.
+enum Cells {
+    Sorted(Arc<SortedCells>),
+    Spilled(CellSums),
 }
 
 /// The daily cells, minus what the snapshot's outbox still holds, into
@@ -500,28 +508,36 @@ async fn pass(
 /// disagree with them. Returns (cells, cells whose totals drifted).
 async fn write_cells(
     snapshot: &mut PgConnection,
-    sums: CellSums,
+    cells: Cells,
     version: i64,
     backlog: &BTreeMap<CellKey, DailyMeasures>,
 ) -> Result<(i64, i64), RebuildError> {
     let t = Instant::now();
-    sums.write(&mut *snapshot, CELLS_TABLE, version).await?;
-    let written = t.elapsed();
-    if !backlog.is_empty() {
-        let negated = backlog
-            .iter()
-            .map(|(k, d)| (k.clone(), negate(d)))
-            .collect();
-        let mut tx = snapshot.begin().await?; // a savepoint: add_to_totals wants a transaction
-        add_to_totals(&mut tx, CELLS_TABLE, &negated).await?;
-        tx.commit().await?;
-        sqlx::query(
-            "DELETE FROM rebuild_cells WHERE orders_placed = 0 AND gross_minor = 0 AND captured_minor = 0
-               AND refunded_minor = 0 AND orders_cancelled = 0 AND items_sold = 0",
-        )
-        .execute(&mut *snapshot)
-        .await?;
+    match cells {
+        Cells::Sorted(sorted) => {
+            sorted.write(&mut *snapshot, CELLS_TABLE).await?;
+        }
+        Cells::Spilled(sums) => {
+            sums.write(&mut *snapshot, CELLS_TABLE, version).await?;
+            if !backlog.is_empty() {
+                let negated = backlog
+                    .iter()
+                    .map(|(k, d)| (k.clone(), d.negated()))
+                    .collect();
+                let mut tx = snapshot.begin().await?; // a savepoint: add_to_totals wants a transaction
+                add_to_totals(&mut tx, CELLS_TABLE, &negated).await?;
+                tx.commit().await?;
+                sqlx::query(
+                    "DELETE FROM rebuild_cells WHERE orders_placed = 0 AND gross_minor = 0
+                       AND captured_minor = 0 AND refunded_minor = 0 AND orders_cancelled = 0
+                       AND items_sold = 0",
+                )
+                .execute(&mut *snapshot)
+                .await?;
+            }
+        }
     }
+    let written = t.elapsed();
     // Both sides as of the snapshot; afterwards both move by the same
     // journaled deltas, so this set is what a swap has to rewrite.
     let totals_drift = sqlx::query(&format!(
@@ -547,14 +563,6 @@ async fn write_cells(
         "daily cells built"
     );
     Ok((cells, totals_drift))
-}
-
-async fn join_insert(
-    h: tokio::task::JoinHandle<Result<(), tally_ingest::IngestError>>,
-) -> Result<(), RebuildError> {
-    h.await
-        .map_err(|e| RebuildError::Invariant(format!("shadow insert task failed: {e}")))??;
-    Ok(())
 }
 
 /// A chunk read (and turned into frames) while the previous one is being
@@ -619,17 +627,6 @@ fn merge_cells(
     }
 }
 
-fn negate(d: &DailyMeasures) -> DailyMeasures {
-    DailyMeasures {
-        orders_placed: -d.orders_placed,
-        gross_minor: -d.gross_minor,
-        captured_minor: -d.captured_minor,
-        refunded_minor: -d.refunded_minor,
-        orders_cancelled: -d.orders_cancelled,
-        items_sold: -d.items_sold,
-    }
-}
-
 async fn build_compare_swap(
     pool: &PgPool,
     ch: &clickhouse::Client,
@@ -672,6 +669,7 @@ async fn build_compare_swap(
         orders,
         sums,
         version,
+        facts: facts_writer,
     } = pass(&mut snapshot, &mut orders_tx, ch, opts).await?;
     orders_tx.rollback().await?;
 
@@ -690,16 +688,46 @@ async fn build_compare_swap(
     let (cells_and_daily, facts) = {
         let (mut sink_daily, mut sink_facts) = (sink(), sink());
         let cells_then_daily = async {
-            let (cells, totals_drift) =
-                write_cells(&mut snapshot, sums, version, &backlog.cells).await?;
-            snapshot.commit().await?;
-            let daily = compare_daily(pool, ch, opts, &mut sink_daily).await?;
-            Ok::<_, RebuildError>((cells, totals_drift, daily))
+            match sums.into_sorted(&backlog.cells, version) {
+                // From memory: PostgreSQL takes the cells while ClickHouse
+                // compares them.
+                Ok(sorted) => {
+                    let sorted = Arc::new(sorted);
+                    let write = async {
+                        let r = write_cells(
+                            &mut snapshot,
+                            Cells::Sorted(sorted.clone()),
+                            version,
+                            &backlog.cells,
+                        )
+                        .await?;
+                        snapshot.commit().await?;
+                        Ok::<_, RebuildError>(r)
+                    };
+                    let (written, daily) = tokio::join!(
+                        write,
+                        compare_daily(pool, ch, opts, Some(sorted.clone()), &mut sink_daily)
+                    );
+                    let (cells, totals_drift) = written?;
+                    Ok::<_, RebuildError>((cells, totals_drift, daily?))
+                }
+                // Over budget: PostgreSQL adds up the spilled sums, then
+                // the comparison reads them back.
+                Err(sums) => {
+                    let (cells, totals_drift) =
+                        write_cells(&mut snapshot, Cells::Spilled(sums), version, &backlog.cells)
+                            .await?;
+                    snapshot.commit().await?;
+                    let daily = compare_daily(pool, ch, opts, None, &mut sink_daily).await?;
+                    Ok((cells, totals_drift, daily))
+                }
+            }
         };
-        tokio::join!(
-            cells_then_daily,
-            compare_facts(ch, opts, &backlog.orders, &mut sink_facts)
-        )
+        let facts = async {
+            facts_writer.finish().await?;
+            compare_facts(ch, opts, &backlog.orders, &mut sink_facts).await
+        };
+        tokio::join!(cells_then_daily, facts)
     };
     let ((cells, totals_drift, daily), (facts, not_compared)) = (cells_and_daily?, facts?);
     if let Some(r) = report {
@@ -865,24 +893,28 @@ fn day_ranges(counts: &BTreeMap<Date, u64>, limit: u64) -> Vec<(Date, Date)> {
     out
 }
 
-/// Streams `rebuild_cells` into the shadow table and compares it with the
-/// frozen live cells, a range of days at a time.
+/// Writes the cells into the shadow table and compares them with the
+/// frozen live cells, a range of days at a time. The cells come from
+/// `sorted` when the pass kept them in memory, else from `rebuild_cells`.
 async fn compare_daily(
     pool: &PgPool,
     ch: &clickhouse::Client,
     opts: &RunOptions,
+    sorted: Option<Arc<SortedCells>>,
     sink: &mut Sink<'_>,
 ) -> Result<TableDrift, RebuildError> {
     let frozen = Copy::Frozen.of("daily_revenue");
     let shadow = Copy::Shadow.of("daily_revenue");
-    let mut counts: BTreeMap<Date, u64> = BTreeMap::new();
-    let pg_counts: Vec<(Date, i64)> =
-        sqlx::query_as("SELECT day, count(*) FROM rebuild_cells GROUP BY day")
-            .fetch_all(pool)
-            .await?;
-    for (d, n) in pg_counts {
-        *counts.entry(d).or_default() += n as u64;
-    }
+    let mut counts: BTreeMap<Date, u64> = match &sorted {
+        Some(s) => s.day_counts(),
+        None => {
+            let pg: Vec<(Date, i64)> =
+                sqlx::query_as("SELECT day, count(*) FROM rebuild_cells GROUP BY day")
+                    .fetch_all(pool)
+                    .await?;
+            pg.into_iter().map(|(d, n)| (d, n as u64)).collect()
+        }
+    };
     #[derive(clickhouse::Row, serde::Deserialize)]
     struct DayCount {
         #[serde(with = "clickhouse::serde::time::date")]
@@ -904,19 +936,22 @@ async fn compare_daily(
     let mut totals = TableDrift::default();
     let ranges = day_ranges(&counts, opts.chunk_rows as u64);
     let fetch = |(from, to): (Date, Date)| {
-        let (pool, ch) = (pool.clone(), ch.clone());
+        let (pool, ch, sorted) = (pool.clone(), ch.clone(), sorted.clone());
         let (shadow, frozen) = (shadow.clone(), frozen.clone());
         AbortOnDropHandle::new(tokio::spawn(async move {
-            let expected: Vec<DailyRow> = sqlx::query_as::<_, TotalsRow>(&format!(
-                "SELECT {TOTALS_COLUMNS} FROM rebuild_cells WHERE day BETWEEN $1 AND $2"
-            ))
-            .bind(from)
-            .bind(to)
-            .fetch_all(&pool)
-            .await?
-            .into_iter()
-            .map(DailyRow::from)
-            .collect();
+            let expected: Vec<DailyRow> = match sorted {
+                Some(s) => s.rows_between(from, to),
+                None => sqlx::query_as::<_, TotalsRow>(&format!(
+                    "SELECT {TOTALS_COLUMNS} FROM rebuild_cells WHERE day BETWEEN $1 AND $2"
+                ))
+                .bind(from)
+                .bind(to)
+                .fetch_all(&pool)
+                .await?
+                .into_iter()
+                .map(DailyRow::from)
+                .collect(),
+            };
             insert_rows(&ch, &shadow, &expected).await?;
             let live: Vec<DailyRow> = ch
                 .query(&format!(

@@ -364,29 +364,7 @@ pub fn compare_frames(
     if expected.is_empty() && live.is_empty() {
         return Ok(diff);
     }
-    let exp = expected.into_df()?;
-    let liv = live.into_df()?;
-    let args = JoinArgs::new(JoinType::Full)
-        .with_coalesce(JoinCoalesce::CoalesceColumns)
-        .with_suffix(Some("_live".into()));
-    let joined = exp
-        .lazy()
-        .join(liv.lazy(), [col("key")], [col("key")], args);
-
-    let differs = specs
-        .iter()
-        .map(|s| col(s.name).neq_missing(col(format!("{}_live", s.name))))
-        .chain([col("currency").neq_missing(col("currency_live"))])
-        .reduce(|a, b| a.or(b))
-        .unwrap_or(lit(false));
-    let kind = when(col("present_live").is_null())
-        .then(lit("missing"))
-        .when(col("present").is_null())
-        .then(lit("extra"))
-        .when(differs)
-        .then(lit("different"))
-        .otherwise(lit("match"))
-        .alias("kind");
+    let joined = classify(specs, expected.into_df()?, live.into_df()?);
     let cur = when(col("currency").is_null())
         .then(col("currency_live"))
         .otherwise(col("currency"))
@@ -403,7 +381,7 @@ pub fn compare_frames(
         );
     }
     let classified = joined
-        .with_columns([kind, cur])
+        .with_columns([cur])
         .with_columns(abs_cols)
         .collect()?;
 
@@ -481,9 +459,9 @@ pub fn compare_frames(
 
     // The differing rows themselves, for the report and the worst list.
     for i in diff_idx {
-        let kind = match classified.column("kind")?.get(i)? {
-            AnyValue::String("missing") => Kind::Missing,
-            AnyValue::String("extra") => Kind::Extra,
+        let kind = match kinds.get(i) {
+            Some("missing") => Kind::Missing,
+            Some("extra") => Kind::Extra,
             _ => Kind::Different,
         };
         let key = text(&classified, "key", i)?.unwrap_or_default();
@@ -525,6 +503,58 @@ pub fn compare_frames(
         diff.rows.push(row);
     }
     Ok(diff)
+}
+
+/// Both sides joined by key, each row labelled `kind`: match, missing,
+/// extra or different (in any column of `specs`, or the currency).
+fn classify(specs: &[ColumnSpec], expected: DataFrame, live: DataFrame) -> LazyFrame {
+    let args = JoinArgs::new(JoinType::Full)
+        .with_coalesce(JoinCoalesce::CoalesceColumns)
+        .with_suffix(Some("_live".into()));
+    let joined = expected
+        .lazy()
+        .join(live.lazy(), [col("key")], [col("key")], args);
+    let differs = specs
+        .iter()
+        .map(|s| col(s.name).neq_missing(col(format!("{}_live", s.name))))
+        .chain([col("currency").neq_missing(col("currency_live"))])
+        .reduce(|a, b| a.or(b))
+        .unwrap_or(lit(false));
+    let kind = when(col("present_live").is_null())
+        .then(lit("missing"))
+        .when(col("present").is_null())
+        .then(lit("extra"))
+        .when(differs)
+        .then(lit("different"))
+        .otherwise(lit("match"))
+        .alias("kind");
+    joined.with_columns([kind])
+}
+
+/// How many keys match, and the keys that do not: a first, cheap pass
+/// whose unequal keys are then compared in full by [`compare_frames`].
+pub fn unequal_keys(
+    specs: &[ColumnSpec],
+    expected: Frame,
+    live: Frame,
+) -> Result<(u64, Vec<String>), RebuildError> {
+    if expected.is_empty() && live.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let classified = classify(specs, expected.into_df()?, live.into_df()?)
+        .select([col("key"), col("kind")])
+        .collect()?;
+    let kinds = classified.column("kind")?.str()?;
+    let keys = classified.column("key")?.str()?;
+    let mut matching = 0;
+    let mut unequal = Vec::new();
+    for (k, key) in kinds.iter().zip(keys.iter()) {
+        match k {
+            Some("match") => matching += 1,
+            _ => unequal.push(key.unwrap_or_default().to_owned()),
+        }
+    }
+    Ok((matching, unequal))
 }
 
 fn text(df: &DataFrame, name: &str, i: usize) -> PolarsResult<Option<String>> {
@@ -602,6 +632,33 @@ mod tests {
                 ("day", "2026-01-02".into(), "2026-01-03".into()),
             ]
         );
+    }
+
+    #[test]
+    fn a_lone_missing_or_extra_row_keeps_its_kind() {
+        // A one-row chunk: polars may hand computed columns back as a
+        // scalar, whose values read differently from a series'.
+        for (expected, live, want) in [
+            (frame(&[("a", "EUR", 1, "paid")]), frame(&[]), Kind::Missing),
+            (frame(&[]), frame(&[("a", "EUR", 1, "paid")]), Kind::Extra),
+            (
+                frame(&[("a", "EUR", 1, "paid")]),
+                frame(&[("a", "EUR", 2, "paid")]),
+                Kind::Different,
+            ),
+        ] {
+            let diff = compare_frames("t", &SPECS, expected, live, true).unwrap();
+            let kinds: Vec<Kind> = diff.rows.iter().map(|r| r.kind).collect();
+            assert_eq!(kinds, vec![want]);
+            assert_eq!(diff.rows[0].currency, "EUR");
+            if want == Kind::Different {
+                let f = &diff.rows[0].fields;
+                assert_eq!(
+                    (f.len(), f[0].field, f[0].delta),
+                    (1, "gross_minor", Some(1))
+                );
+            }
+        }
     }
 
     #[test]

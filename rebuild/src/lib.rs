@@ -13,6 +13,7 @@
 
 pub mod cells;
 pub mod compare;
+mod facts;
 pub mod oracle;
 pub mod progress;
 pub mod reconcile;

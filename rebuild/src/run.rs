@@ -48,6 +48,7 @@ use crate::cells::{CellSums, SortedCells};
 use crate::compare::{
     ColumnKind, ColumnSpec, Frame, FrameBuilder, Sink, TableDrift, compare_chunk,
 };
+use crate::facts;
 use crate::progress::{Progress, ProgressMode};
 use crate::report::CsvReport;
 use crate::source;
@@ -567,9 +568,9 @@ async fn write_cells(
 
 /// A chunk read (and turned into frames) while the previous one is being
 /// compared; dropped, it stops reading.
-type Prefetch<T> = AbortOnDropHandle<Result<T, RebuildError>>;
+pub(crate) type Prefetch<T> = AbortOnDropHandle<Result<T, RebuildError>>;
 
-async fn prefetched<T>(p: Prefetch<T>) -> Result<T, RebuildError> {
+pub(crate) async fn prefetched<T>(p: Prefetch<T>) -> Result<T, RebuildError> {
     p.await
         .map_err(|e| RebuildError::Invariant(format!("chunk reader failed: {e}")))?
 }
@@ -725,7 +726,7 @@ async fn build_compare_swap(
         };
         let facts = async {
             facts_writer.finish().await?;
-            compare_facts(ch, opts, &backlog.orders, &mut sink_facts).await
+            facts::compare(ch, opts, &backlog.orders, &mut sink_facts).await
         };
         tokio::join!(cells_then_daily, facts)
     };
@@ -987,184 +988,6 @@ async fn compare_daily(
     }
     progress.finish();
     Ok(totals)
-}
-
-const FACT_SPECS: [ColumnSpec; 11] = [
-    ColumnSpec::new("version", ColumnKind::Count),
-    ColumnSpec::new("merchant_id", ColumnKind::Text),
-    ColumnSpec::new("customer_id", ColumnKind::Text),
-    ColumnSpec::new("status", ColumnKind::Text),
-    ColumnSpec::new("placed_at", ColumnKind::Time),
-    ColumnSpec::new("placed_day", ColumnKind::Day),
-    ColumnSpec::new("item_count", ColumnKind::Count),
-    ColumnSpec::new("total_minor", ColumnKind::Money),
-    ColumnSpec::new("captured_minor", ColumnKind::Money),
-    ColumnSpec::new("refunded_minor", ColumnKind::Money),
-    ColumnSpec::new("updated_at", ColumnKind::Time),
-];
-
-fn fact_frame(rows: &[FactRow], skip: &HashSet<Uuid>) -> Result<Frame, RebuildError> {
-    let mut f = FrameBuilder::new(&FACT_SPECS, rows.len());
-    let mut key = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    for r in rows.iter().filter(|r| !skip.contains(&r.order_id)) {
-        let key = r.order_id.hyphenated().encode_lower(&mut key);
-        f.row(key, std::str::from_utf8(&r.currency).unwrap_or("???"))
-            .int(i64::from(r.version))
-            .text(&r.merchant_id)
-            .text(&r.customer_id)
-            .text(&r.status)
-            .time(r.placed_at)
-            .day(r.placed_day)
-            .int(r.item_count as i64)
-            .int(r.total_minor)
-            .int(r.captured_minor)
-            .int(r.refunded_minor)
-            .time(r.updated_at);
-    }
-    Ok(f.finish()?)
-}
-
-/// A part of `order_facts` its primary key `(merchant_id, order_id)` finds
-/// without reading the rest, so every row is read once per side.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum FactSlice {
-    /// Merchants `from ..= to`.
-    Merchants(String, String),
-    /// One merchant too large for a chunk, split by order id hash.
-    Bucket(String, u64, u64),
-}
-
-fn fact_slices(counts: &BTreeMap<String, u64>, limit: u64) -> Vec<FactSlice> {
-    let limit = limit.max(1);
-    let mut out = Vec::new();
-    let mut current: Option<(String, String, u64)> = None;
-    for (merchant, &n) in counts {
-        if n > limit {
-            if let Some((a, b, _)) = current.take() {
-                out.push(FactSlice::Merchants(a, b));
-            }
-            let k = n.div_ceil(limit);
-            out.extend((0..k).map(|i| FactSlice::Bucket(merchant.clone(), k, i)));
-            continue;
-        }
-        current = match current {
-            Some((a, _, acc)) if acc + n <= limit => Some((a, merchant.clone(), acc + n)),
-            Some((a, b, _)) => {
-                out.push(FactSlice::Merchants(a, b));
-                Some((merchant.clone(), merchant.clone(), n))
-            }
-            None => Some((merchant.clone(), merchant.clone(), n)),
-        };
-    }
-    if let Some((a, b, _)) = current {
-        out.push(FactSlice::Merchants(a, b));
-    }
-    out
-}
-
-async fn read_facts(
-    ch: &clickhouse::Client,
-    table: &str,
-    fin: &str,
-    slice: &FactSlice,
-) -> Result<Vec<FactRow>, RebuildError> {
-    let q = match slice {
-        FactSlice::Merchants(a, b) => ch
-            .query(&format!(
-                "SELECT ?fields FROM {table} {fin} WHERE merchant_id >= ? AND merchant_id <= ?"
-            ))
-            .bind(a)
-            .bind(b),
-        FactSlice::Bucket(m, k, i) => ch
-            .query(&format!(
-                "SELECT ?fields FROM {table} {fin}
-                 WHERE merchant_id = ? AND cityHash64(toString(order_id)) % ? = ?"
-            ))
-            .bind(m)
-            .bind(*k)
-            .bind(*i),
-    };
-    Ok(q.fetch_all().await?)
-}
-
-/// Compares shadow and frozen facts in slices of about `chunk_rows` orders.
-/// Returns the totals and how many orders were left out because events of
-/// theirs were not yet projected at the snapshot.
-async fn compare_facts(
-    ch: &clickhouse::Client,
-    opts: &RunOptions,
-    skip: &HashSet<Uuid>,
-    sink: &mut Sink<'_>,
-) -> Result<(TableDrift, u64), RebuildError> {
-    let frozen = Copy::Frozen.of("order_facts");
-    let shadow = Copy::Shadow.of("order_facts");
-    #[derive(clickhouse::Row, serde::Deserialize)]
-    struct MerchantCount {
-        merchant_id: String,
-        n: u64,
-    }
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for table in [&shadow, &frozen] {
-        let rows: Vec<MerchantCount> = ch
-            .query(&format!(
-                "SELECT merchant_id, count() AS n FROM {table} GROUP BY merchant_id"
-            ))
-            .fetch_all()
-            .await?;
-        for r in rows {
-            let e = counts.entry(r.merchant_id).or_default();
-            *e = (*e).max(r.n);
-        }
-    }
-    let n: u64 = counts.values().sum();
-    let slices = fact_slices(&counts, opts.chunk_rows as u64);
-    drop(counts);
-    let mut progress = Progress::start(opts.progress, "order facts", n);
-    let mut totals = TableDrift::default();
-    let mut not_compared: HashSet<Uuid> = HashSet::new();
-    let skip = std::sync::Arc::new(skip.clone());
-    let fetch = |slice: &FactSlice| {
-        let (ch, slice, skip) = (ch.clone(), slice.clone(), skip.clone());
-        let (shadow, frozen) = (shadow.clone(), frozen.clone());
-        AbortOnDropHandle::new(tokio::spawn(async move {
-            let (expected, live) = tokio::try_join!(
-                read_facts(&ch, &shadow, "", &slice),
-                read_facts(&ch, &frozen, "FINAL", &slice)
-            )?;
-            let skipped: Vec<Uuid> = expected
-                .iter()
-                .chain(live.iter())
-                .map(|r| r.order_id)
-                .filter(|id| skip.contains(id))
-                .collect();
-            let rows = expected.len().max(live.len()) as u64;
-            Ok((
-                rows,
-                skipped,
-                fact_frame(&expected, &skip)?,
-                fact_frame(&live, &skip)?,
-            ))
-        }))
-    };
-    let mut next = slices.first().map(fetch);
-    for i in 0..slices.len() {
-        let Some(chunk) = next.take() else { break };
-        let (rows, skipped, expected, live) = prefetched(chunk).await?;
-        next = slices.get(i + 1).map(fetch);
-        progress.inc(rows);
-        not_compared.extend(skipped);
-        compare_chunk(
-            "order_facts",
-            &FACT_SPECS,
-            expected,
-            live,
-            &mut totals,
-            sink,
-        )
-        .await?;
-    }
-    progress.finish();
-    Ok((totals, not_compared.len() as u64))
 }
 
 /// Replays journal rows after `after` onto the shadow (facts) and
@@ -1497,23 +1320,6 @@ async fn load_cells(pool: &PgPool, rows: &[DailyRow]) -> Result<(), RebuildError
 mod tests {
     use super::*;
     use time::macros::date;
-
-    #[test]
-    fn fact_slices_group_merchants_and_split_large_ones() {
-        let counts: BTreeMap<String, u64> = [("a", 3), ("b", 3), ("c", 9), ("d", 1), ("e", 4)]
-            .into_iter()
-            .map(|(m, n)| (m.to_owned(), n))
-            .collect();
-        assert_eq!(
-            fact_slices(&counts, 6),
-            vec![
-                FactSlice::Merchants("a".into(), "b".into()),
-                FactSlice::Bucket("c".into(), 2, 0),
-                FactSlice::Bucket("c".into(), 2, 1),
-                FactSlice::Merchants("d".into(), "e".into()),
-            ]
-        );
-    }
 
     #[test]
     fn day_ranges_respect_the_limit_and_cover_every_day() {

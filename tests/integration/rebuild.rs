@@ -128,7 +128,7 @@ async fn verify_reports_exactly_the_injected_drift_and_repair_removes_it() {
         .await
         .unwrap();
     let facts: Vec<FactRow> = ch
-        .query("SELECT ?fields FROM order_facts FINAL ORDER BY order_id LIMIT 2")
+        .query("SELECT ?fields FROM order_facts FINAL ORDER BY order_id LIMIT 3")
         .fetch_all()
         .await
         .unwrap();
@@ -136,6 +136,13 @@ async fn verify_reports_exactly_the_injected_drift_and_repair_removes_it() {
     changed_fact.captured_minor += 1;
     changed_fact.version += 1;
     let deleted_fact = facts[1].clone();
+    // Only a column the comparison hashes: no money, not even the version.
+    let renamed_fact = facts[2].clone();
+    ch.query("ALTER TABLE order_facts UPDATE customer_id = concat(customer_id, '-renamed') WHERE order_id = toUUID(?)")
+        .bind(renamed_fact.order_id.to_string())
+        .execute()
+        .await
+        .unwrap();
     let mut ghost_fact = facts[0].clone();
     ghost_fact.order_id = uuid::Uuid::now_v7();
     ch.query("ALTER TABLE order_facts DELETE WHERE order_id = toUUID(?)")
@@ -170,7 +177,7 @@ async fn verify_reports_exactly_the_injected_drift_and_repair_removes_it() {
     let d = &drifted.daily;
     assert_eq!((d.missing, d.extra, d.different), (1, 1, 1), "{d:#?}");
     let f = &drifted.facts;
-    assert_eq!((f.missing, f.extra, f.different), (1, 1, 1), "{f:#?}");
+    assert_eq!((f.missing, f.extra, f.different), (1, 1, 2), "{f:#?}");
     assert_eq!(
         d.matching + 2,
         clean.daily.matching,
@@ -201,6 +208,7 @@ async fn verify_reports_exactly_the_injected_drift_and_repair_removes_it() {
         (changed_fact.order_id.to_string(), Kind::Different),
         (deleted_fact.order_id.to_string(), Kind::Missing),
         (ghost_fact.order_id.to_string(), Kind::Extra),
+        (renamed_fact.order_id.to_string(), Kind::Different),
     ] {
         assert!(by_key.contains(&want), "{want:?} not in {by_key:?}");
     }
@@ -208,7 +216,7 @@ async fn verify_reports_exactly_the_injected_drift_and_repair_removes_it() {
         .into_iter()
         .map(|(_, _, k)| k)
         .collect();
-    assert_eq!(keys.len(), 6, "exactly the six injected rows: {keys:?}");
+    assert_eq!(keys.len(), 7, "exactly the seven injected rows: {keys:?}");
     let _ = std::fs::remove_file(&report);
 
     let repaired = verify(&app.db, Mode::Repair).await;

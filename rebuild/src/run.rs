@@ -725,7 +725,13 @@ async fn build_compare_swap(
             }
         };
         let facts = async {
-            facts_writer.finish().await?;
+            let t = Instant::now();
+            let rows = facts_writer.finish().await?;
+            tracing::debug!(
+                rows,
+                waited_ms = t.elapsed().as_millis() as u64,
+                "shadow facts written"
+            );
             facts::compare(ch, opts, &backlog.orders, &mut sink_facts).await
         };
         tokio::join!(cells_then_daily, facts)

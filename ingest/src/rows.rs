@@ -52,6 +52,28 @@ pub struct DailyRow {
 }
 
 impl DailyRow {
+    /// The row of one cell with these measures.
+    pub fn new(
+        day: Date,
+        merchant_id: String,
+        currency: [u8; 3],
+        m: &DailyMeasures,
+        version: u64,
+    ) -> Self {
+        DailyRow {
+            day,
+            merchant_id,
+            currency,
+            orders_placed: m.orders_placed,
+            gross_minor: m.gross_minor,
+            captured_minor: m.captured_minor,
+            refunded_minor: m.refunded_minor,
+            orders_cancelled: m.orders_cancelled,
+            items_sold: m.items_sold,
+            version,
+        }
+    }
+
     /// The cell this row is about: (day, merchant, currency code).
     pub fn key(&self) -> CellKey {
         (

@@ -204,17 +204,14 @@ impl SortedCells {
         let b = self.cells.partition_point(|((d, _, _), _)| *d <= to);
         self.cells[a..b.max(a)]
             .iter()
-            .map(|((day, merchant, currency), m)| DailyRow {
-                day: *day,
-                merchant_id: self.names[*merchant as usize].clone(),
-                currency: *currency,
-                orders_placed: m.orders_placed,
-                gross_minor: m.gross_minor,
-                captured_minor: m.captured_minor,
-                refunded_minor: m.refunded_minor,
-                orders_cancelled: m.orders_cancelled,
-                items_sold: m.items_sold,
-                version: self.version as u64,
+            .map(|((day, merchant, currency), m)| {
+                DailyRow::new(
+                    *day,
+                    self.names[*merchant as usize].clone(),
+                    *currency,
+                    m,
+                    self.version as u64,
+                )
             })
             .collect()
     }

@@ -110,18 +110,7 @@ pub async fn reconcile(
     .into_iter()
     .map(|row| {
         let ((day, merchant_id, cur), m) = cell(row);
-        DailyRow {
-            day,
-            merchant_id,
-            currency: currency_bytes(&cur),
-            orders_placed: m.orders_placed,
-            gross_minor: m.gross_minor,
-            captured_minor: m.captured_minor,
-            refunded_minor: m.refunded_minor,
-            orders_cancelled: m.orders_cancelled,
-            items_sold: m.items_sold,
-            version: 0,
-        }
+        DailyRow::new(day, merchant_id, currency_bytes(&cur), &m, 0)
     })
     .collect();
     let live: Vec<DailyRow> = ch

@@ -1,5 +1,5 @@
 //! Daily cells summed in memory from the rebuild's order rows, within a
-//! budget, then written to `rebuild_cells` with `COPY`.
+//! budget, then written to `rebuild_cells` with binary `COPY`.
 //!
 //! Summing 3 million contributions into 700 000 cells is cheaper here than
 //! as a second aggregating query in PostgreSQL (that query alone took
@@ -9,7 +9,6 @@
 //! cells than the budget costs time, never memory.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 
 use sqlx::PgConnection;
 use tally_domain::DailyMeasures;
@@ -230,45 +229,64 @@ async fn copy_cells(
     version: i64,
 ) -> Result<u64, RebuildError> {
     let mut copy = conn
-        .copy_in_raw(&format!("COPY {table} ({COLUMNS}) FROM STDIN"))
+        .copy_in_raw(&format!(
+            "COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))
         .await?;
-    let mut buf = String::with_capacity(1 << 20);
-    for ((day, merchant, cur), m) in cells {
-        let _ = write!(buf, "{day}\t");
-        escape_copy_text(&mut buf, &names[*merchant as usize]);
-        let _ = writeln!(
-            buf,
-            "\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{version}",
-            String::from_utf8_lossy(cur),
-            m.orders_placed,
-            m.gross_minor,
-            m.captured_minor,
-            m.refunded_minor,
-            m.orders_cancelled,
-            m.items_sold
-        );
+    let mut buf = Vec::with_capacity(1 << 20);
+    buf.extend_from_slice(COPY_BINARY_HEADER);
+    for chunk in cells.chunks(8192) {
+        for ((day, merchant, cur), m) in chunk {
+            encode_cell(&mut buf, *day, &names[*merchant as usize], cur, m, version);
+        }
         if buf.len() >= 1 << 20 {
-            copy.send(buf.as_bytes()).await?;
+            copy.send(buf.as_slice()).await?;
             buf.clear();
         }
     }
-    if !buf.is_empty() {
-        copy.send(buf.as_bytes()).await?;
-    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    copy.send(buf.as_slice()).await?;
     Ok(copy.finish().await?)
 }
 
-/// A value in `COPY … FROM STDIN` text format: backslash, tab, newline and
-/// carriage return are the characters that would end or change the field.
-fn escape_copy_text(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
+/// `COPY … (FORMAT binary)`: signature, flags, header extension length.
+const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// PostgreSQL's `date` is days since 2000-01-01 (Julian day 2 451 545).
+const PG_EPOCH_JULIAN_DAY: i32 = 2_451_545;
+
+/// One cell as a binary `COPY` tuple in [`COLUMNS`] order. Binary, not
+/// text: PostgreSQL parses no numbers or dates and nothing needs escaping
+/// (text `COPY` of 700 000 cells cost it 10-20 % more).
+fn encode_cell(
+    out: &mut Vec<u8>,
+    day: Date,
+    merchant: &str,
+    currency: &[u8; 3],
+    m: &DailyMeasures,
+    version: i64,
+) {
+    fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out.extend_from_slice(&10i16.to_be_bytes());
+    field(
+        out,
+        &(day.to_julian_day() - PG_EPOCH_JULIAN_DAY).to_be_bytes(),
+    );
+    field(out, merchant.as_bytes());
+    field(out, currency);
+    for v in [
+        m.orders_placed,
+        m.gross_minor,
+        m.captured_minor,
+        m.refunded_minor,
+        m.orders_cancelled,
+        m.items_sold,
+        version,
+    ] {
+        field(out, &v.to_be_bytes());
     }
 }
 
@@ -278,10 +296,30 @@ mod tests {
     use time::macros::date;
 
     #[test]
-    fn copy_text_escapes_what_would_split_a_field() {
-        let mut s = String::new();
-        escape_copy_text(&mut s, "a\tb\\c\nd\re");
-        assert_eq!(s, "a\\tb\\\\c\\nd\\re");
+    fn a_cell_is_encoded_as_a_binary_copy_tuple() {
+        let m = DailyMeasures {
+            orders_placed: 2,
+            gross_minor: -300,
+            captured_minor: 1,
+            refunded_minor: 0,
+            orders_cancelled: 1,
+            items_sold: 7,
+        };
+        let mut out = Vec::new();
+        encode_cell(&mut out, date!(2000 - 01 - 02), "m\t1", b"EUR", &m, 9);
+        let mut want: Vec<u8> = vec![0, 10];
+        want.extend([0, 0, 0, 4, 0, 0, 0, 1]); // one day after PostgreSQL's epoch
+        want.extend([0, 0, 0, 3, b'm', b'\t', b'1']); // no escaping in binary
+        want.extend([0, 0, 0, 3, b'E', b'U', b'R']);
+        for v in [2i64, -300, 1, 0, 1, 7, 9] {
+            want.extend([0, 0, 0, 8]);
+            want.extend(v.to_be_bytes());
+        }
+        assert_eq!(out, want);
+        assert_eq!(COPY_BINARY_HEADER.len(), 19);
+        out.clear();
+        encode_cell(&mut out, date!(1999 - 12 - 31), "m", b"EUR", &m, 9);
+        assert_eq!(&out[2..10], &[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff]);
     }
 
     #[test]

@@ -41,6 +41,15 @@ impl PgSettings {
             .log_slow_statements(tracing::log::LevelFilter::Warn, self.slow_statement))
     }
 
+    /// For batch work (rebuilds, bulk seeding), whose statements take
+    /// seconds by design: a slow-statement warning there is not news.
+    pub fn batch(self) -> Self {
+        PgSettings {
+            slow_statement: Duration::from_secs(600),
+            ..self
+        }
+    }
+
     /// A pool that connects lazily: a service starts even if PostgreSQL is
     /// down, reports not-ready, and answers 503 until it is back.
     pub fn pool(&self) -> Result<PgPool, sqlx::Error> {

@@ -235,10 +235,8 @@ async fn copy_cells(
         .await?;
     let mut buf = Vec::with_capacity(1 << 20);
     buf.extend_from_slice(COPY_BINARY_HEADER);
-    for chunk in cells.chunks(8192) {
-        for ((day, merchant, cur), m) in chunk {
-            encode_cell(&mut buf, *day, &names[*merchant as usize], cur, m, version);
-        }
+    for ((day, merchant, cur), m) in cells {
+        encode_cell(&mut buf, *day, &names[*merchant as usize], cur, m, version);
         if buf.len() >= 1 << 20 {
             copy.send(buf.as_slice()).await?;
             buf.clear();

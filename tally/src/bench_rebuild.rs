@@ -129,15 +129,12 @@ pub async fn run(
     // PostgreSQL and ClickHouse at the largest size, with sort files and
     // WAL: about 2.5 GiB per million orders.
     let s = servers(g, 1.0 + 2.5 * (orders * rss_factor) as f64 / 1e6).await?;
-    // Seeding inserts 100 000 orders per statement, a second or more each
-    // by design: not worth a warning per statement.
-    let pool = tally_ops::PgSettings {
-        slow_statement: std::time::Duration::from_secs(600),
-        ..s.pg.clone()
-    }
-    .connect()
-    .await
-    .context("connecting to PostgreSQL")?;
+    let pool =
+        s.pg.clone()
+            .batch()
+            .connect()
+            .await
+            .context("connecting to PostgreSQL")?;
     tally_migrations::migrate(&pool, &s.ch).await?;
     let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(&pool)

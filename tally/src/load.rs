@@ -104,15 +104,11 @@ async fn bulk(g: &Global, a: &LoadArgs, orders: u64) -> anyhow::Result<()> {
     for c in &a.currencies {
         tally_domain::Currency::parse(c).map_err(|e| anyhow::anyhow!("--currencies: {e}"))?;
     }
-    // Seeding inserts 100 000 orders per statement, a second or more each
-    // by design: not worth a warning per statement.
-    let pool = tally_ops::PgSettings {
-        slow_statement: std::time::Duration::from_secs(600),
-        ..crate::roles::pg_for_cli(g, "tally-load")?
-    }
-    .connect()
-    .await
-    .context("connecting to PostgreSQL")?;
+    let pool = crate::roles::pg_for_cli(g, "tally-load")?
+        .batch()
+        .connect()
+        .await
+        .context("connecting to PostgreSQL")?;
     let start: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(&pool)
         .await

@@ -119,14 +119,11 @@ struct Stores {
 }
 
 async fn stores(g: &Global, app: &str) -> anyhow::Result<Stores> {
-    let pool = tally_ops::PgSettings {
-        // A rebuild's aggregations take seconds by design; not news.
-        slow_statement: std::time::Duration::from_secs(600),
-        ..pg_for_cli(g, app)?
-    }
-    .connect()
-    .await
-    .context("connecting to PostgreSQL")?;
+    let pool = pg_for_cli(g, app)?
+        .batch()
+        .connect()
+        .await
+        .context("connecting to PostgreSQL")?;
     let ch = ch_for_cli(g)?;
     tally_migrations::migrate(&pool, &ch)
         .await

@@ -42,9 +42,10 @@ pub enum DomainError {
     /// HTTP: `422`.
     #[error("refund of {requested} minor units exceeds the {available} still refundable")]
     RefundExceedsCaptured { available: i64, requested: i64 },
-    /// The order total does not fit in 64-bit minor units. HTTP: `400`.
-    #[error("order total overflows 64-bit minor units")]
-    TotalOverflow,
+    /// The order total (Σ quantity × unit price) exceeds
+    /// [`Amount::MAX`](crate::Amount::MAX). HTTP: `400`, field `items`.
+    #[error("order total must be at most {max} minor units")]
+    TotalTooLarge { max: i64 },
     /// Every order must cost something: a zero total has nothing to capture.
     /// HTTP: `400`.
     #[error("order total must be greater than zero")]

@@ -249,6 +249,10 @@ impl<'de> Deserialize<'de> for Currency {
 /// A non-negative amount of minor units (cents, yen, fils). The currency is
 /// carried by the order it belongs to; [`Money`] pairs the two where both
 /// travel together.
+///
+/// Input is bounded by [`Amount::MAX`] ([`Amount::parse`]); what was once
+/// accepted is read back with [`Amount::from_stored`], which is not, so a
+/// bound lowered later never makes a recorded event unreadable.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 #[serde(try_from = "i64", into = "i64")]
 pub struct Amount(i64);
@@ -256,20 +260,52 @@ pub struct Amount(i64);
 impl Amount {
     pub const ZERO: Amount = Amount(0);
 
+    /// The largest amount a command may carry, per line price, line, order
+    /// total, payment or refund: 999 999 999 999 minor units, the twelve
+    /// digits of the amount field card networks exchange (ISO 8583 field 4;
+    /// Stripe's own ceiling is lower, eight digits). It keeps every sum
+    /// Tally forms far from 64 bits: a day's cell would need over nine
+    /// million maximal orders of one merchant to overflow, and the read
+    /// side sums ranges in 128 bits regardless.
+    pub const MAX: Amount = Amount(999_999_999_999);
+
+    /// Parses an amount from input: 0 to [`Amount::MAX`].
     pub fn parse(minor: i64) -> Result<Self, ParseError> {
         if minor < 0 {
             return Err(ParseError::new(format!(
                 "amount must not be negative (got {minor} minor units)"
             )));
         }
-        Ok(Amount(minor))
+        Self::bounded(minor)
     }
 
-    /// Parses an amount that must be strictly positive (payments, refunds).
+    /// Parses an amount from input that must be strictly positive
+    /// (payments, refunds): 1 to [`Amount::MAX`].
     pub fn parse_positive(minor: i64) -> Result<Self, ParseError> {
         if minor <= 0 {
             return Err(ParseError::new(format!(
                 "amount must be at least 1 minor unit (got {minor})"
+            )));
+        }
+        Self::bounded(minor)
+    }
+
+    fn bounded(minor: i64) -> Result<Self, ParseError> {
+        if minor > Self::MAX.0 {
+            return Err(ParseError::new(format!(
+                "amount must be at most {} minor units (got {minor})",
+                Self::MAX.0
+            )));
+        }
+        Ok(Amount(minor))
+    }
+
+    /// Reads back an amount that was accepted before (the write tables, an
+    /// outbox event): any non-negative value, whatever the bound is now.
+    pub fn from_stored(minor: i64) -> Result<Self, ParseError> {
+        if minor < 0 {
+            return Err(ParseError::new(format!(
+                "amount must not be negative (got {minor} minor units)"
             )));
         }
         Ok(Amount(minor))
@@ -297,10 +333,11 @@ impl Amount {
     }
 }
 
+/// Deserialisation reads recorded events: [`Amount::from_stored`].
 impl TryFrom<i64> for Amount {
     type Error = ParseError;
     fn try_from(v: i64) -> Result<Self, ParseError> {
-        Amount::parse(v)
+        Amount::from_stored(v)
     }
 }
 
@@ -350,14 +387,15 @@ impl fmt::Display for Money {
 /// Formats a signed number of minor units as an exact decimal string in the
 /// currency's exponent (`-1250` EUR → `-12.50`). Used for net figures, which
 /// can be negative when refunds outrun captures on a day.
-pub fn format_minor(minor: i64, currency: Currency) -> String {
+pub fn format_minor(minor: impl Into<i128>, currency: Currency) -> String {
+    let minor: i128 = minor.into();
     let exp = u32::from(currency.exponent());
     let sign = if minor < 0 { "-" } else { "" };
     let abs = minor.unsigned_abs();
     if exp == 0 {
         return format!("{sign}{abs}");
     }
-    let scale = 10u64.pow(exp);
+    let scale = 10u128.pow(exp);
     format!(
         "{sign}{}.{:0width$}",
         abs / scale,
@@ -417,8 +455,20 @@ mod tests {
     }
 
     #[test]
+    fn input_is_bounded_but_recorded_amounts_are_not() {
+        assert_eq!(Amount::parse(999_999_999_999).unwrap(), Amount::MAX);
+        assert!(Amount::parse(1_000_000_000_000).is_err());
+        assert!(Amount::parse_positive(1_000_000_000_000).is_err());
+        assert!(Amount::parse(i64::MAX).is_err());
+        // An event recorded under another bound still reads back.
+        let big = serde_json::from_str::<Amount>("4611686018427387904").unwrap();
+        assert_eq!(big.minor(), 4_611_686_018_427_387_904);
+        assert!(Amount::from_stored(-1).is_err());
+    }
+
+    #[test]
     fn amount_arithmetic_is_checked() {
-        let max = Amount::parse(i64::MAX).unwrap();
+        let max = Amount::from_stored(i64::MAX).unwrap();
         assert!(max.checked_add(Amount::parse(1).unwrap()).is_none());
         assert!(max.checked_mul(2).is_none());
         assert!(

@@ -153,13 +153,16 @@ impl LineItems {
         &self.0
     }
 
-    /// Σ quantity × unit price, or `TotalOverflow`.
+    /// Σ quantity × unit price, or `TotalTooLarge` past [`Amount::MAX`].
     pub fn total(&self) -> Result<Amount, DomainError> {
         self.0.iter().try_fold(Amount::ZERO, |acc, line| {
             line.unit_price
                 .checked_mul(line.quantity.get())
                 .and_then(|sub| acc.checked_add(sub))
-                .ok_or(DomainError::TotalOverflow)
+                .filter(|t| *t <= Amount::MAX)
+                .ok_or(DomainError::TotalTooLarge {
+                    max: Amount::MAX.minor(),
+                })
         })
     }
 

@@ -49,20 +49,25 @@ impl DailyMeasures {
         }
     }
 
-    /// Captured minus refunded: what finance calls net revenue.
-    pub fn net_minor(&self) -> i64 {
-        self.captured_minor - self.refunded_minor
+    /// Captured minus refunded: what finance calls net revenue. 128 bits,
+    /// so it holds for any two 64-bit measures.
+    pub fn net_minor(&self) -> i128 {
+        i128::from(self.captured_minor) - i128::from(self.refunded_minor)
     }
 
-    /// Adds another cell's measures. Saturates rather than wraps: a cell
-    /// reaching 9.2e18 minor units is a bug to be seen, not hidden.
-    pub fn add(&mut self, o: &DailyMeasures) {
-        self.orders_placed = self.orders_placed.saturating_add(o.orders_placed);
-        self.gross_minor = self.gross_minor.saturating_add(o.gross_minor);
-        self.captured_minor = self.captured_minor.saturating_add(o.captured_minor);
-        self.refunded_minor = self.refunded_minor.saturating_add(o.refunded_minor);
-        self.orders_cancelled = self.orders_cancelled.saturating_add(o.orders_cancelled);
-        self.items_sold = self.items_sold.saturating_add(o.items_sold);
+    /// The sum of two cells' measures, or `None` if any of them leaves 64
+    /// bits. Never saturates or wraps: a wrong figure is worse than none,
+    /// and the caller decides who is told (the ingest parks the event that
+    /// tipped the cell over, the rebuild refuses to swap).
+    pub fn checked_add(&self, o: &DailyMeasures) -> Option<DailyMeasures> {
+        Some(DailyMeasures {
+            orders_placed: self.orders_placed.checked_add(o.orders_placed)?,
+            gross_minor: self.gross_minor.checked_add(o.gross_minor)?,
+            captured_minor: self.captured_minor.checked_add(o.captured_minor)?,
+            refunded_minor: self.refunded_minor.checked_add(o.refunded_minor)?,
+            orders_cancelled: self.orders_cancelled.checked_add(o.orders_cancelled)?,
+            items_sold: self.items_sold.checked_add(o.items_sold)?,
+        })
     }
 
     /// The measures that cancel these: adding them subtracts a cell.

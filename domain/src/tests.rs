@@ -102,10 +102,17 @@ fn placing_computes_total_and_starts_at_version_one() {
 
 #[test]
 fn placing_rejects_overflowing_and_zero_totals() {
-    let huge = place_cmd(vec![line("a", 1_000_000, i64::MAX / 10)]);
-    assert_eq!(order::place(&huge), Err(DomainError::TotalOverflow));
-    let sum_overflow = place_cmd(vec![line("a", 1, i64::MAX), line("b", 1, 1)]);
-    assert_eq!(order::place(&sum_overflow), Err(DomainError::TotalOverflow));
+    let too_large = Err(DomainError::TotalTooLarge {
+        max: Amount::MAX.minor(),
+    });
+    // One line's price × quantity past the bound, and lines each within it
+    // whose sum is past it.
+    let huge = place_cmd(vec![line("a", 1_000_000, Amount::MAX.minor())]);
+    assert_eq!(order::place(&huge), too_large);
+    let sum = place_cmd(vec![line("a", 1, Amount::MAX.minor()), line("b", 1, 1)]);
+    assert_eq!(order::place(&sum), too_large);
+    let at_bound = place_cmd(vec![line("a", 1, Amount::MAX.minor())]);
+    assert_eq!(order::place(&at_bound).map(|_| ()), Ok(()));
     let free = place_cmd(vec![line("a", 3, 0)]);
     assert_eq!(order::place(&free), Err(DomainError::ZeroTotal));
 }
@@ -346,22 +353,66 @@ fn daily_measures_follow_the_counting_rules() {
     let o = given(&[capture(TOTAL)]);
     let c = DailyMeasures::of_event(&o.handle(&cancel()).unwrap());
     assert_eq!((c.orders_cancelled, c.refunded_minor), (1, TOTAL));
-    assert_eq!(c.net_minor(), -TOTAL);
+    assert_eq!(c.net_minor(), -i128::from(TOTAL));
 
     let shipped = DailyMeasures::of_event(&o.handle(&ship()).unwrap());
     assert!(shipped.is_zero());
 
-    let mut sum = placed;
-    sum.add(&DailyMeasures::of_event(
-        &given(&[]).handle(&capture(TOTAL)).unwrap(),
-    ));
-    sum.add(&DailyMeasures::of_event(&o.handle(&refund(100)).unwrap()));
-    assert_eq!(sum.net_minor(), TOTAL - 100);
+    let sum = placed
+        .checked_add(&DailyMeasures::of_event(
+            &given(&[]).handle(&capture(TOTAL)).unwrap(),
+        ))
+        .and_then(|s| s.checked_add(&DailyMeasures::of_event(&o.handle(&refund(100)).unwrap())))
+        .unwrap();
+    assert_eq!(sum.net_minor(), i128::from(TOTAL - 100));
 
-    let mut cancelled_out = sum;
-    cancelled_out.add(&sum.negated());
+    let cancelled_out = sum.checked_add(&sum.negated()).unwrap();
     assert!(cancelled_out.is_zero());
     assert_eq!(sum.negated().negated(), sum);
+}
+
+#[test]
+fn daily_measures_refuse_to_leave_64_bits() {
+    let near = DailyMeasures {
+        gross_minor: i64::MAX - 1,
+        ..DailyMeasures::default()
+    };
+    let one = DailyMeasures {
+        gross_minor: 1,
+        ..DailyMeasures::default()
+    };
+    assert_eq!(
+        near.checked_add(&one).map(|s| s.gross_minor),
+        Some(i64::MAX)
+    );
+    assert_eq!(
+        near.checked_add(&one).and_then(|s| s.checked_add(&one)),
+        None
+    );
+    // Every measure is checked, not just money.
+    for field in 0..6 {
+        let mut m = [0i64; 6];
+        m[field] = i64::MAX;
+        let big = DailyMeasures {
+            orders_placed: m[0],
+            gross_minor: m[1],
+            captured_minor: m[2],
+            refunded_minor: m[3],
+            orders_cancelled: m[4],
+            items_sold: m[5],
+        };
+        assert_eq!(big.checked_add(&big), None, "measure {field}");
+    }
+    // Net never overflows, even between the extremes.
+    let extremes = DailyMeasures {
+        captured_minor: i64::MAX,
+        refunded_minor: i64::MIN,
+        ..DailyMeasures::default()
+    };
+    assert_eq!(
+        extremes.net_minor(),
+        i128::from(i64::MAX) - i128::from(i64::MIN)
+    );
 }
 
 #[test]

@@ -76,11 +76,26 @@ async fn bad_input_is_a_4xx_problem_and_writes_nothing() {
             "merchant_id",
         ),
         (
-            order_body("m", "EUR", &[("a", 1_000_000, i64::MAX / 100)]),
+            order_body("m", "EUR", &[("a", 1_000_000, 1_000_000)]),
             "items",
         ),
         (order_body("m", "EUR", &[("a", 1, 0)]), "items"),
         (order_body("m", "EUR", &vec![("a", 1, 1); 101]), "items"),
+        // The money bound (Amount::MAX, 999 999 999 999 minor units): the
+        // price of one line of the poison-event reproduction, and a total
+        // of lines each within it.
+        (
+            order_body("m", "EUR", &[("a", 1, 4_611_686_018_427_387_904)]),
+            "items[0].unit_price_minor",
+        ),
+        (
+            order_body("m", "EUR", &[("a", 1, 1_000_000_000_000)]),
+            "items[0].unit_price_minor",
+        ),
+        (
+            order_body("m", "EUR", &[("a", 1, 999_999_999_999), ("b", 1, 1)]),
+            "items",
+        ),
     ];
     for (body, field) in cases {
         let p = problem(post(body.to_string()).await.unwrap(), 400).await;
@@ -210,4 +225,41 @@ async fn postgres_unavailable_is_a_503_with_retry_after_not_a_hang() {
     assert_eq!(res.headers()["retry-after"], "1");
     problem(res, 503).await;
     app.shutdown.cancel();
+}
+
+/// Slowloris: a client that opens a connection and never finishes its
+/// request head is cut off after the header-read timeout, instead of
+/// holding the connection for ever.
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app(Ingest::Manual).await;
+    let addr = app.api_url.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(b"POST /v1/orders HTTP/1.1\r\nHost: tally\r\nX-Dribble: a")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        tally_ops::http::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(10),
+        conn.read_to_end(&mut buf),
+    )
+    .await
+    .expect("the server closes the connection");
+    let waited = started.elapsed();
+    assert!(read.is_ok() || read.is_err(), "closed either way");
+    assert!(
+        waited + std::time::Duration::from_millis(500) >= tally_ops::http::HEADER_READ_TIMEOUT,
+        "not before the timeout: {waited:?}"
+    );
+    // Other clients were served meanwhile, and still are.
+    let res = app
+        .http
+        .get(format!("{}/livez", app.api_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    app.stop().await;
 }

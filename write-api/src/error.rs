@@ -4,7 +4,7 @@
 //! |-------------------------------|--------|--------------------------|
 //! | malformed / wrong-typed JSON  | 400    | `malformed-body`         |
 //! | field validation              | 400    | `validation`             |
-//! | `ZeroTotal`, `TotalOverflow`  | 400    | `validation`             |
+//! | `ZeroTotal`, `TotalTooLarge`  | 400    | `validation`             |
 //! | missing `Idempotency-Key`     | 400    | `idempotency-key`        |
 //! | missing / unknown API key     | 401    | `unauthenticated`        |
 //! | key lacks the role            | 403    | `forbidden`              |
@@ -101,7 +101,7 @@ impl ApiError {
                     })
                     .invalid_params(params.clone())
             }
-            ApiError::Domain(e @ (DomainError::ZeroTotal | DomainError::TotalOverflow)) => {
+            ApiError::Domain(e @ (DomainError::ZeroTotal | DomainError::TotalTooLarge { .. })) => {
                 Problem::new(StatusCode::BAD_REQUEST, "validation", "Invalid request")
                     .detail(e.to_string())
                     .invalid_params(vec![InvalidParam {

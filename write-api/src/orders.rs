@@ -29,9 +29,24 @@ use tally_ops::auth::Caller;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderRequest {
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub merchant_id: String,
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub customer_id: String,
+    /// An active ISO 4217 code, upper case.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
+    /// The order total (Σ quantity × unit_price_minor) may be at most
+    /// 999 999 999 999 minor units, like each price.
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<LineItemRequest>,
     pub shipping_address: AddressRequest,
 }
@@ -39,22 +54,39 @@ pub struct PlaceOrderRequest {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineItemRequest {
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub sku: String,
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub quantity: i64,
+    /// Minor units of the order's currency; at most 999 999 999 999 (the
+    /// twelve digits card networks carry).
+    #[schema(minimum = 0, maximum = 999_999_999_999_i64)]
     pub unit_price_minor: i64,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressRequest {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub line1: String,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     pub line2: Option<String>,
+    #[schema(min_length = 1, max_length = 100)]
     pub city: String,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100)]
     pub region: Option<String>,
+    #[schema(min_length = 1, max_length = 20)]
     pub postal_code: String,
+    /// ISO 3166-1 alpha-2.
+    #[schema(pattern = "^[A-Z]{2}$", example = "GB")]
     pub country: String,
 }
 
@@ -70,6 +102,7 @@ pub struct OrderPlaced {
 #[serde(deny_unknown_fields)]
 pub struct CaptureRequest {
     /// Must equal the order total, in minor units of the order's currency.
+    #[schema(minimum = 1, maximum = 999_999_999_999_i64)]
     pub amount_minor: i64,
 }
 
@@ -77,7 +110,9 @@ pub struct CaptureRequest {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShipRequest {
+    #[schema(min_length = 1, max_length = 100)]
     pub carrier: String,
+    #[schema(min_length = 1, max_length = 100)]
     pub tracking_number: String,
 }
 
@@ -85,6 +120,7 @@ pub struct ShipRequest {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
+    #[schema(min_length = 1, max_length = 500)]
     pub reason: String,
 }
 
@@ -93,8 +129,10 @@ pub struct CancelRequest {
 #[serde(deny_unknown_fields)]
 pub struct RefundRequest {
     /// At most what was captured and not yet refunded.
+    #[schema(minimum = 1, maximum = 999_999_999_999_i64)]
     pub amount_minor: i64,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 500)]
     pub reason: Option<String>,
 }
 

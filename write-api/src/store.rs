@@ -129,9 +129,9 @@ pub async fn load_order(
         status: OrderStatus::parse(&status).map_err(|_| bad("status"))?,
         placed_at,
         item_count: u64::try_from(items).map_err(|_| bad("item_count"))?,
-        total: Amount::parse(total).map_err(|_| bad("total"))?,
-        captured: Amount::parse(captured).map_err(|_| bad("captured"))?,
-        refunded: Amount::parse(refunded).map_err(|_| bad("refunded"))?,
+        total: Amount::from_stored(total).map_err(|_| bad("total"))?,
+        captured: Amount::from_stored(captured).map_err(|_| bad("captured"))?,
+        refunded: Amount::from_stored(refunded).map_err(|_| bad("refunded"))?,
     }))
 }
 

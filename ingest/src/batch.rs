@@ -20,6 +20,17 @@
 //! A crash before the commit undoes step 1 and 3 (the events are claimed
 //! again later); after it, every event is counted in PostgreSQL exactly
 //! once and ClickHouse only ever receives versioned absolute values.
+//!
+//! An event that cannot be counted is parked in `ingest_dead_letters` in
+//! the batch's own transaction (and taken out of a rebuild's journal, so
+//! that the journal holds exactly the events the totals hold): one that
+//! does not decode or would take a cell of the batch past 64 bits is found
+//! here; one PostgreSQL refuses fails the whole upsert, so the batch comes
+//! back as [`IngestError::Poisoned`] and the worker retries its events one
+//! at a time, parking the one that fails alone ([`park`];
+//! `dead_letters.rs` says which failures count). A parked event's fact
+//! row may already be in `order_facts`: it is the order's true state, and
+//! the dead letter holds the watermark back until it is retried.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -30,8 +41,9 @@ use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::IngestError;
+use crate::dead_letters::Reason;
 use crate::metrics::{EventTypeLabel, Metrics};
-use crate::rows::{CellKey, DailyRow, ReportingZone, currency_bytes, project};
+use crate::rows::{CellKey, DailyRow, Projected, ReportingZone, currency_bytes, project};
 
 /// Time allowed for one ClickHouse insert before the batch is abandoned
 /// (and retried from PostgreSQL).
@@ -208,6 +220,9 @@ pub struct BatchOutcome {
     /// A rebuild's swap was interrupted; nothing is claimed until it is
     /// completed (`tally rebuild` does that first).
     pub paused: bool,
+    /// The most this batch could claim: a batch that claimed as many is
+    /// followed at once by the next.
+    pub limit: i64,
 }
 
 pub(crate) async fn run_batch(
@@ -246,7 +261,10 @@ pub(crate) async fn run_batch(
         // watermark.
         tx.rollback().await?;
         clear_settled(pool, settled).await?;
-        return Ok(BatchOutcome::default());
+        return Ok(BatchOutcome {
+            limit: batch_size,
+            ..BatchOutcome::default()
+        });
     }
     if !settled.is_empty() {
         sqlx::query("DELETE FROM ingest_pending_pushes WHERE batch_id = ANY($1)")
@@ -257,21 +275,46 @@ pub(crate) async fn run_batch(
     let t_claim = started.elapsed();
 
     let mut events = Vec::with_capacity(rows.len());
-    let mut dead = 0;
+    let mut sources = Vec::with_capacity(rows.len());
+    let mut parked = Vec::new();
     let mut oldest_created = rows[0].created_at;
     for r in &rows {
         oldest_created = oldest_created.min(r.created_at);
         match r.decode() {
-            Ok(e) => events.push(e),
+            Ok(e) => {
+                events.push(e);
+                sources.push(r);
+            }
             Err(err) => {
-                dead_letter(&mut tx, r, &err.to_string()).await?;
-                tracing::warn!(outbox_id = r.id, event_id = %r.event_id, error = %err, "event moved to dead letters");
-                dead += 1;
+                dead_letter(&mut tx, r, Reason::Decode, &err.to_string()).await?;
+                parked.push((r.id, Reason::Decode));
             }
         }
     }
 
-    let (facts, cells) = project(&events, zone);
+    let Projected {
+        facts,
+        cells,
+        overflowing,
+    } = project(&events, zone);
+    for i in overflowing {
+        let r = sources[i];
+        let why = format!(
+            "its amounts take the daily cell ({}, {}, {}) past 64-bit minor units",
+            zone.day(events[i].occurred_at),
+            events[i].order.merchant_id,
+            events[i].order.currency
+        );
+        dead_letter(&mut tx, r, Reason::Overflow, &why).await?;
+        parked.push((r.id, Reason::Overflow));
+    }
+    if journaling && !parked.is_empty() {
+        let ids: Vec<i64> = parked.iter().map(|(id, _)| *id).collect();
+        sqlx::query("DELETE FROM rebuild_journal WHERE outbox_id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+    }
     let t_decode = started.elapsed();
     // The fact insert comes before the totals upsert, never beside it: the
     // upsert locks the batch's cells until the commit, and a worker whose
@@ -287,7 +330,20 @@ pub(crate) async fn run_batch(
     let pending = if cells.is_empty() {
         None
     } else {
-        let totals = add_to_totals(&mut tx, TOTALS_TABLE, &cells).await?;
+        let totals = match add_to_totals(&mut tx, TOTALS_TABLE, &cells).await {
+            Ok(totals) => totals,
+            Err(e) => {
+                let Some(reason) = Reason::of_postgres(&e) else {
+                    return Err(e.into());
+                };
+                tx.rollback().await?;
+                return Err(IngestError::Poisoned {
+                    outbox_ids: rows.iter().map(|r| r.id).collect(),
+                    reason,
+                    error: e.to_string(),
+                });
+            }
+        };
         Some((
             record_pending(&mut tx, &cells, oldest_created).await?,
             totals,
@@ -318,6 +374,14 @@ pub(crate) async fn run_batch(
             })
             .inc();
     }
+    for (id, reason) in &parked {
+        tracing::warn!(
+            outbox_id = id,
+            reason = reason.as_str(),
+            "event moved to dead letters"
+        );
+        metrics.dead_lettered(*reason);
+    }
     tracing::debug!(
         events = rows.len(),
         cells = cells.len(),
@@ -329,30 +393,83 @@ pub(crate) async fn run_batch(
         push_ms = (started.elapsed() - t_commit).as_millis() as u64,
         "batch projected"
     );
-    metrics.dead_letters.inc_by(dead as u64);
     metrics.batch_size.observe(rows.len() as f64);
     metrics
         .batch_duration
         .observe(started.elapsed().as_secs_f64());
     Ok(BatchOutcome {
         claimed: rows.len(),
-        projected: events.len(),
-        dead_lettered: dead,
+        projected: rows.len() - parked.len(),
+        dead_lettered: parked.len(),
         cells: cells.len(),
         paused: false,
+        limit: batch_size,
+    })
+}
+
+/// Parks the one outbox row `outbox_id`, which failed alone with `reason`
+/// (see the module doc). Not journaled: the journal holds only what the
+/// totals hold. A row another worker took meanwhile is left to it.
+pub(crate) async fn park(
+    pool: &PgPool,
+    outbox_id: i64,
+    reason: Reason,
+    error: &str,
+    metrics: &Metrics,
+) -> Result<BatchOutcome, IngestError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(SEAM_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let (_, swapping): (bool, bool) = sqlx::query_as(SEAM_STATE_SQL).fetch_one(&mut *tx).await?;
+    if swapping {
+        tx.rollback().await?;
+        return Ok(BatchOutcome {
+            paused: true,
+            limit: 1,
+            ..BatchOutcome::default()
+        });
+    }
+    let row: Option<OutboxRow> = sqlx::query_as(concat!(
+        "DELETE FROM outbox WHERE id = $1 RETURNING ",
+        outbox_columns!()
+    ))
+    .bind(outbox_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(BatchOutcome {
+            limit: 1,
+            ..BatchOutcome::default()
+        });
+    };
+    dead_letter(&mut tx, &row, reason, error).await?;
+    tx.commit().await?;
+    tracing::warn!(outbox_id, event_id = %row.event_id, reason = reason.as_str(), error,
+        "event moved to dead letters; the rest of the outbox goes on");
+    metrics.dead_lettered(reason);
+    Ok(BatchOutcome {
+        claimed: 1,
+        dead_lettered: 1,
+        limit: 1,
+        ..BatchOutcome::default()
     })
 }
 
 async fn dead_letter(
     tx: &mut Transaction<'_, Postgres>,
     r: &OutboxRow,
+    reason: Reason,
     error: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO ingest_dead_letters (outbox_id, event_id, aggregate_id, aggregate_version, event_type,
-                                          schema_version, occurred_at, payload, created_at, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10)
-         ON CONFLICT (outbox_id) DO UPDATE SET error = excluded.error, failed_at = now()",
+                                          schema_version, occurred_at, payload, created_at, error, reason)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11)
+         ON CONFLICT (outbox_id) DO UPDATE
+             SET error = excluded.error, reason = excluded.reason, failed_at = now()",
     )
     .bind(r.id)
     .bind(r.event_id)
@@ -364,6 +481,7 @@ async fn dead_letter(
     .bind(&r.payload)
     .bind(r.created_at)
     .bind(error)
+    .bind(reason.as_str())
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -82,6 +82,15 @@ pub enum IngestError {
     Timeout(String),
     #[error("ClickHouse: {0}")]
     ClickHouseQuery(#[from] clickhouse::error::Error),
+    /// The batch of these outbox rows failed in a way that would recur for
+    /// an event at fault (`dead_letters::Reason`); the worker retries them
+    /// one at a time and parks the one that fails alone.
+    #[error("a batch of {} event(s) failed deterministically ({}): {error}", outbox_ids.len(), reason.as_str())]
+    Poisoned {
+        outbox_ids: Vec<i64>,
+        reason: dead_letters::Reason,
+        error: String,
+    },
 }
 
 /// One ingest worker.
@@ -99,6 +108,9 @@ pub struct Worker {
     /// deleted (`batch.rs`, step 4).
     settled: Vec<uuid::Uuid>,
     last_recovery: Option<Instant>,
+    /// How many more batches to claim one event at a time, after a batch
+    /// failed deterministically (`batch.rs`).
+    isolate: usize,
 }
 
 /// Totals of a [`Worker::drain`] call.
@@ -128,6 +140,7 @@ impl Worker {
             last_pause_warning: None,
             settled: Vec::new(),
             last_recovery: None,
+            isolate: 0,
         }
     }
 
@@ -243,17 +256,46 @@ impl Worker {
     }
 
     async fn one_batch(&mut self) -> Result<BatchOutcome, IngestError> {
-        let c = &self.config;
-        let b = batch::run_batch(
-            &self.pool,
-            &self.ch,
-            c.batch_size,
-            c.claim_from,
-            &c.reporting_zone,
-            &self.metrics,
-            &mut self.settled,
-        )
-        .await?;
+        let b = loop {
+            let c = &self.config;
+            let limit = if self.isolate > 0 { 1 } else { c.batch_size };
+            let r = batch::run_batch(
+                &self.pool,
+                &self.ch,
+                limit,
+                c.claim_from,
+                &c.reporting_zone,
+                &self.metrics,
+                &mut self.settled,
+            )
+            .await;
+            match r {
+                Err(IngestError::Poisoned {
+                    outbox_ids,
+                    reason,
+                    error,
+                }) => {
+                    if let [id] = outbox_ids[..] {
+                        self.isolate = self.isolate.saturating_sub(1);
+                        break batch::park(&self.pool, id, reason, &error, &self.metrics).await?;
+                    }
+                    tracing::warn!(
+                        events = outbox_ids.len(),
+                        reason = reason.as_str(),
+                        error,
+                        "a batch failed deterministically; retrying its events one at a time"
+                    );
+                    self.isolate = outbox_ids.len();
+                }
+                Err(e) => return Err(e),
+                Ok(b) => {
+                    if b.claimed > 0 {
+                        self.isolate = self.isolate.saturating_sub(1);
+                    }
+                    break b;
+                }
+            }
+        };
         if b.paused
             && self
                 .last_pause_warning
@@ -280,7 +322,7 @@ impl Worker {
             self.last_recovery = Some(Instant::now());
         }
         let b = self.one_batch().await?;
-        let full = b.claimed as i64 >= self.config.batch_size;
+        let full = b.claimed > 0 && b.claimed as i64 >= b.limit;
         // Rate-limited even when idle: the measurement (three queries and an
         // insert) would otherwise sit in front of every next batch.
         self.watermark_behind |= b.projected > 0 || b.dead_lettered > 0;
@@ -313,6 +355,7 @@ impl Worker {
             .freshness_lag_seconds
             .set(secs(Some(f.watermark)));
         self.metrics.dead_letter_rows.set(f.dead_letters);
+        self.metrics.held_by(f.held_by);
         let us = i64::try_from(f.watermark.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
         if us > self.published_watermark_us {
             let row = WatermarkRow {

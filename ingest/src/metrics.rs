@@ -9,9 +9,22 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::dead_letters::Reason;
+use crate::watermark::Holder;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventTypeLabel {
     pub event_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    pub cause: &'static str,
 }
 
 #[derive(Clone)]
@@ -20,12 +33,14 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub batch_duration: Histogram,
     pub insert_errors: Counter,
-    pub dead_letters: Counter,
+    pub dead_letters: Family<ReasonLabel, Counter>,
     pub backlog_rows: Gauge,
     pub backlog_oldest_seconds: Gauge<f64, AtomicU64>,
     pub oldest_transaction_seconds: Gauge<f64, AtomicU64>,
     pub freshness_lag_seconds: Gauge<f64, AtomicU64>,
     pub dead_letter_rows: Gauge,
+    /// 1 for what holds the watermark where it is, 0 for the rest.
+    pub watermark_held_by: Family<CauseLabel, Gauge>,
 }
 
 impl Metrics {
@@ -35,13 +50,26 @@ impl Metrics {
             batch_size: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             batch_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             insert_errors: Counter::default(),
-            dead_letters: Counter::default(),
+            dead_letters: Family::default(),
             backlog_rows: Gauge::default(),
             backlog_oldest_seconds: Gauge::default(),
             oldest_transaction_seconds: Gauge::default(),
             freshness_lag_seconds: Gauge::default(),
             dead_letter_rows: Gauge::default(),
+            watermark_held_by: Family::default(),
         };
+        // Every series exists from the start, so a rule can say "rate > 0"
+        // without waiting for the first dead letter to create it.
+        for r in Reason::ALL {
+            let _ = m
+                .dead_letters
+                .get_or_create(&ReasonLabel { reason: r.as_str() });
+        }
+        for cause in Holder::ALL {
+            let _ = m.watermark_held_by.get_or_create(&CauseLabel {
+                cause: cause.as_str(),
+            });
+        }
         let r = registry.sub_registry_with_prefix("tally_ingest");
         r.register(
             "events_projected",
@@ -65,7 +93,7 @@ impl Metrics {
         );
         r.register(
             "dead_lettered",
-            "Events moved to the dead-letter table",
+            "Events moved to the dead-letter table, by reason (decode, overflow, data, constraint)",
             m.dead_letters.clone(),
         );
         r.register(
@@ -93,6 +121,28 @@ impl Metrics {
             "Events waiting in the dead-letter table",
             m.dead_letter_rows.clone(),
         );
+        r.register(
+            "watermark_held_by",
+            "1 for what holds the freshness watermark back now (nothing, transaction, backlog, \
+             pending_push, dead_letter), 0 for the others",
+            m.watermark_held_by.clone(),
+        );
         m
+    }
+
+    pub fn dead_lettered(&self, reason: Reason) {
+        self.dead_letters
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn held_by(&self, holder: Holder) {
+        for h in Holder::ALL {
+            self.watermark_held_by
+                .get_or_create(&CauseLabel { cause: h.as_str() })
+                .set(i64::from(h == holder));
+        }
     }
 }

@@ -186,22 +186,25 @@ impl FactRow {
 /// A daily cell key: (reporting day, merchant, currency code).
 pub type CellKey = (Date, String, String);
 
+/// What a batch of events becomes.
+#[derive(Debug, Default)]
+pub struct Projected {
+    /// The newest fact row per order.
+    pub facts: Vec<FactRow>,
+    /// The summed deltas per cell.
+    pub cells: BTreeMap<CellKey, DailyMeasures>,
+    /// Events left out of both because their delta would take a cell of
+    /// the batch past 64 bits (by index into the input): the caller parks
+    /// them rather than count a clamped figure.
+    pub overflowing: Vec<usize>,
+}
+
 /// The newest fact row per order, and the summed deltas per cell, of a
 /// batch of events. Pure: the worker's I/O happens around it.
-pub fn project(
-    events: &[EventEnvelope],
-    zone: &ReportingZone,
-) -> (Vec<FactRow>, BTreeMap<CellKey, DailyMeasures>) {
+pub fn project(events: &[EventEnvelope], zone: &ReportingZone) -> Projected {
     let mut facts: BTreeMap<Uuid, FactRow> = BTreeMap::new();
-    let mut cells: BTreeMap<CellKey, DailyMeasures> = BTreeMap::new();
-    for e in events {
-        let row = FactRow::from_envelope(e, zone);
-        match facts.get(&row.order_id) {
-            Some(existing) if existing.version >= row.version => {}
-            _ => {
-                facts.insert(row.order_id, row);
-            }
-        }
+    let mut out = Projected::default();
+    for (i, e) in events.iter().enumerate() {
         let delta = DailyMeasures::of_event(&e.event);
         if !delta.is_zero() {
             let key = (
@@ -209,10 +212,25 @@ pub fn project(
                 e.order.merchant_id.to_string(),
                 e.order.currency.code().to_owned(),
             );
-            cells.entry(key).or_default().add(&delta);
+            let cell = out.cells.entry(key).or_default();
+            match cell.checked_add(&delta) {
+                Some(sum) => *cell = sum,
+                None => {
+                    out.overflowing.push(i);
+                    continue;
+                }
+            }
+        }
+        let row = FactRow::from_envelope(e, zone);
+        match facts.get(&row.order_id) {
+            Some(existing) if existing.version >= row.version => {}
+            _ => {
+                facts.insert(row.order_id, row);
+            }
         }
     }
-    (facts.into_values().collect(), cells)
+    out.facts = facts.into_values().collect();
+    out
 }
 
 #[cfg(test)]

@@ -30,11 +30,57 @@ pub async fn published(
     })
 }
 
+/// What holds the watermark where it is: the oldest of its sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// Nothing waits: the watermark is the clock.
+    Nothing,
+    Transaction,
+    Backlog,
+    PendingPush,
+    DeadLetter,
+}
+
+impl Holder {
+    pub const ALL: [Holder; 5] = [
+        Holder::Nothing,
+        Holder::Transaction,
+        Holder::Backlog,
+        Holder::PendingPush,
+        Holder::DeadLetter,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Holder::Nothing => "nothing",
+            Holder::Transaction => "transaction",
+            Holder::Backlog => "backlog",
+            Holder::PendingPush => "pending_push",
+            Holder::DeadLetter => "dead_letter",
+        }
+    }
+
+    /// What an operator reads in `tally ingest status`.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Holder::Nothing => "nothing: every committed event is projected",
+            Holder::Transaction => "an open transaction on the write database",
+            Holder::Backlog => "events waiting in the outbox",
+            Holder::PendingPush => "a daily-totals push not yet confirmed",
+            Holder::DeadLetter => {
+                "dead letters: fix their cause, then `tally ingest retry --all` \
+                 (list them with `tally ingest dead-letters`)"
+            }
+        }
+    }
+}
+
 /// The watermark and the figures behind it, for metrics and `tally ingest status`.
 #[derive(Debug, Clone)]
 pub struct Freshness {
     pub now: OffsetDateTime,
     pub watermark: OffsetDateTime,
+    pub held_by: Holder,
     pub backlog_rows: i64,
     pub oldest_backlog: Option<OffsetDateTime>,
     pub oldest_transaction: Option<OffsetDateTime>,
@@ -92,20 +138,28 @@ pub async fn measure(pool: &PgPool) -> Result<Freshness, sqlx::Error> {
     )
     .fetch_one(&mut *conn)
     .await?;
-    let watermark = [
-        Some(now),
-        oldest_transaction,
-        oldest_backlog,
-        oldest_pending,
-        oldest_dead,
+    // Ties go to the first: a dead letter created in the same transaction
+    // as nothing else is reported as itself, not as the clock.
+    let (watermark, held_by) = [
+        (oldest_dead, Holder::DeadLetter),
+        (oldest_pending, Holder::PendingPush),
+        (oldest_backlog, Holder::Backlog),
+        (oldest_transaction, Holder::Transaction),
+        (Some(now), Holder::Nothing),
     ]
     .into_iter()
-    .flatten()
-    .min()
-    .unwrap_or(now);
+    .filter_map(|(t, h)| t.map(|t| (t, h)))
+    .fold((now, Holder::Nothing), |best, (t, h)| {
+        if t < best.0 || (t == best.0 && best.1 == Holder::Nothing) {
+            (t, h)
+        } else {
+            best
+        }
+    });
     Ok(Freshness {
         now,
         watermark,
+        held_by,
         backlog_rows,
         oldest_backlog,
         oldest_transaction,

@@ -37,6 +37,9 @@ pub struct CellSums {
     sums: HashMap<Key, DailyMeasures, Fast>,
     budget: usize,
     spilled_rows: u64,
+    /// The first cell whose sum left 64 bits: the pass must fail, never
+    /// swap in a clamped figure ([`check`](Self::check)).
+    overflowed: Option<Key>,
 }
 
 const SPILL_TABLE: &str = "rebuild_cells_spill";
@@ -51,6 +54,7 @@ impl CellSums {
             sums: HashMap::default(),
             budget: budget.max(1),
             spilled_rows: 0,
+            overflowed: None,
         }
     }
 
@@ -68,7 +72,29 @@ impl CellSums {
     }
 
     pub fn add_at(&mut self, day: Date, at: Column, m: &DailyMeasures) {
-        self.sums.entry((day, at.0, at.1)).or_default().add(m);
+        let key = (day, at.0, at.1);
+        let cell = self.sums.entry(key).or_default();
+        match cell.checked_add(m) {
+            Some(sum) => *cell = sum,
+            None => {
+                self.overflowed.get_or_insert(key);
+            }
+        }
+    }
+
+    /// Fails if any cell's sum left 64 bits (PostgreSQL's `int8` and
+    /// ClickHouse's `Int64` could not hold it either).
+    pub fn check(&self) -> Result<(), RebuildError> {
+        match self.overflowed.as_ref() {
+            None => Ok(()),
+            Some(&(day, m, currency)) => Err(RebuildError::Refused(format!(
+                "the daily cell ({day}, {}, {}) sums past 64-bit minor units; \
+                 nothing was swapped. Find the order with `SELECT * FROM order_items \
+                 ORDER BY unit_price_minor DESC LIMIT 10`",
+                self.names[m as usize],
+                String::from_utf8_lossy(&currency),
+            ))),
+        }
     }
 
     pub fn add(&mut self, day: Date, merchant: &str, currency: &str, m: &DailyMeasures) {
@@ -154,9 +180,9 @@ impl CellSums {
         mut self,
         backlog: &BTreeMap<CellKey, DailyMeasures>,
         version: i64,
-    ) -> Result<SortedCells, CellSums> {
+    ) -> Result<SortedCells, Box<CellSums>> {
         if self.spilled_rows > 0 {
-            return Err(self);
+            return Err(Box::new(self));
         }
         for ((day, merchant, currency), m) in backlog {
             self.add(*day, merchant, currency, &m.negated());

@@ -34,7 +34,7 @@ use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::{Connection, PgConnection, PgPool};
 use tally_domain::DailyMeasures;
-use tally_ingest::rows::{CellKey, DailyRow, FactRow, ReportingZone, project};
+use tally_ingest::rows::{CellKey, DailyRow, FactRow, Projected, ReportingZone, project};
 use tally_ingest::{
     OUTBOX_COLUMNS, OutboxRow, SEAM_LOCK, TOTALS_COLUMNS, TOTALS_TABLE, TotalsRow, add_to_totals,
     insert_rows, recover_pending,
@@ -486,6 +486,7 @@ async fn pass(
         }
     }
     progress.inc(facts.len() as u64);
+    sums.check()?;
     writer.send(facts).await?;
     progress.finish();
     Ok(Pass {
@@ -612,11 +613,11 @@ async fn read_backlog(
                 Err(_) => b.undecodable += 1,
             }
             if events.len() >= 10_000 {
-                merge_cells(&mut b.cells, project(&events, zone).1);
+                merge_cells(&mut b.cells, project(&events, zone))?;
                 events.clear();
             }
         }
-        merge_cells(&mut b.cells, project(&events, zone).1);
+        merge_cells(&mut b.cells, project(&events, zone))?;
     }
     let dead: Vec<(Uuid,)> = sqlx::query_as("SELECT aggregate_id FROM ingest_dead_letters")
         .fetch_all(&mut *conn)
@@ -628,11 +629,24 @@ async fn read_backlog(
 
 fn merge_cells(
     into: &mut BTreeMap<CellKey, DailyMeasures>,
-    from: BTreeMap<CellKey, DailyMeasures>,
-) {
-    for (k, d) in from {
-        into.entry(k).or_default().add(&d);
+    from: Projected,
+) -> Result<(), RebuildError> {
+    if !from.overflowing.is_empty() {
+        return Err(RebuildError::Refused(format!(
+            "{} event(s) in the outbox sum past 64-bit minor units; the ingest will dead-letter them",
+            from.overflowing.len()
+        )));
     }
+    for (k, d) in from.cells {
+        let what = format!("{k:?}");
+        let cell = into.entry(k).or_default();
+        *cell = cell.checked_add(&d).ok_or_else(|| {
+            RebuildError::Refused(format!(
+                "the outbox's events for cell {what} sum past 64-bit minor units"
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 async fn build_compare_swap(
@@ -722,9 +736,13 @@ async fn build_compare_swap(
                 // Over budget: PostgreSQL adds up the spilled sums, then
                 // the comparison reads them back.
                 Err(sums) => {
-                    let (cells, totals_drift) =
-                        write_cells(&mut snapshot, Cells::Spilled(sums), version, &backlog.cells)
-                            .await?;
+                    let (cells, totals_drift) = write_cells(
+                        &mut snapshot,
+                        Cells::Spilled(*sums),
+                        version,
+                        &backlog.cells,
+                    )
+                    .await?;
                     snapshot.commit().await?;
                     let daily = compare_daily(pool, ch, opts, None, &mut sink_daily).await?;
                     Ok((cells, totals_drift, daily))
@@ -1035,7 +1053,9 @@ async fn catch_up(
         last = *max_seq;
         // Rows the ingest could not decode were dead-lettered, not counted.
         let events: Vec<_> = rows.iter().filter_map(|(_, r)| r.decode().ok()).collect();
-        let (facts, cells) = project(&events, zone);
+        // Events the ingest parked as overflowing are left out here by the
+        // same rule, and the swap is refused while any dead letter exists.
+        let Projected { facts, cells, .. } = project(&events, zone);
         insert_rows(ch, &facts_shadow, &facts).await?;
         if !cells.is_empty() {
             let mut tx = pool.begin().await?;
@@ -1077,6 +1097,18 @@ async fn install(
     let paused = Instant::now();
     let r = async {
         let (_, during) = catch_up(pool, ch, applied, zone).await?;
+        // With the ingest at rest, dead letters are final: one parked
+        // since the snapshot was journaled and replayed here, so swapping
+        // would count it now and again when it is retried.
+        let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest_dead_letters")
+            .fetch_one(pool)
+            .await?;
+        if dead > 0 {
+            return Err(RebuildError::Refused(format!(
+                "not swapping: the ingest dead-lettered {dead} event(s) during the run. Fix and \
+                 retry them first (`tally ingest dead-letters`, `tally ingest retry <id>`), then run again"
+            )));
+        }
         let mut tx = pool.begin().await?;
         // A rebuild rewrites the cells found to differ at its snapshot; a
         // rollback, whose base is older, compares every cell.

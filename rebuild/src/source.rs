@@ -187,7 +187,7 @@ mod tests {
             let mut m = DailyMeasures::default();
             for (day, x) in &c {
                 if *day == d {
-                    m.add(x);
+                    m = m.checked_add(x).unwrap();
                 }
             }
             m

@@ -140,6 +140,191 @@ async fn a_poison_event_is_parked_and_the_rest_flows() {
     assert_matches_oracle(&db).await;
 }
 
+/// 2^62 minor units: each fits 64 bits, two of them in one daily cell do
+/// not (the reproduction in the "safe by default" issue).
+const HALF_OF_I64: i64 = 4_611_686_018_427_387_904;
+
+/// An order of `merchant` whose event (and write-model rows) carry
+/// [`HALF_OF_I64`] as its price and total: what the API accepted before it
+/// bounded money, written as it would have written it.
+async fn place_poison(db: &TestDb, merchant: &str) -> OrderId {
+    let id = place(&db.pg, merchant, 100).await;
+    let payload: serde_json::Value =
+        sqlx::query_scalar("SELECT payload FROM outbox WHERE aggregate_id = $1")
+            .bind(id.as_uuid())
+            .fetch_one(&db.pg)
+            .await
+            .unwrap();
+    fn inflate(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Number(n) if n.as_i64() == Some(100) => *v = HALF_OF_I64.into(),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(inflate),
+            serde_json::Value::Object(o) => o.values_mut().for_each(inflate),
+            _ => {}
+        }
+    }
+    let mut inflated = payload.clone();
+    inflate(&mut inflated);
+    assert_ne!(payload, inflated, "the payload carries the price");
+    sqlx::query("UPDATE outbox SET payload = $2 WHERE aggregate_id = $1")
+        .bind(id.as_uuid())
+        .bind(&inflated)
+        .execute(&db.pg)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE order_items SET unit_price_minor = $2 WHERE order_id = $1")
+        .bind(id.as_uuid())
+        .bind(HALF_OF_I64)
+        .execute(&db.pg)
+        .await
+        .unwrap();
+    id
+}
+
+async fn dead_letters(db: &TestDb) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT reason, error FROM ingest_dead_letters ORDER BY outbox_id")
+        .fetch_all(&db.pg)
+        .await
+        .unwrap()
+}
+
+async fn cell_net(db: &TestDb, merchant: &str) -> Option<i64> {
+    db.ch
+        .client()
+        .query("SELECT captured_minor + gross_minor FROM daily_revenue FINAL WHERE merchant_id = ?")
+        .bind(merchant)
+        .fetch_optional()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_cell_that_would_overflow_in_postgres_parks_one_event_and_the_rest_flows() {
+    init_logs();
+    let db = TestDb::new().await;
+    // The first poison order fits, and is counted.
+    place_poison(&db, "acme").await;
+    let mut w = db.ingest_worker(config(100));
+    assert_eq!(w.drain().await.unwrap().projected, 1);
+    // The second takes the running total past 64 bits: before, the upsert
+    // failed with `bigint out of range`, the batch was retried for ever and
+    // the watermark stopped for every merchant. It comes in one batch with
+    // ordinary orders of other merchants.
+    let poison = place_poison(&db, "acme").await;
+    for i in 0..5 {
+        place(&db.pg, &format!("m{i}"), 1_000 + i).await;
+    }
+    let out = w.drain().await.unwrap();
+    assert_eq!(
+        (out.claimed, out.projected, out.dead_lettered),
+        (6, 5, 1),
+        "{out:?}"
+    );
+    let parked = dead_letters(&db).await;
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].0, "data");
+    assert!(parked[0].1.contains("out of range"), "{parked:?}");
+    let parked_order: uuid::Uuid =
+        sqlx::query_scalar("SELECT aggregate_id FROM ingest_dead_letters")
+            .fetch_one(&db.pg)
+            .await
+            .unwrap();
+    assert_eq!(parked_order, poison.as_uuid(), "exactly the event at fault");
+    for i in 0..5 {
+        assert_eq!(cell_net(&db, &format!("m{i}")).await, Some(1_000 + i));
+    }
+    // The dead letter holds the watermark back, and says so.
+    let f = tally_ingest::watermark::measure(&db.pg).await.unwrap();
+    assert_eq!(f.held_by, tally_ingest::watermark::Holder::DeadLetter);
+    assert_eq!(f.dead_letters, 1);
+
+    // Retried unchanged, it fails again, alone.
+    assert_eq!(
+        tally_ingest::dead_letters::retry(&db.pg, None)
+            .await
+            .unwrap(),
+        1
+    );
+    place(&db.pg, "m0", 1).await;
+    let out = w.drain().await.unwrap();
+    assert_eq!((out.projected, out.dead_lettered), (1, 1), "{out:?}");
+
+    // After a fix (here: the operator corrects the first order's cell,
+    // as after voiding it), a retry counts it and frees the watermark.
+    sqlx::query("UPDATE ingest_daily_totals SET gross_minor = 0 WHERE merchant_id = 'acme'")
+        .execute(&db.pg)
+        .await
+        .unwrap();
+    assert_eq!(
+        tally_ingest::dead_letters::retry(&db.pg, None)
+            .await
+            .unwrap(),
+        1
+    );
+    let out = w.drain().await.unwrap();
+    assert_eq!((out.projected, out.dead_lettered), (1, 0), "{out:?}");
+    assert!(dead_letters(&db).await.is_empty());
+    assert_eq!(cell_net(&db, "acme").await, Some(HALF_OF_I64));
+    let f = tally_ingest::watermark::measure(&db.pg).await.unwrap();
+    assert_ne!(f.held_by, tally_ingest::watermark::Holder::DeadLetter);
+}
+
+#[tokio::test]
+async fn a_cell_that_would_overflow_within_one_batch_parks_the_event_that_tips_it() {
+    let db = TestDb::new().await;
+    place(&db.pg, "before", 10).await;
+    place_poison(&db, "acme").await;
+    let tipping = place_poison(&db, "acme").await;
+    place(&db.pg, "after", 20).await;
+    let out = db.ingest_worker(config(100)).drain().await.unwrap();
+    assert_eq!(
+        (out.claimed, out.projected, out.dead_lettered),
+        (4, 3, 1),
+        "{out:?}"
+    );
+    let parked = dead_letters(&db).await;
+    assert_eq!(parked[0].0, "overflow", "{parked:?}");
+    let parked_order: uuid::Uuid =
+        sqlx::query_scalar("SELECT aggregate_id FROM ingest_dead_letters")
+            .fetch_one(&db.pg)
+            .await
+            .unwrap();
+    assert_eq!(parked_order, tipping.as_uuid());
+    assert_eq!(cell_net(&db, "acme").await, Some(HALF_OF_I64));
+    assert_eq!(cell_net(&db, "before").await, Some(10));
+    assert_eq!(cell_net(&db, "after").await, Some(20));
+}
+
+#[tokio::test]
+async fn a_running_worker_shows_the_next_order_within_seconds_after_a_poison_event() {
+    init_logs();
+    let db = TestDb::new().await;
+    // Written before the worker starts: `place_poison` rewrites an event
+    // a running worker could claim first.
+    place_poison(&db, "acme").await;
+    place_poison(&db, "acme").await;
+    let shutdown = tally_ops::Shutdown::new();
+    let worker = db.ingest_worker(IngestConfig {
+        idle_poll: Duration::from_millis(200),
+        ..config(100)
+    });
+    let run = tokio::spawn(worker.run(shutdown.clone()));
+    place(&db.pg, "next", 42).await;
+    let seen = tally_tests::eventually(Duration::from_secs(10), || async {
+        cell_net(&db, "next").await.filter(|n| *n == 42)
+    })
+    .await;
+    assert_eq!(
+        seen,
+        Some(42),
+        "the order after the poison event is projected"
+    );
+    assert!(tally_tests::ingest_drained(&db.pg, Duration::from_secs(10)).await);
+    assert_eq!(dead_letters(&db).await.len(), 1);
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn rows_committed_out_of_id_order_are_not_skipped() {
     let db = TestDb::new().await;

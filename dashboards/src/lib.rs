@@ -55,6 +55,8 @@ pub struct DashboardsConfig {
     pub cache_rows: usize,
     /// How often the cache looks for new and vanished parts.
     pub cache_refresh: Duration,
+    /// Request timeout and most requests in flight (`tally_ops::http`).
+    pub limits: tally_ops::http::Limits,
 }
 
 impl Default for DashboardsConfig {
@@ -64,6 +66,7 @@ impl Default for DashboardsConfig {
             max_span_days: 366,
             cache_rows: 4_000_000,
             cache_refresh: Duration::from_secs(2),
+            limits: tally_ops::http::Limits::default(),
         }
     }
 }
@@ -342,8 +345,8 @@ pub fn router(
         .route("/v1/merchants/top", get(top_merchants))
         .route_layer(middleware::from_fn_with_state(readers, auth::require_role))
         .with_state(state);
-    page::routes()
-        .merge(api)
+    tally_ops::http::guard(page::routes().merge(api), config.limits)
+        .layer(middleware::from_fn(page::security_headers))
         .layer(middleware::from_fn_with_state(metrics.http.clone(), track))
         .layer(TraceLayer::new_for_http())
 }

@@ -12,6 +12,13 @@ use time::{Date, Duration};
 
 /// Default range when `from` is omitted: the 30 days ending at `to`.
 pub const DEFAULT_DAYS: i64 = 30;
+/// The first and last day a request may name. The last is the end of
+/// ClickHouse's `Date` (later dates would wrap to 1970 there); the first
+/// leaves room for the previous period of the longest span the server
+/// accepts (3 660 days) to stay after 1970-01-01, where `Date` begins. Any
+/// other date is a `400`, never date arithmetic that could panic.
+pub const FIRST_DAY: Date = time::macros::date!(2000 - 01 - 01);
+pub const LAST_DAY: Date = time::macros::date!(2149 - 06 - 06);
 /// Most merchants one request may filter on.
 pub const MAX_MERCHANTS: usize = 100;
 /// Default and largest `limit` of the top-merchants list.
@@ -93,15 +100,25 @@ fn invalid(errs: &mut Vec<InvalidParam>, name: &str, reason: impl Into<String>) 
 
 fn parse_date(name: &str, v: &str, errs: &mut Vec<InvalidParam>) -> Option<Date> {
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
-    Date::parse(v.trim(), fmt)
-        .map_err(|_| {
+    match Date::parse(v.trim(), fmt) {
+        Ok(d) if (FIRST_DAY..=LAST_DAY).contains(&d) => Some(d),
+        Ok(_) => {
+            invalid(
+                errs,
+                name,
+                format!("`{v}` is outside the days this API serves, {FIRST_DAY} to {LAST_DAY}"),
+            );
+            None
+        }
+        Err(_) => {
             invalid(
                 errs,
                 name,
                 format!("`{v}` is not a date of the form YYYY-MM-DD"),
-            )
-        })
-        .ok()
+            );
+            None
+        }
+    }
 }
 
 impl Filter {
@@ -119,7 +136,11 @@ impl Filter {
                 .map_or(Some(today), |v| parse_date("to", v, &mut errs));
         let from = match (given_from, to) {
             (Some(from), _) => from,
-            (None, Some(to)) => Some(to - Duration::days(DEFAULT_DAYS - 1)),
+            (None, Some(to)) => Some(
+                to.checked_sub(Duration::days(DEFAULT_DAYS - 1))
+                    .unwrap_or(FIRST_DAY)
+                    .max(FIRST_DAY),
+            ),
             (None, None) => None,
         };
         let currency = match q.currency.as_deref().map(str::trim) {
@@ -347,5 +368,75 @@ mod tests {
         };
         assert_eq!(one.previous().to, date!(2026 - 11 - 22));
         assert_eq!(one.previous().days(), 1);
+    }
+}
+
+/// Whatever a client sends, parsing answers (a filter or field errors) and
+/// everything computed from a filter afterwards stays in range.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Dates as clients get them wrong: far years, signs, overflowing
+    /// months and days, stray text, and plain good ones.
+    fn date_like() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (-99_999i32..=99_999, 0u8..=13, 0u8..=32)
+                .prop_map(|(y, m, d)| format!("{y:04}-{m:02}-{d:02}")),
+            (1990i32..=2160, 1u8..=12, 1u8..=28)
+                .prop_map(|(y, m, d)| format!("{y:04}-{m:02}-{d:02}")),
+            Just("-9999-01-01".to_owned()),
+            Just("+9999-12-31".to_owned()),
+            Just("9999-12-31".to_owned()),
+            Just("0000-01-01".to_owned()),
+            ".{0,12}",
+        ]
+    }
+
+    fn text() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(prop_oneof![
+            ".{0,20}",
+            "[a-z0-9-]{1,70}(,[a-z0-9-]{0,70}){0,120}",
+            Just("EUR".to_owned()),
+            Just("eur".to_owned()),
+            Just("0".to_owned()),
+            Just("4294967296".to_owned()),
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn any_query_parses_or_is_refused_and_never_panics(
+            from in proptest::option::of(date_like()),
+            to in proptest::option::of(date_like()),
+            currency in text(),
+            merchant_id in text(),
+            limit in text(),
+            format in text(),
+            span in 1i64..=3660,
+            needs_currency in any::<bool>(),
+        ) {
+            let q = RawQuery { from, to, currency, merchant_id, limit, format };
+            let today = time::macros::date!(2026 - 12 - 02);
+            match Filter::parse(&q, today, span, Needs { currency: needs_currency }) {
+                Ok(f) => {
+                    prop_assert!(f.range.from <= f.range.to);
+                    prop_assert!(f.range.days() <= span);
+                    prop_assert!(f.range.from >= FIRST_DAY && f.range.to <= LAST_DAY);
+                    // What the queries derive from it stays after 1970,
+                    // where ClickHouse's Date begins.
+                    let p = f.range.with_previous();
+                    prop_assert!(p.from >= time::macros::date!(1970 - 01 - 01));
+                    prop_assert!(f.merchants.len() <= MAX_MERCHANTS);
+                    prop_assert!((1..=MAX_TOP).contains(&f.limit));
+                    prop_assert!(!needs_currency || f.currency.is_some());
+                }
+                Err(errs) => prop_assert!(!errs.is_empty()),
+            }
+        }
     }
 }

@@ -34,9 +34,11 @@ use tally_ops::Shutdown;
 use time::Date;
 
 use crate::params::DayRange;
-use crate::store::{DailyRow, MerchantRow, Plan, TopRow};
+use crate::store::{DailyRow, MerchantRow, Plan, TopRow, Wide};
 
-/// The measures the ranking shows, of one merchant.
+/// The measures the ranking shows, of one merchant in one part and week,
+/// as cached: 64 bits keep the cache small, and a part whose weekly sums
+/// do not fit is not cached (its days are read live, in 128 bits).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tot {
     pub net: i64,
@@ -44,8 +46,25 @@ pub struct Tot {
     pub gross: i64,
 }
 
-impl AddAssign for Tot {
+/// [`Tot`]s added over parts, weeks and live days: in 128 bits, so no
+/// range overflows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WideTot {
+    pub net: Wide,
+    pub orders: Wide,
+    pub gross: Wide,
+}
+
+impl AddAssign<Tot> for WideTot {
     fn add_assign(&mut self, o: Tot) {
+        self.net += Wide::from(o.net);
+        self.orders += Wide::from(o.orders);
+        self.gross += Wide::from(o.gross);
+    }
+}
+
+impl AddAssign for WideTot {
+    fn add_assign(&mut self, o: WideTot) {
         self.net += o.net;
         self.orders += o.orders;
         self.gross += o.gross;
@@ -220,7 +239,7 @@ impl Cover {
     /// in `store::top_sql`.
     pub fn rank(&self, live: Vec<MerchantRow>, only: &[MerchantId], limit: usize) -> TopRow {
         let n = self.names.names.len();
-        let mut acc = vec![Tot::default(); n];
+        let mut acc = vec![WideTot::default(); n];
         let mut seen = vec![false; n];
         let allowed: Option<Vec<bool>> = (!only.is_empty()).then(|| {
             let mut a = vec![false; n];
@@ -240,9 +259,9 @@ impl Cover {
                 }
             }
         }
-        let mut others: HashMap<String, Tot> = HashMap::new();
+        let mut others: HashMap<String, WideTot> = HashMap::new();
         for r in live {
-            let t = Tot {
+            let t = WideTot {
                 net: r.net,
                 orders: r.orders,
                 gross: r.gross,
@@ -255,7 +274,7 @@ impl Cover {
                 None => *others.entry(r.merchant_id).or_default() += t,
             }
         }
-        let mut all: Vec<(&str, Tot)> = seen
+        let mut all: Vec<(&str, WideTot)> = seen
             .iter()
             .enumerate()
             .filter(|(_, s)| **s)
@@ -264,8 +283,9 @@ impl Cover {
             .collect();
         let total_net_minor = all.iter().map(|(_, t)| t.net).sum();
         let merchants = all.len() as u64;
-        let best_first =
-            |a: &(&str, Tot), b: &(&str, Tot)| b.1.net.cmp(&a.1.net).then_with(|| a.0.cmp(b.0));
+        let best_first = |a: &(&str, WideTot), b: &(&str, WideTot)| {
+            b.1.net.cmp(&a.1.net).then_with(|| a.0.cmp(b.0))
+        };
         if limit == 0 {
             all.clear();
         } else if all.len() > limit {
@@ -295,9 +315,12 @@ struct FillRow {
     #[serde(with = "clickhouse::serde::time::date")]
     monday: Date,
     merchant_id: String,
-    net: i64,
-    orders: i64,
-    gross: i64,
+    #[serde(deserialize_with = "crate::store::halves")]
+    net: Wide,
+    #[serde(deserialize_with = "crate::store::halves")]
+    orders: Wide,
+    #[serde(deserialize_with = "crate::store::halves")]
+    gross: Wide,
 }
 
 /// What one refresh did.
@@ -441,12 +464,12 @@ impl PartSums {
         part: &str,
     ) -> Result<Fill, clickhouse::error::Error> {
         let rows: Vec<FillRow> = ch
-            .query(
-                "SELECT currency, toMonday(day) AS monday, merchant_id, \
-                        sum(captured_minor) - sum(refunded_minor), sum(orders_placed), sum(gross_minor) \
-                 FROM daily_revenue WHERE _part = ? \
-                 GROUP BY currency, monday, merchant_id",
-            )
+            .query(&format!(
+                "SELECT currency, toMonday(day) AS monday, merchant_id, {} \
+                     FROM daily_revenue WHERE _part = ? \
+                     GROUP BY currency, monday, merchant_id",
+                crate::store::merchant_sums()
+            ))
             .bind(part)
             .fetch_all()
             .await?;
@@ -481,19 +504,26 @@ impl PartSums {
             st.too_big.insert(part.to_owned());
             return Ok(Fill::OverBudget);
         }
+        let narrow = |r: &FillRow| {
+            Some(Tot {
+                net: i64::try_from(r.net).ok()?,
+                orders: i64::try_from(r.orders).ok()?,
+                gross: i64::try_from(r.gross).ok()?,
+            })
+        };
+        let Some(tots) = rows.iter().map(narrow).collect::<Option<Vec<Tot>>>() else {
+            st.too_big.insert(part.to_owned());
+            return Ok(Fill::OverBudget);
+        };
         let n = rows.len() + days.len();
         let names = Arc::make_mut(&mut st.names);
         let mut weeks: HashMap<WeekKey, Vec<(u32, Tot)>> = HashMap::new();
-        for r in rows {
+        for (r, t) in rows.iter().zip(tots) {
             let id = names.id(&r.merchant_id);
-            weeks.entry((r.currency, r.monday)).or_default().push((
-                id,
-                Tot {
-                    net: r.net,
-                    orders: r.orders,
-                    gross: r.gross,
-                },
-            ));
+            weeks
+                .entry((r.currency, r.monday))
+                .or_default()
+                .push((id, t));
         }
         let weeks = weeks.into_iter().map(|(k, v)| (k, v.into())).collect();
         st.parts.insert(
@@ -688,9 +718,9 @@ mod tests {
     fn live(m: &str, net: i64) -> MerchantRow {
         MerchantRow {
             merchant_id: m.into(),
-            net,
+            net: net.into(),
             orders: 1,
-            gross: net + 1,
+            gross: Wide::from(net) + 1,
         }
     }
 

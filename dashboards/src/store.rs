@@ -36,19 +36,68 @@ use time::Date;
 use crate::params::{DayRange, Filter};
 use crate::part_sums::{DayCover, PartSums};
 
-/// Sums of one (day or period, currency).
+/// Every figure summed over a range. Cells are 64-bit; any sum of them is
+/// taken in 128 bits ([`split_sum`] in ClickHouse, `i128` here), so no
+/// range can overflow or wrap: ClickHouse's `sum(Int64)` would wrap
+/// silently past 9.2e18.
+pub type Wide = i128;
+
+/// `sum(column)` exactly, whatever the range. ClickHouse sums a 64-bit
+/// column exactly only while the sum fits 64 bits, and `Int128` is newer
+/// than 18.16 (`Decimal128` is there, but 18.16 crashes reading it inside
+/// `groupArray`). So a column is summed as two halves that cannot overflow
+/// for fewer than 2^31 rows: its high 32 bits (an arithmetic shift) and its
+/// low 32 bits (unsigned). The sum is `hi · 2^32 + lo`, put together in
+/// 128 bits by [`Halves`]. Two columns where one was, and only `Int64`
+/// arithmetic: on 18.16 it costs less than summing `Decimal128`.
+pub(crate) fn split_sum(column: &str, cond: Option<&str>) -> String {
+    let (hi, lo) = (
+        format!("bitShiftRight({column}, 32)"),
+        format!("bitAnd({column}, 4294967295)"),
+    );
+    match cond {
+        None => format!("sum({hi}), sum({lo})"),
+        Some(c) => format!("sumIf({hi}, {c}), sumIf({lo}, {c})"),
+    }
+}
+
+/// The two columns of a [`split_sum`].
+#[derive(Deserialize, Debug, Clone, Copy)]
+pub(crate) struct Halves {
+    hi: i64,
+    lo: i64,
+}
+
+impl From<Halves> for Wide {
+    fn from(h: Halves) -> Wide {
+        (Wide::from(h.hi) << 32) + Wide::from(h.lo)
+    }
+}
+
+pub(crate) fn halves<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Wide, D::Error> {
+    Halves::deserialize(d).map(Wide::from)
+}
+
+/// Sums of one (day or period, currency), read from the columns of
+/// [`sums`].
 #[derive(Row, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sums {
-    pub orders_placed: i64,
-    pub orders_cancelled: i64,
-    pub items_sold: i64,
-    pub gross_minor: i64,
-    pub captured_minor: i64,
-    pub refunded_minor: i64,
+    #[serde(deserialize_with = "halves")]
+    pub orders_placed: Wide,
+    #[serde(deserialize_with = "halves")]
+    pub orders_cancelled: Wide,
+    #[serde(deserialize_with = "halves")]
+    pub items_sold: Wide,
+    #[serde(deserialize_with = "halves")]
+    pub gross_minor: Wide,
+    #[serde(deserialize_with = "halves")]
+    pub captured_minor: Wide,
+    #[serde(deserialize_with = "halves")]
+    pub refunded_minor: Wide,
 }
 
 impl Sums {
-    pub fn net_minor(&self) -> i64 {
+    pub fn net_minor(&self) -> Wide {
         self.captured_minor - self.refunded_minor
     }
 }
@@ -74,14 +123,29 @@ const SUM_COLUMNS: [&str; 6] = [
     "refunded_minor",
 ];
 
-/// `sum(column)` (or `sumIf(column, cond)`) of every [`Sums`] column.
+/// The [`split_sum`] (or its `sumIf` with `cond`) of every [`Sums`] column.
 pub(crate) fn sums(cond: Option<&str>) -> String {
-    SUM_COLUMNS
-        .map(|c| match cond {
-            None => format!("sum({c})"),
-            Some(cond) => format!("sumIf({c}, {cond})"),
-        })
-        .join(", ")
+    SUM_COLUMNS.map(|c| split_sum(c, cond)).join(", ")
+}
+
+/// Per merchant, split ([`split_sum`]): `net_hi, net_lo, orders_hi,
+/// orders_lo, gross_hi, gross_lo`. Net is captured minus refunded, half by
+/// half.
+pub(crate) fn merchant_sums() -> String {
+    let hi = |c: &str| format!("sum(bitShiftRight({c}, 32))");
+    let lo = |c: &str| format!("sum(bitAnd({c}, 4294967295))");
+    format!(
+        "{} - {} AS net_hi, {} - {} AS net_lo, {} AS orders_hi, {} AS orders_lo, \
+         {} AS gross_hi, {} AS gross_lo",
+        hi("captured_minor"),
+        hi("refunded_minor"),
+        lo("captured_minor"),
+        lo("refunded_minor"),
+        hi("orders_placed"),
+        lo("orders_placed"),
+        hi("gross_minor"),
+        lo("gross_minor"),
+    )
 }
 
 #[derive(Row, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,12 +166,36 @@ pub struct PeriodRow {
 }
 
 #[derive(Row, Deserialize, Debug, PartialEq, Eq)]
+#[serde(from = "SplitTop")]
 pub struct TopRow {
     /// Net of every merchant in the range (the denominator of the shares).
-    pub total_net_minor: i64,
+    pub total_net_minor: Wide,
     pub merchants: u64,
     /// (merchant, net, orders placed, gross), best first.
-    pub top: Vec<(String, i64, i64, i64)>,
+    pub top: Vec<(String, Wide, Wide, Wide)>,
+}
+
+/// [`TopRow`] as [`top_sql`] sends it: every figure in halves.
+#[derive(Deserialize)]
+struct SplitTop {
+    total: Halves,
+    merchants: u64,
+    top: Vec<(String, i64, i64, i64, i64, i64, i64)>,
+}
+
+impl From<SplitTop> for TopRow {
+    fn from(t: SplitTop) -> TopRow {
+        let w = |hi, lo| Wide::from(Halves { hi, lo });
+        TopRow {
+            total_net_minor: t.total.into(),
+            merchants: t.merchants,
+            top: t
+                .top
+                .into_iter()
+                .map(|(m, nh, nl, oh, ol, gh, gl)| (m, w(nh, nl), w(oh, ol), w(gh, gl)))
+                .collect(),
+        }
+    }
 }
 
 /// A bound value.
@@ -421,9 +509,11 @@ pub fn periods_sql(f: &Filter, plan: &Plan, skip: &[DayRange]) -> Sql {
 /// merchant id so that the order is stable.
 pub fn top_sql(f: &Filter, plan: &Plan) -> Sql {
     let mut sql = Sql::default();
-    sql.push("SELECT sum(net), count(), arraySlice(arraySort(m -> (-m.2, m.1), groupArray((merchant_id, net, orders, gross))), 1, ")
+    // Ranked by net as a float (exact below 2^53 minor units, where any two
+    // nets compare as they should); every figure sent is exact.
+    sql.push("SELECT sum(net_hi), sum(net_lo), count(), arraySlice(arraySort(m -> (-(toFloat64(m.2) * 4294967296 + toFloat64(m.3)), m.1), groupArray((merchant_id, net_hi, net_lo, orders_hi, orders_lo, gross_hi, gross_lo))), 1, ")
         .arg(Arg::UInt(f.limit.into()))
-        .push(") FROM (SELECT merchant_id, sum(captured_minor) - sum(refunded_minor) AS net, sum(orders_placed) AS orders, sum(gross_minor) AS gross FROM ");
+        .push(&format!(") FROM (SELECT merchant_id, {} FROM ", merchant_sums()));
     source(&mut sql, f, f.range, &[], plan);
     sql.push(" GROUP BY merchant_id)");
     sql
@@ -433,7 +523,7 @@ pub fn top_sql(f: &Filter, plan: &Plan) -> Sql {
 /// live half of a cached ranking.
 pub fn merchants_sql(f: &Filter, plan: &Plan, skip: &[DayRange]) -> Sql {
     let mut sql = Sql::default();
-    sql.push("SELECT merchant_id, sum(captured_minor) - sum(refunded_minor), sum(orders_placed), sum(gross_minor) FROM ");
+    sql.push(&format!("SELECT merchant_id, {} FROM ", merchant_sums()));
     source(&mut sql, f, f.range, skip, plan);
     sql.push(" GROUP BY merchant_id");
     sql
@@ -442,9 +532,12 @@ pub fn merchants_sql(f: &Filter, plan: &Plan, skip: &[DayRange]) -> Sql {
 #[derive(Row, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct MerchantRow {
     pub merchant_id: String,
-    pub net: i64,
-    pub orders: i64,
-    pub gross: i64,
+    #[serde(deserialize_with = "halves")]
+    pub net: Wide,
+    #[serde(deserialize_with = "halves")]
+    pub orders: Wide,
+    #[serde(deserialize_with = "halves")]
+    pub gross: Wide,
 }
 
 /// Runs `read` with the current plan of `range` until the plan still holds

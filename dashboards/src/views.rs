@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::params::DayRange;
-use crate::store::Sums;
+use crate::store::{Sums, Wide};
 
 /// How complete the read side is.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -37,13 +37,14 @@ impl Freshness {
 
 /// `value / base` as a percentage with `decimals` places, rounded half away
 /// from zero; `None` when `base` is zero.
-pub fn percent(value: i64, base: i64, decimals: u32) -> Option<String> {
+pub fn percent(value: Wide, base: Wide, decimals: u32) -> Option<String> {
     if base == 0 {
         return None;
     }
     let scale = 10i128.pow(decimals);
-    let num = i128::from(value) * 100 * scale;
-    let den = i128::from(base);
+    // Checked: a 128-bit figure this large has no meaningful percentage.
+    let num = value.checked_mul(100)?.checked_mul(scale)?;
+    let den = base;
     let q = (num.abs() + den.abs() / 2) / den.abs();
     let negative = (num < 0) != (den < 0) && q != 0;
     let (int, frac) = (q / scale, q % scale);
@@ -56,28 +57,28 @@ pub fn percent(value: i64, base: i64, decimals: u32) -> Option<String> {
 }
 
 /// `total / count` in minor units, rounded half away from zero.
-pub fn average(total: i64, count: i64) -> Option<i64> {
+pub fn average(total: Wide, count: Wide) -> Option<Wide> {
     if count <= 0 {
         return None;
     }
-    let (t, c) = (i128::from(total), i128::from(count));
+    let (t, c) = (total, count);
     let q = (t.abs() + c / 2) / c;
-    Some(if t < 0 { -q } else { q } as i64)
+    Some(if t < 0 { -q } else { q })
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct DailyRevenue {
     pub day: String,
     pub currency: String,
-    pub orders_placed: i64,
-    pub orders_cancelled: i64,
-    pub items_sold: i64,
-    pub gross_minor: i64,
-    pub captured_minor: i64,
-    pub refunded_minor: i64,
-    pub net_minor: i64,
+    pub orders_placed: Wide,
+    pub orders_cancelled: Wide,
+    pub items_sold: Wide,
+    pub gross_minor: Wide,
+    pub captured_minor: Wide,
+    pub refunded_minor: Wide,
+    pub net_minor: Wide,
     /// Gross placed per order placed; `null` on a day without orders.
-    pub average_order_minor: Option<i64>,
+    pub average_order_minor: Option<Wide>,
     pub gross: String,
     pub captured: String,
     pub refunded: String,
@@ -120,11 +121,11 @@ pub struct DailyResponse {
 pub struct TopMerchant {
     pub rank: u32,
     pub merchant_id: String,
-    pub net_minor: i64,
+    pub net_minor: Wide,
     pub net: String,
-    pub gross_minor: i64,
+    pub gross_minor: Wide,
     pub gross: String,
-    pub orders_placed: i64,
+    pub orders_placed: Wide,
     /// This merchant's part of the currency's net revenue over all
     /// merchants, in percent with two decimals; `null` when that total is
     /// zero.
@@ -138,7 +139,7 @@ pub struct TopResponse {
     pub currency: String,
     pub freshness: Freshness,
     /// Net revenue of all merchants in the range (the shares' base).
-    pub total_net_minor: i64,
+    pub total_net_minor: Wide,
     pub total_net: String,
     /// Merchants with any activity in the range.
     pub merchants: u64,
@@ -151,9 +152,9 @@ pub struct Measure {
     pub measure: String,
     /// `minor` (money, in the currency's minor units) or `count`.
     pub unit: String,
-    pub current: i64,
-    pub previous: i64,
-    pub change: i64,
+    pub current: Wide,
+    pub previous: Wide,
+    pub change: Wide,
     /// The three figures formatted: decimals for money, integers for counts.
     pub current_formatted: String,
     pub previous_formatted: String,
@@ -185,7 +186,7 @@ pub struct SummaryResponse {
 struct MeasureDef {
     name: &'static str,
     money: bool,
-    value: fn(&Sums) -> Option<i64>,
+    value: fn(&Sums) -> Option<Wide>,
 }
 
 /// The measures in the order the page shows them.
@@ -237,7 +238,7 @@ impl CurrencySummary {
         let measures = MEASURES
             .iter()
             .map(|m| {
-                let fmt = |v: i64| {
+                let fmt = |v: Wide| {
                     if m.money {
                         format_minor(v, currency)
                     } else {
@@ -275,8 +276,33 @@ pub trait Table: Serialize {
 }
 
 /// A CSV document, RFC 4180 quoting where a field needs it.
+///
+/// A text cell a spreadsheet would read as a formula (starting with `=`,
+/// `+`, `-`, `@`, a tab or a carriage return) is prefixed with `'`, as
+/// OWASP advises for CSV injection; numbers, negative ones included, are
+/// left as they are. Merchant ids are slugs today, so this is defence in
+/// depth: the CSV must stay safe whatever a cell comes to hold.
 #[derive(Default)]
 pub struct Csv(String);
+
+/// A field as it may be written: formula-looking text defused.
+fn defuse(f: &str) -> std::borrow::Cow<'_, str> {
+    let risky = f.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let number = {
+        let digits = f.strip_prefix('-').unwrap_or(f);
+        let mut parts = digits.splitn(2, '.');
+        let int = parts.next().unwrap_or("");
+        let frac = parts.next();
+        !int.is_empty()
+            && int.bytes().all(|b| b.is_ascii_digit())
+            && frac.is_none_or(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if risky && !number {
+        std::borrow::Cow::Owned(format!("'{f}"))
+    } else {
+        std::borrow::Cow::Borrowed(f)
+    }
+}
 
 impl Csv {
     pub fn row<I, S>(&mut self, fields: I)
@@ -288,13 +314,13 @@ impl Csv {
             if i > 0 {
                 self.0.push(',');
             }
-            let f = f.as_ref();
+            let f = defuse(f.as_ref());
             if f.contains([',', '"', '\n', '\r']) {
                 self.0.push('"');
                 self.0.push_str(&f.replace('"', "\"\""));
                 self.0.push('"');
             } else {
-                self.0.push_str(f);
+                self.0.push_str(&f);
             }
         }
         self.0.push_str("\r\n");
@@ -457,7 +483,11 @@ mod tests {
         assert_eq!(percent(0, 5, 1).as_deref(), Some("0.0"));
         assert_eq!(percent(-1, 100_000, 1).as_deref(), Some("0.0")); // no "-0.0"
         assert_eq!(percent(5, 0, 1), None);
-        assert_eq!(percent(i64::MAX, 1, 2).as_deref().map(str::len), Some(24)); // no overflow
+        assert_eq!(
+            percent(i64::MAX.into(), 1, 2).as_deref().map(str::len),
+            Some(24)
+        );
+        assert_eq!(percent(Wide::MAX, 1, 2), None); // checked, not wrapped
     }
 
     #[test]
@@ -522,6 +552,29 @@ mod tests {
         let s = CurrencySummary::new(eur(), &cur, &prev);
         // -1.00 → 1.00 is an improvement of 200 % of the previous magnitude.
         assert_eq!(s.measures[0].change_percent.as_deref(), Some("200.0"));
+    }
+
+    #[test]
+    fn csv_defuses_formulas_but_not_numbers() {
+        let mut c = Csv::default();
+        c.row([
+            "=HYPERLINK(\"x\")",
+            "+1+1",
+            "-2+3",
+            "@SUM(A1)",
+            "\tx",
+            "-12.50",
+            "-7",
+            "0.5",
+            "acme",
+        ]);
+        assert_eq!(
+            c.into_string(),
+            "\"'=HYPERLINK(\"\"x\"\")\",'+1+1,'-2+3,'@SUM(A1),'\tx,-12.50,-7,0.5,acme\r\n"
+        );
+        for odd in ["-", "-.5", "-1.", "-1.2.3", "-1e5"] {
+            assert!(defuse(odd).starts_with('\''), "{odd}");
+        }
     }
 
     #[test]

@@ -109,7 +109,7 @@ async fn daily_revenue_is_exact_per_day_and_currency_and_filters_by_merchant() {
     let app = spawn_app(Ingest::Manual).await;
     seed(&app).await;
     let d: DailyResponse = json(&app, &format!("/v1/revenue/daily?{JUNE}")).await;
-    let got: Vec<(&str, &str, i64, i64, i64, &str)> = d
+    let got: Vec<(&str, &str, i128, i128, i128, &str)> = d
         .rows
         .iter()
         .map(|r| {
@@ -189,7 +189,7 @@ async fn daily_revenue_is_exact_per_day_and_currency_and_filters_by_merchant() {
         &format!("/v1/revenue/daily?{JUNE}&currency=eur&merchant_id=m-b,m-c"),
     )
     .await;
-    let got: Vec<(&str, i64)> = d
+    let got: Vec<(&str, i128)> = d
         .rows
         .iter()
         .map(|r| (r.day.as_str(), r.net_minor))
@@ -227,7 +227,7 @@ async fn top_merchants_rank_by_net_with_shares_of_the_whole_currency() {
         (t.total_net_minor, t.total_net.as_str(), t.merchants),
         (10_000, "100.00", 3)
     );
-    let got: Vec<(u32, &str, i64, Option<&str>)> = t
+    let got: Vec<(u32, &str, i128, Option<&str>)> = t
         .rows
         .iter()
         .map(|r| {
@@ -510,7 +510,7 @@ async fn reads_stay_exact_while_the_ingest_writes() {
         let orders = s.currencies.first().map_or(0, |c| c.measures[4].current);
         let gross = s.currencies.first().map_or(0, |c| c.measures[3].current);
         assert!(
-            orders <= upper,
+            orders <= i128::from(upper),
             "read {orders} orders with only {upper} sent"
         );
         assert!(orders >= last, "went back from {last} to {orders}");
@@ -560,7 +560,9 @@ async fn ranking_oracle(
     f: &tally_dashboards::params::Filter,
 ) -> tally_dashboards::store::TopRow {
     let only: Vec<&str> = f.merchants.iter().map(|m| m.as_str()).collect();
-    let mut rows: Vec<tally_dashboards::store::MerchantRow> = ch
+    // Plain 64-bit sums, read as the test's own rows: independent of the
+    // halves the service reads (test figures are far from 64 bits).
+    let rows: Vec<(String, i64, i64, i64)> = ch
         .query(
             "SELECT merchant_id, sum(captured_minor) - sum(refunded_minor), sum(orders_placed), sum(gross_minor) \
              FROM daily_revenue FINAL WHERE currency = ? AND day >= toDate(?) AND day <= toDate(?) \
@@ -575,6 +577,17 @@ async fn ranking_oracle(
         .fetch_all()
         .await
         .unwrap();
+    let mut rows: Vec<tally_dashboards::store::MerchantRow> = rows
+        .into_iter()
+        .map(
+            |(merchant_id, net, orders, gross)| tally_dashboards::store::MerchantRow {
+                merchant_id,
+                net: net.into(),
+                orders: orders.into(),
+                gross: gross.into(),
+            },
+        )
+        .collect();
     let total_net_minor = rows.iter().map(|r| r.net).sum();
     let merchants = rows.len() as u64;
     rows.sort_by(|a, b| b.net.cmp(&a.net).then(a.merchant_id.cmp(&b.merchant_id)));
@@ -598,8 +611,14 @@ async fn daily_oracle(
 ) -> Vec<tally_dashboards::store::DailyRow> {
     let only: Vec<&str> = f.merchants.iter().map(|m| m.as_str()).collect();
     let currency = f.currency.as_ref().map_or("", |c| c.code());
-    ch.query(
-        "SELECT day, currency, sum(orders_placed), sum(orders_cancelled), sum(items_sold), \
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Plain {
+        day: u16,
+        currency: [u8; 3],
+        m: [i64; 6],
+    }
+    let rows: Vec<Plain> = ch.query(
+        "SELECT toUInt16(day), currency, sum(orders_placed), sum(orders_cancelled), sum(items_sold), \
                 sum(gross_minor), sum(captured_minor), sum(refunded_minor) \
          FROM daily_revenue FINAL WHERE day >= toDate(?) AND day <= toDate(?) \
            AND (? = '' OR currency = ?) AND (? = '' OR has(splitByChar(',', ?), merchant_id)) \
@@ -613,7 +632,28 @@ async fn daily_oracle(
     .bind(only.join(","))
     .fetch_all()
     .await
-    .unwrap()
+    .unwrap();
+    let epoch = time::Date::from_calendar_date(1970, time::Month::January, 1).unwrap();
+    rows.into_iter()
+        .map(
+            |Plain {
+                 day,
+                 currency,
+                 m: [o, c, i, g, cap, r],
+             }| tally_dashboards::store::DailyRow {
+                day: epoch + time::Duration::days(day.into()),
+                currency,
+                sums: tally_dashboards::store::Sums {
+                    orders_placed: o.into(),
+                    orders_cancelled: c.into(),
+                    items_sold: i.into(),
+                    gross_minor: g.into(),
+                    captured_minor: cap.into(),
+                    refunded_minor: r.into(),
+                },
+            },
+        )
+        .collect()
 }
 
 async fn periods_oracle(
@@ -764,4 +804,238 @@ async fn reads_from_cached_part_sums_equal_a_full_final_read() {
     assert_eq!((again.filled, again.dropped), (1, 1));
     check("refreshed").await;
     assert_eq!(metrics.parts.get(), 3);
+}
+
+/// Cells near 2^62 whose sums over a day, a range and all merchants pass
+/// 2^63 and 2^64: every figure is the exact 128-bit sum, never wrapped
+/// (before, ClickHouse's `sum(Int64)` and the Rust sums could wrap). Once
+/// from merged parts (cached, then read without FINAL) and once from parts
+/// read live.
+#[tokio::test]
+async fn sums_past_64_bits_are_exact_not_wrapped() {
+    const BIG: i64 = 4_611_686_018_427_387_904; // 2^62
+    let app = spawn_app(Ingest::Manual).await;
+    let ch = app.db.ch.client();
+    let (d1, d2, d3) = (
+        date!(2025 - 06 - 01),
+        date!(2025 - 06 - 02),
+        date!(2025 - 06 - 03),
+    );
+    let rows = [
+        // orders, gross, captured, refunded, cancelled, items
+        cell(d1, "m-x", "EUR", [1, BIG, BIG, 0, 0, 1], 1),
+        cell(d1, "m-y", "EUR", [1, BIG, BIG, 0, 0, 1], 1),
+        cell(d2, "m-x", "EUR", [1, BIG, BIG, 0, 0, 1], 1),
+        cell(d3, "m-x", "EUR", [1, BIG, BIG, 0, 0, 1], 1),
+    ];
+    for r in rows {
+        tally_ingest::insert_rows(&ch, "daily_revenue", &[r])
+            .await
+            .unwrap();
+    }
+    let two_63 = "9223372036854775808";
+    let two_64 = "18446744073709551616";
+    let three_62 = "13835058055282163712";
+    let check = |label: &'static str| {
+        let app = &app;
+        async move {
+            let daily = app
+                .dash("/v1/revenue/daily?from=2025-06-01&to=2025-06-03&currency=EUR")
+                .await
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                daily.contains(&format!("\"captured_minor\":{two_63}")),
+                "{label}: day 1 is 2^63: {daily}"
+            );
+            assert!(
+                daily.contains("\"net\":\"92233720368547758.08\""),
+                "{label}: {daily}"
+            );
+            let summary = app
+                .dash("/v1/revenue/summary?from=2025-06-01&to=2025-06-03&currency=EUR")
+                .await
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                summary.contains(&format!("\"current\":{two_64}")),
+                "{label}: the range is 2^64: {summary}"
+            );
+            let top = app
+                .dash("/v1/merchants/top?from=2025-06-01&to=2025-06-03&currency=EUR")
+                .await
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                top.contains(&format!("\"total_net_minor\":{two_64}")),
+                "{label}: {top}"
+            );
+            let v: Value = serde_json::from_str(&top).unwrap();
+            assert_eq!(v["rows"][0]["merchant_id"], "m-x", "{label}: {top}");
+            assert!(
+                top.contains(&format!("\"net_minor\":{three_62}")),
+                "{label}: {top}"
+            );
+            assert_eq!(v["rows"][0]["share_percent"], "75.00", "{label}");
+        }
+    };
+    check("separate parts, read live").await;
+    ch.query("OPTIMIZE TABLE daily_revenue FINAL")
+        .execute()
+        .await
+        .unwrap();
+    check("merged").await;
+}
+
+/// Query strings as a careless or hostile client sends them, against every
+/// read endpoint of a running server: each answer is a 200 or a 400
+/// problem, never a 5xx and never a dropped connection (before, a
+/// `to=-9999-01-01` panicked in date arithmetic and the connection died).
+#[tokio::test]
+async fn no_query_string_makes_the_read_api_fail_or_drop_the_connection() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let app = spawn_app(Ingest::Manual).await;
+    seed(&app).await;
+    let date = prop_oneof![
+        (-99_999i32..=99_999, 0u8..=13, 0u8..=32)
+            .prop_map(|(y, m, d)| format!("{y:04}-{m:02}-{d:02}")),
+        (1990i32..=2160, 1u8..=12, 1u8..=28).prop_map(|(y, m, d)| format!("{y:04}-{m:02}-{d:02}")),
+        Just("-9999-01-01".to_owned()),
+        Just("9999-12-31".to_owned()),
+        Just("2149-06-06".to_owned()),
+        Just("2000-01-01".to_owned()),
+        ".{0,12}",
+    ];
+    let text = prop_oneof![
+        ".{0,16}",
+        "[A-Za-z]{3}",
+        "[a-z0-9-]{1,70}(,[a-z0-9-]{0,70}){0,110}",
+        Just("EUR".to_owned()),
+        Just("0".to_owned()),
+        Just("101".to_owned()),
+        Just("csv".to_owned()),
+    ];
+    let query = (
+        proptest::option::of(date.clone()),
+        proptest::option::of(date),
+        proptest::option::of(text.clone()),
+        proptest::option::of(text.clone()),
+        proptest::option::of(text.clone()),
+        proptest::option::of(text),
+    );
+    let endpoints = [
+        "/v1/revenue/daily",
+        "/v1/revenue/summary",
+        "/v1/merchants/top",
+        "/v1/freshness",
+    ];
+    let mut runner = TestRunner::new(Config::default());
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..400 {
+        let (from, to, currency, merchant_id, limit, format) =
+            query.new_tree(&mut runner).unwrap().current();
+        let pairs: Vec<(&str, String)> = [
+            ("from", from),
+            ("to", to),
+            ("currency", currency),
+            ("merchant_id", merchant_id),
+            ("limit", limit),
+            ("format", format),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+        let endpoint = endpoints[i % endpoints.len()];
+        let res = app
+            .http
+            .get(format!("{}{endpoint}", app.dashboards_url))
+            .bearer_auth(&app.api_key)
+            .query(&pairs)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{endpoint} {pairs:?}: the connection failed: {e}"));
+        let status = res.status().as_u16();
+        let body = res.text().await.unwrap();
+        assert!(
+            status == 200 || status == 400,
+            "{endpoint} {pairs:?}: {status} {body}"
+        );
+        if status == 400 {
+            let p: Value = serde_json::from_str(&body).unwrap();
+            assert!(
+                !p["invalid_params"].as_array().unwrap().is_empty(),
+                "{body}"
+            );
+        }
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    // The generator reaches both answers, or the test proves little.
+    assert!(statuses.len() == 2, "{statuses:?}");
+    println!("read API under generated queries: {statuses:?}");
+}
+
+/// The page's and the API's security headers, and a CSV download whose
+/// cells cannot become spreadsheet formulas.
+#[tokio::test]
+async fn every_dashboards_response_carries_the_security_headers() {
+    let app = spawn_app(Ingest::Manual).await;
+    seed(&app).await;
+    for path in ["/", "/assets/app.js", "/v1/freshness"] {
+        let res = app
+            .http
+            .get(format!("{}{path}", app.dashboards_url))
+            .bearer_auth(&app.api_key)
+            .send()
+            .await
+            .unwrap();
+        let h = res.headers();
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+            "{csp}"
+        );
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+    }
+    let page = app.get_text(&format!("{}/", app.dashboards_url)).await;
+    assert!(
+        !page.contains("<script>")
+            && !page.contains("<style")
+            && !page.contains("style=")
+            && !["onclick=", "onload=", "onchange=", "onsubmit="]
+                .iter()
+                .any(|h| page.contains(h)),
+        "the page has no inline script or style for the policy to block"
+    );
+}
+
+/// Metric labels stay bounded whatever methods clients invent.
+#[tokio::test]
+async fn made_up_methods_do_not_create_metric_series() {
+    let app = spawn_app(Ingest::Manual).await;
+    for i in 0..200 {
+        let m = reqwest::Method::from_bytes(format!("M{i}").as_bytes()).unwrap();
+        let _ = app
+            .http
+            .request(m, format!("{}/v1/freshness", app.dashboards_url))
+            .send()
+            .await
+            .unwrap();
+    }
+    let metrics = app.get_text(&format!("{}/metrics", app.api_url)).await;
+    assert!(
+        !metrics.contains("method=\"M1"),
+        "a made-up method became a label"
+    );
+    assert!(
+        metrics.contains("method=\"other\""),
+        "they are counted as `other`"
+    );
 }

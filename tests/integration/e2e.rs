@@ -62,7 +62,7 @@ async fn a_placed_order_reaches_the_daily_revenue_api() {
     })
     .await
     .expect("the watermark passes the acknowledged commands within 10 s");
-    let orders: i64 = daily.rows.iter().map(|row| row.orders_placed).sum();
+    let orders: i128 = daily.rows.iter().map(|row| row.orders_placed).sum();
     assert_eq!(
         orders, 3,
         "complete up to {:?}",

@@ -7,6 +7,13 @@
 //! is stored; the plaintext is shown once, when it is created. Verified keys
 //! are cached for [`CACHE_TTL`] so that authentication costs no database
 //! round trip on the hot path; a revoked key stops working within that time.
+//!
+//! Unknown keys must not be a way to exhaust the database pool the
+//! commands share: a refused key is remembered for [`REFUSED_TTL`], and at
+//! most [`LOOKUPS_AT_ONCE`] uncached lookups run at once per service; a
+//! request that finds them busy for a second gets `503` with `Retry-After`.
+//! A flood of made-up keys thus holds at most two connections, and keys
+//! already verified never wait for it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -28,6 +35,10 @@ use axum::response::IntoResponse;
 use crate::Problem;
 
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
+/// How long a refused key is refused without asking the database again.
+pub const REFUSED_TTL: Duration = Duration::from_secs(5);
+/// Uncached key lookups one service runs at once.
+pub const LOOKUPS_AT_ONCE: usize = 2;
 const KEY_PREFIX: &str = "tally_";
 
 /// What a key may do.
@@ -100,6 +111,43 @@ pub async fn create_key(
     Ok((id, key))
 }
 
+/// A key as operators see it: never its secret, which is not stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KeyInfo {
+    pub key_id: Uuid,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub created_at: time::OffsetDateTime,
+    pub revoked_at: Option<time::OffsetDateTime>,
+}
+
+/// Every key, oldest first (revoked ones too, unless `active_only`).
+pub async fn list_keys(pool: &PgPool, active_only: bool) -> Result<Vec<KeyInfo>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT key_id, name, roles, created_at, revoked_at FROM api_keys
+         WHERE NOT $1 OR revoked_at IS NULL ORDER BY created_at, key_id",
+    )
+    .bind(active_only)
+    .fetch_all(pool)
+    .await
+}
+
+/// Revokes a key. Services that verified it within [`CACHE_TTL`] keep
+/// accepting it until their cache entry expires; none does past that.
+/// `None`: no such key; `Some(false)`: it was revoked already.
+pub async fn revoke_key(pool: &PgPool, key_id: Uuid) -> Result<Option<bool>, sqlx::Error> {
+    let row: Option<(bool,)> = sqlx::query_as(
+        "WITH k AS (SELECT key_id, revoked_at IS NULL AS active FROM api_keys WHERE key_id = $1),
+              r AS (UPDATE api_keys SET revoked_at = now()
+                    WHERE key_id = $1 AND revoked_at IS NULL RETURNING key_id)
+         SELECT active FROM k",
+    )
+    .bind(key_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(active,)| active))
+}
+
 /// Whether `key` exists, is not revoked, and has `role` (uncached).
 pub async fn key_has_role(pool: &PgPool, key: &str, role: Role) -> Result<bool, sqlx::Error> {
     Ok(lookup(pool, key)
@@ -120,28 +168,71 @@ async fn lookup(pool: &PgPool, key: &str) -> Result<Option<Caller>, sqlx::Error>
 /// SHA-256 of a key → the caller it authenticates, until when.
 type CacheMap = HashMap<Vec<u8>, (Caller, Instant)>;
 
-/// Verified keys, by hash, with their expiry.
-#[derive(Clone, Default)]
+/// Most entries either map holds; past it, it is cleared (a flood of
+/// distinct keys is not a use case worth remembering).
+const CACHE_ENTRIES: usize = 10_000;
+
+/// Verified keys, by hash, with their expiry; refused ones likewise; and
+/// the permits for uncached lookups.
+#[derive(Clone)]
 pub struct KeyCache {
     inner: Arc<Mutex<CacheMap>>,
+    refused: Arc<Mutex<HashMap<Vec<u8>, Instant>>>,
+    lookups: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        KeyCache {
+            inner: Arc::default(),
+            refused: Arc::default(),
+            lookups: Arc::new(tokio::sync::Semaphore::new(LOOKUPS_AT_ONCE)),
+        }
+    }
 }
 
 impl KeyCache {
-    async fn authenticate(&self, pool: &PgPool, key: &str) -> Result<Option<Caller>, sqlx::Error> {
+    async fn authenticate(&self, pool: &PgPool, key: &str) -> Result<Option<Caller>, AuthError> {
         let h = hash(key);
+        let now = Instant::now();
         if let Ok(map) = self.inner.lock() {
             if let Some((caller, expires)) = map.get(&h) {
-                if *expires > Instant::now() {
+                if *expires > now {
                     return Ok(Some(caller.clone()));
                 }
             }
         }
-        let found = lookup(pool, key).await?;
-        if let (Some(caller), Ok(mut map)) = (&found, self.inner.lock()) {
-            if map.len() > 10_000 {
-                map.clear(); // bounded: a flood of distinct valid keys is not a use case
+        if let Ok(refused) = self.refused.lock() {
+            if refused.get(&h).is_some_and(|until| *until > now) {
+                return Ok(None);
             }
-            map.insert(h, (caller.clone(), Instant::now() + CACHE_TTL));
+        }
+        let Ok(Ok(_permit)) =
+            tokio::time::timeout(Duration::from_secs(1), self.lookups.acquire()).await
+        else {
+            return Err(AuthError::Busy);
+        };
+        let found = lookup(pool, key).await?;
+        match &found {
+            Some(caller) => {
+                if let Ok(mut map) = self.inner.lock() {
+                    if map.len() >= CACHE_ENTRIES {
+                        map.clear();
+                    }
+                    map.insert(h, (caller.clone(), Instant::now() + CACHE_TTL));
+                }
+            }
+            None => {
+                if let Ok(mut refused) = self.refused.lock() {
+                    if refused.len() >= CACHE_ENTRIES {
+                        refused.retain(|_, until| *until > now);
+                        if refused.len() >= CACHE_ENTRIES {
+                            refused.clear();
+                        }
+                    }
+                    refused.insert(h, Instant::now() + REFUSED_TTL);
+                }
+            }
         }
         Ok(found)
     }
@@ -198,6 +289,9 @@ pub enum AuthError {
     Forbidden(&'static str),
     #[error("key store: {0}")]
     Database(#[from] sqlx::Error),
+    /// Every permit for uncached key lookups stayed taken for a second.
+    #[error("too many key lookups at once")]
+    Busy,
 }
 
 impl AuthError {
@@ -217,6 +311,15 @@ impl AuthError {
                 tracing::warn!(error = %e, "API key lookup failed");
                 Problem::unavailable("the key store")
             }
+            AuthError::Busy => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Too many key lookups at once",
+            )
+            .detail(
+                "too many requests with keys not seen recently are being checked; retry shortly",
+            )
+            .retry_after(1),
         }
     }
 }

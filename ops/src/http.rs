@@ -1,11 +1,20 @@
 //! The endpoints every service exposes to operators (`/livez`, `/readyz`,
 //! `/metrics`) and the graceful `serve` loop they all run in.
+//!
+//! Every server is bounded against slow or flooding clients, whoever they
+//! are (authentication comes after): a connection has
+//! [`HEADER_READ_TIMEOUT`] to send its request head (slowloris), a request
+//! has [`Limits::request_timeout`] from its head to its response, and at
+//! most [`Limits::max_in_flight`] requests are handled at once; one more is
+//! refused at once with a `503` problem rather than queued behind the
+//! database pool (load shedding). Metric labels take only bounded values:
+//! a route template, a known method or `other`, a status.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -71,28 +80,152 @@ async fn metrics(State(s): State<OpsState>) -> Response {
     }
 }
 
+/// How long a connection may take to send a request's head (line and
+/// headers). Past it the connection is closed: a client dribbling bytes
+/// cannot hold a connection, or its task, for ever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long in-flight requests get to finish once shutdown fires.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves `router` until `shutdown` fires, then stops accepting and lets
-/// in-flight requests finish.
+/// in-flight requests finish (for at most 30 s). HTTP/1.1, with
+/// [`HEADER_READ_TIMEOUT`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors, say: wait, do not spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after 30 s of draining; closing them");
+    }
+    Ok(())
+}
+
+/// What one service lets its clients make it do ([`guard`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// From a request's head to its response.
+    pub request_timeout: Duration,
+    /// Requests handled at once; one more gets `503 overloaded`.
+    pub max_in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_timeout: Duration::from_secs(30),
+            max_in_flight: 512,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Guard {
+    in_flight: Arc<tokio::sync::Semaphore>,
+    timeout: Duration,
+}
+
+/// Wraps `router` in [`Limits`]: load shedding past `max_in_flight`, and a
+/// `503` problem when a request outlives `request_timeout` (its handler is
+/// dropped, which rolls back any transaction it held).
+pub fn guard(router: Router, limits: Limits) -> Router {
+    let g = Guard {
+        in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.max(1))),
+        timeout: limits.request_timeout,
+    };
+    router.layer(axum::middleware::from_fn_with_state(g, guard_request))
+}
+
+async fn guard_request(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = g.in_flight.clone().try_acquire_owned() else {
+        return crate::Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Too many requests in flight",
+        )
+        .detail("the server is handling as many requests as it accepts at once; retry shortly")
+        .retry_after(1)
+        .into_response();
+    };
+    match tokio::time::timeout(g.timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => crate::Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "Request timed out",
+        )
+        .detail(format!(
+            "the request took longer than {} s and was abandoned; nothing it started was kept",
+            g.timeout.as_secs()
+        ))
+        .retry_after(1)
+        .into_response(),
+    }
+}
+
+/// The method as a metric label: the ones the services answer, or `other`
+/// (a client can send any token as a method; each would be a new series).
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
+    pub method: &'static str,
     pub route: String,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: String,
+    pub method: &'static str,
     pub route: String,
 }
 
@@ -136,12 +269,12 @@ pub async fn track(State(m): State<HttpMetrics>, req: Request, next: Next) -> Re
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let start = Instant::now();
     let res = next.run(req).await;
     m.latency
         .get_or_create(&RouteLabels {
-            method: method.clone(),
+            method,
             route: route.clone(),
         })
         .observe(start.elapsed().as_secs_f64());
@@ -153,4 +286,82 @@ pub async fn track(State(m): State<HttpMetrics>, req: Request, next: Next) -> Re
         })
         .inc();
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    fn slow_router(limits: Limits, release: Arc<tokio::sync::Notify>) -> Router {
+        let r = Router::new().route(
+            "/slow",
+            get(move || {
+                let release = release.clone();
+                async move {
+                    release.notified().await;
+                    "done"
+                }
+            }),
+        );
+        guard(r, limits)
+    }
+
+    fn get_slow() -> Request {
+        Request::builder().uri("/slow").body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_request_over_the_limit_is_shed_with_a_problem() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let limits = Limits {
+            request_timeout: Duration::from_secs(30),
+            max_in_flight: 1,
+        };
+        let app = slow_router(limits, release.clone());
+        let first = tokio::spawn(app.clone().oneshot(get_slow()));
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = app.clone().oneshot(get_slow()).await.unwrap();
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(second.headers()["retry-after"], "1");
+        assert_eq!(second.headers()["content-type"], "application/problem+json");
+        release.notify_one();
+        assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+        // The permit came back with the first response.
+        let third = tokio::spawn(app.oneshot(get_slow()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release.notify_one();
+        assert_eq!(third.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_request_past_its_timeout_gets_a_problem_not_a_hang() {
+        let limits = Limits {
+            request_timeout: Duration::from_millis(100),
+            max_in_flight: 4,
+        };
+        let app = slow_router(limits, Arc::new(tokio::sync::Notify::new()));
+        let res = tokio::time::timeout(Duration::from_secs(5), app.oneshot(get_slow()))
+            .await
+            .expect("answered within the timeout")
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("problems/timeout"));
+    }
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        use axum::http::Method;
+        for m in ["M1", "M2", "BREW", "PROPFIND"] {
+            assert_eq!(
+                method_label(&Method::from_bytes(m.as_bytes()).unwrap()),
+                "other"
+            );
+        }
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::POST), "POST");
+    }
 }

@@ -40,6 +40,13 @@ pub struct BenchArgs {
     /// Print only; do not append to --record.
     #[arg(long, global = true)]
     pub no_record: bool,
+    /// Benchmarks start their own PostgreSQL and ClickHouse. Only when both
+    /// DATABASE_URL and CLICKHOUSE_URL are set do they use those instead,
+    /// and they TRUNCATE the outbox, the running totals and both
+    /// projections there: name the databases they may wipe (the PostgreSQL
+    /// one, and the ClickHouse one if its name differs), or they refuse.
+    #[arg(long = "wipe-database", value_name = "NAME", global = true)]
+    pub wipe: Vec<String>,
 }
 
 #[derive(Subcommand, Clone, Debug)]
@@ -112,6 +119,7 @@ pub enum BenchKind {
 }
 
 pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
+    let _ = WIPE.set(args.wipe.clone());
     let record = (!args.no_record).then_some(args.record.clone());
     let runs = args.runs.max(1);
     let q = args.quick;
@@ -251,13 +259,48 @@ fn ensure_free_space(dir: &std::path::Path, need_gib: f64) -> anyhow::Result<()>
     Ok(())
 }
 
+/// `--wipe-database`, set once when `tally bench` starts: every benchmark
+/// reaches its stores through [`servers`], which checks it.
+static WIPE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Refuses to touch stores the benchmark did not create unless the
+/// operator named each database it would wipe.
+fn may_wipe(named: &[String], pg_db: &str, ch_db: &str) -> anyhow::Result<()> {
+    let missing: Vec<&str> = [pg_db, ch_db]
+        .into_iter()
+        .filter(|db| !named.iter().any(|n| n == db))
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "refusing to benchmark against DATABASE_URL/CLICKHOUSE_URL: a benchmark TRUNCATEs the \
+         outbox, the running totals and both projections there. If that is what you want, add {}; \
+         otherwise unset DATABASE_URL or CLICKHOUSE_URL and it starts servers of its own",
+        missing
+            .iter()
+            .map(|db| format!("--wipe-database {db}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(())
+}
+
 /// Local servers for a benchmark that writes about `need_gib` GiB, or the
-/// given ones.
+/// given ones (only with `--wipe-database`, see [`may_wipe`]).
 pub(crate) async fn servers(g: &Global, need_gib: f64) -> anyhow::Result<Servers> {
     if g.database_url.is_some() && g.clickhouse_url.is_some() {
+        let pg = g.pg("tally-bench")?;
+        let ch = g.ch()?;
+        let pg_db: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(&pg.connect().await.context("connecting to PostgreSQL")?)
+            .await?;
+        may_wipe(
+            WIPE.get().map_or(&[][..], Vec::as_slice),
+            &pg_db,
+            &ch.database,
+        )?;
         return Ok(Servers {
-            pg: g.pg("tally-bench")?,
-            ch: g.ch()?,
+            pg,
+            ch,
             ch_reader: g.ch_reader()?,
             _stack: None,
             _dir: None,
@@ -783,6 +826,20 @@ pub(crate) fn machine() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn given_stores_are_wiped_only_when_named() {
+        let err = may_wipe(&[], "prod", "prod").unwrap_err().to_string();
+        assert!(err.contains("--wipe-database prod"), "{err}");
+        let err = may_wipe(&["prod".into()], "prod", "analytics")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--wipe-database analytics"), "{err}");
+        assert!(!err.contains("--wipe-database prod"), "{err}");
+        assert!(may_wipe(&["staging".into()], "prod", "prod").is_err());
+        may_wipe(&["prod".into(), "analytics".into()], "prod", "analytics").unwrap();
+        may_wipe(&["tally".into()], "tally", "tally").unwrap();
+    }
 
     #[test]
     fn a_benchmark_that_would_fill_the_disk_stops_before_starting() {

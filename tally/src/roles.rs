@@ -89,6 +89,19 @@ pub enum KeysCommand {
         #[arg(long, default_value = "unnamed")]
         name: String,
     },
+    /// List keys: id, name, roles, created, revoked (never the secret,
+    /// which is not stored).
+    List {
+        /// Leave revoked keys out.
+        #[arg(long)]
+        active: bool,
+    },
+    /// Revoke a key by its id (from `tally keys list`). Running services
+    /// stop accepting it within 30 seconds (their cache of verified keys).
+    Revoke {
+        /// The key's id, e.g. 01938f2a-….
+        key_id: uuid::Uuid,
+    },
 }
 
 pub async fn migrate(g: &Global) -> anyhow::Result<()> {
@@ -152,13 +165,14 @@ pub async fn ingest(g: &Global, cmd: IngestCommand) -> anyhow::Result<()> {
                     }
                     for d in rows {
                         println!(
-                            "{:>10}  {}  {} v{}  event {}  failed {}\n            {}",
+                            "{:>10}  {}  {} v{}  event {}  failed {}  reason {}\n            {}",
                             d.outbox_id,
                             d.event_type,
                             d.aggregate_id,
                             d.aggregate_version,
                             d.event_id,
                             d.failed_at,
+                            d.reason,
                             d.error
                         );
                     }
@@ -196,13 +210,24 @@ async fn ingest_status(pool: &sqlx::PgPool) -> anyhow::Result<()> {
         f.watermark,
         (f.now - f.watermark).as_seconds_f64()
     );
+    println!("held back by         {}", f.held_by.explain());
     println!(
         "outbox backlog       {} events, oldest {}",
         f.backlog_rows,
         age(f.oldest_backlog)
     );
     println!("pending pushes       {}", f.pending_pushes);
-    println!("dead letters         {}", f.dead_letters);
+    let reasons = tally_ingest::dead_letters::count_by_reason(pool).await?;
+    let reasons: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    if reasons.is_empty() {
+        println!("dead letters         0");
+    } else {
+        println!(
+            "dead letters         {} ({})",
+            f.dead_letters,
+            reasons.join(", ")
+        );
+    }
     println!("oldest transaction   {}", age(f.oldest_transaction));
     println!(
         "outbox table         {} KiB, {} live / {} dead tuples, last autovacuum {}",
@@ -309,6 +334,31 @@ pub async fn keys(g: &Global, cmd: KeysCommand) -> anyhow::Result<()> {
             );
             println!("{key}");
         }
+        KeysCommand::List { active } => {
+            let keys = tally_ops::auth::list_keys(&pool, active).await?;
+            if keys.is_empty() {
+                println!("no keys; create one with `tally keys create --role finance:read`");
+            }
+            for k in keys {
+                println!(
+                    "{}  {:<20}  {:<40}  created {}  {}",
+                    k.key_id,
+                    k.name,
+                    k.roles.join(","),
+                    k.created_at.date(),
+                    k.revoked_at
+                        .map_or_else(|| "active".to_owned(), |t| format!("revoked {t}"))
+                );
+            }
+        }
+        KeysCommand::Revoke { key_id } => match tally_ops::auth::revoke_key(&pool, key_id).await? {
+            None => anyhow::bail!("no key {key_id}; list them with `tally keys list`"),
+            Some(false) => println!("key {key_id} was already revoked"),
+            Some(true) => println!(
+                "revoked key {key_id}; running services refuse it within {} s",
+                tally_ops::auth::CACHE_TTL.as_secs()
+            ),
+        },
     }
     Ok(())
 }

@@ -3,6 +3,10 @@
 //!
 //! The config uses only settings ClickHouse 18.16 understands, and current
 //! servers still accept (`<yandex>` root, users in users.xml).
+//!
+//! No user is without a password: `default` (the admin: migrations,
+//! ingest, rebuild) and the read-only user each have a generated one
+//! (`secrets.rs`), and users.xml holds only their SHA-256.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -13,6 +17,7 @@ use nix::sys::signal::Signal;
 use tally_ops::ChSettings;
 
 use crate::child::{ChildServer, spawn};
+use crate::secrets::{self, write_private};
 use crate::{StackError, free_port};
 
 /// The read-only user the dashboards connect as.
@@ -71,11 +76,13 @@ pub async fn start_clickhouse(
 ) -> Result<(ChildServer, ChSettings, ChSettings), StackError> {
     let (bin, subcommand) = find_server()?;
     let dir = data_dir.join("clickhouse");
+    secrets::private_dir(&dir)?;
     for sub in ["data", "data/tmp", "data/user_files", "data/format_schemas"] {
         let d = dir.join(sub);
         std::fs::create_dir_all(&d).map_err(StackError::io(format!("creating {}", d.display())))?;
     }
-    let reader_password = reader_password(&dir)?;
+    let admin_password = secrets::password(data_dir, "clickhouse-admin.password")?;
+    let reader_password = reader_password(data_dir)?;
     let log = data_dir.join("clickhouse.log");
 
     let mut attempt = 0;
@@ -86,7 +93,7 @@ pub async fn start_clickhouse(
             None => free_port()?,
         };
         let tcp_port = free_port()?;
-        write_config(&dir, http_port, tcp_port, &reader_password)?;
+        write_config(&dir, http_port, tcp_port, &admin_password, &reader_password)?;
         let mut cmd = Command::new(&bin);
         if let Some(s) = subcommand {
             cmd.arg(s);
@@ -101,7 +108,10 @@ pub async fn start_clickhouse(
         match wait_ready(&server, http_port).await {
             Ok(()) => {
                 let url = format!("http://127.0.0.1:{http_port}");
-                let admin = ChSettings::new(&url, "tally");
+                let admin = ChSettings {
+                    password: admin_password.clone(),
+                    ..ChSettings::new(&url, "tally")
+                };
                 let reader = ChSettings {
                     user: READER_USER.into(),
                     password: reader_password.clone(),
@@ -123,29 +133,35 @@ pub async fn start_clickhouse(
     }
 }
 
-fn reader_password(dir: &Path) -> Result<String, StackError> {
-    let path = dir.join("reader.password");
-    if let Ok(p) = std::fs::read_to_string(&path) {
+/// The read-only user's password; one kept by an older version beside the
+/// config moves to the secrets directory.
+fn reader_password(data_dir: &Path) -> Result<String, StackError> {
+    let old = data_dir.join("clickhouse/reader.password");
+    if let Ok(p) = std::fs::read_to_string(&old) {
         if !p.trim().is_empty() {
-            return Ok(p.trim().to_owned());
+            let path = secrets::password_path(data_dir, "clickhouse-reader.password");
+            secrets::private_dir(path.parent().unwrap_or(data_dir))?;
+            write_private(&path, p.trim().as_bytes())?;
         }
+        let _ = std::fs::remove_file(&old);
     }
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(StackError::io("reading /dev/urandom"))?;
-    let pw: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&path, &pw).map_err(StackError::io(format!("writing {}", path.display())))?;
-    Ok(pw)
+    secrets::password(data_dir, "clickhouse-reader.password")
+}
+
+fn sha256_hex(password: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(password.as_bytes()))
 }
 
 fn write_config(
     dir: &Path,
     http_port: u16,
     tcp_port: u16,
+    admin_password: &str,
     reader_password: &str,
 ) -> Result<(), StackError> {
     let d = dir.display();
+    let (admin_sha, reader_sha) = (sha256_hex(admin_password), sha256_hex(reader_password));
     let config = format!(
         r#"<?xml version="1.0"?>
 <!-- Written by tally on every start; edits are overwritten. -->
@@ -195,13 +211,13 @@ fn write_config(
     </profiles>
     <users>
         <default>
-            <password></password>
+            <password_sha256_hex>{admin_sha}</password_sha256_hex>
             <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
             <profile>default</profile>
             <quota>default</quota>
         </default>
         <{READER_USER}>
-            <password>{reader_password}</password>
+            <password_sha256_hex>{reader_sha}</password_sha256_hex>
             <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
             <profile>readonly</profile>
             <quota>default</quota>
@@ -223,8 +239,7 @@ fn write_config(
 "#
     );
     for (name, text) in [("config.xml", config), ("users.xml", users)] {
-        let p = dir.join(name);
-        std::fs::write(&p, text).map_err(StackError::io(format!("writing {}", p.display())))?;
+        write_private(&dir.join(name), text.as_bytes())?;
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ mod child;
 mod clickhouse_server;
 mod lock;
 mod postgres_server;
+pub mod secrets;
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,7 @@ pub use clickhouse_server::{READER_USER, native_port as clickhouse_native_port, 
 pub use lock::DataDirLock;
 pub use postgres_server::find_bin_dir as find_postgres_bin_dir;
 pub use postgres_server::start_on as start_postgres;
+pub use postgres_server::{ADMIN_ROLE as POSTGRES_ADMIN_ROLE, APP_ROLE as POSTGRES_APP_ROLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {
@@ -86,7 +88,10 @@ impl StackConfig {
 /// [`LocalStack::stop`] (or let the process exit: the parent-death signal
 /// stops them).
 pub struct LocalStack {
+    /// The services' role ([`POSTGRES_APP_ROLE`]), with its password.
     pub postgres_url: String,
+    /// The superuser, for set-up only (creating databases in tests).
+    pub postgres_admin_url: String,
     /// Admin access to ClickHouse (migrations, ingest).
     pub clickhouse: ChSettings,
     /// The read-only ClickHouse user the dashboards use.
@@ -99,10 +104,7 @@ impl LocalStack {
     /// Initialises (first time only) and starts PostgreSQL and ClickHouse
     /// under `config.data_dir`, and waits until both answer.
     pub async fn start(config: &StackConfig) -> Result<LocalStack, StackError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(StackError::io(format!(
-            "creating {}",
-            config.data_dir.display()
-        )))?;
+        secrets::private_dir(&config.data_dir)?;
         let data_dir = std::fs::canonicalize(&config.data_dir).map_err(StackError::io(format!(
             "resolving {}",
             config.data_dir.display()
@@ -111,7 +113,7 @@ impl LocalStack {
             postgres_server::start(&data_dir, config.pg_max_connections, config.durable),
             clickhouse_server::start(&data_dir),
         );
-        let (postgres, postgres_url) = match (pg, &ch) {
+        let started = match (pg, &ch) {
             (Ok(pg), _) => pg,
             (Err(e), Ok((ch, _, _))) => {
                 ch.stop().await;
@@ -122,15 +124,16 @@ impl LocalStack {
         let (clickhouse_server, clickhouse, clickhouse_reader) = match ch {
             Ok(ch) => ch,
             Err(e) => {
-                postgres.stop().await;
+                started.server.stop().await;
                 return Err(e);
             }
         };
         Ok(LocalStack {
-            postgres_url,
+            postgres_url: started.app_url,
+            postgres_admin_url: started.admin_url,
+            postgres: started.server,
             clickhouse,
             clickhouse_reader,
-            postgres,
             clickhouse_server,
         })
     }
@@ -145,6 +148,18 @@ impl LocalStack {
     pub fn postgres_url_for(&self, database: &str) -> String {
         replace_database(&self.postgres_url, database)
     }
+}
+
+/// Deletes a stopped stack's data directory, and its PostgreSQL cluster
+/// where that lives outside it (run as root, the cluster cannot live in a
+/// `0700` directory: `postgres_server.rs`).
+pub fn remove_data_dir(data_dir: &Path) {
+    if let Ok(note) = std::fs::read_to_string(data_dir.join("postgres.location")) {
+        if let Some(cluster) = note.lines().next().filter(|l| l.starts_with('/')) {
+            let _ = std::fs::remove_dir_all(cluster);
+        }
+    }
+    let _ = std::fs::remove_dir_all(data_dir);
 }
 
 /// Replaces the database path segment of a `postgres://` URL.
@@ -170,7 +185,11 @@ pub struct StackFile {
     pub pid: u32,
     pub api_url: String,
     pub dashboards_url: String,
+    /// Every role: for the tour and operator commands.
     pub api_key: String,
+    /// `finance:read` only: what the printed dashboard link carries.
+    #[serde(default)]
+    pub reader_key: String,
     pub database_url: String,
     pub clickhouse_url: String,
     /// Whether `tally up` started the servers itself.
@@ -182,12 +201,10 @@ impl StackFile {
         data_dir.join("stack.json")
     }
 
+    /// Writes the file readable by its owner only: it holds passwords.
     pub fn write(&self, data_dir: &Path) -> Result<(), StackError> {
-        let path = Self::path(data_dir);
-        let tmp = path.with_extension("json.tmp");
         let json = serde_json::to_vec_pretty(self).map_err(|e| StackError::Setup(e.to_string()))?;
-        std::fs::write(&tmp, json).map_err(StackError::io(format!("writing {}", tmp.display())))?;
-        std::fs::rename(&tmp, &path).map_err(StackError::io(format!("writing {}", path.display())))
+        secrets::write_private(&Self::path(data_dir), &json)
     }
 
     pub fn read(data_dir: &Path) -> Result<StackFile, StackError> {

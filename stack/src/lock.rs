@@ -18,8 +18,7 @@ pub struct DataDirLock {
 
 impl DataDirLock {
     pub fn acquire(dir: &Path) -> Result<DataDirLock, StackError> {
-        std::fs::create_dir_all(dir)
-            .map_err(StackError::io(format!("creating {}", dir.display())))?;
+        crate::secrets::private_dir(dir)?;
         let path = dir.join("tally.lock");
         let file = File::options()
             .create(true)

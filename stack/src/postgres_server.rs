@@ -3,6 +3,14 @@
 //! PostgreSQL refuses to run as root, and CI runs as root: in that case the
 //! data directory is given to the `postgres` system user and both programs
 //! run as that user.
+//!
+//! Every connection needs a password (`scram-sha-256`, on the socket too).
+//! The superuser, [`ADMIN_ROLE`], only sets things up: the role
+//! [`APP_ROLE`] that every service connects as may log in and owns the
+//! `tally` database and everything the migrations create, nothing more
+//! (no superuser, no `CREATEROLE`, no `CREATEDB`). A cluster made by an
+//! older tally (trust, superuser `tally`) is brought to this state on its
+//! first start.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,7 +21,20 @@ use nix::unistd::{Gid, Uid, User};
 use sqlx::Connection;
 
 use crate::child::{ChildServer, log_tail, spawn};
+use crate::secrets;
 use crate::{StackError, free_port};
+
+/// The superuser: set-up only (roles, databases).
+pub const ADMIN_ROLE: &str = "tally_admin";
+/// The role the services connect as; owns the `tally` database.
+pub const APP_ROLE: &str = "tally";
+
+/// `pg_hba.conf`: a password for everyone, on every way in.
+const HBA: &str = "# Written by tally on every start: every connection needs a password.
+local all all scram-sha-256
+host  all all 127.0.0.1/32 scram-sha-256
+host  all all ::1/128 scram-sha-256
+";
 
 /// The owner the server processes run as: ourselves, or `postgres` if we
 /// are root.
@@ -80,31 +101,55 @@ pub fn find_bin_dir() -> Result<PathBuf, StackError> {
     ))
 }
 
+/// A started server: the services' URL and the superuser's.
+pub(crate) struct Started {
+    pub server: ChildServer,
+    pub app_url: String,
+    pub admin_url: String,
+}
+
 pub(crate) async fn start(
     data_dir: &Path,
     max_connections: u32,
     durable: bool,
-) -> Result<(ChildServer, String), StackError> {
-    start_on(data_dir, max_connections, durable, None).await
+) -> Result<Started, StackError> {
+    start_server(data_dir, max_connections, durable, None).await
 }
 
-/// [`start`] on a given port (a restart that clients must find again), or
-/// a free one.
+/// Starts the server on a given port (a restart that clients must find
+/// again), or a free one. Returns it and the URL services connect with.
 pub async fn start_on(
     data_dir: &Path,
     max_connections: u32,
     durable: bool,
     fixed_port: Option<u16>,
 ) -> Result<(ChildServer, String), StackError> {
-    std::fs::create_dir_all(data_dir)
-        .map_err(StackError::io(format!("creating {}", data_dir.display())))?;
+    let s = start_server(data_dir, max_connections, durable, fixed_port).await?;
+    Ok((s.server, s.app_url))
+}
+
+async fn start_server(
+    data_dir: &Path,
+    max_connections: u32,
+    durable: bool,
+    fixed_port: Option<u16>,
+) -> Result<Started, StackError> {
+    secrets::private_dir(data_dir)?;
     let bin = find_bin_dir()?;
     let owner = run_as()?;
     let pgdata = cluster_dir(data_dir, &owner)?;
     let log = data_dir.join("postgres.log");
+    let admin_pw = secrets::password(data_dir, "postgres-admin.password")?;
+    let app_pw = secrets::password(data_dir, "postgres.password")?;
 
-    if !pgdata.join("PG_VERSION").exists() {
-        initdb(&bin, &pgdata, &log, &owner).await?;
+    let legacy = if pgdata.join("PG_VERSION").exists() {
+        hba_trusts(&pgdata)
+    } else {
+        initdb(&bin, &pgdata, &log, &owner, &admin_pw).await?;
+        false
+    };
+    if !legacy {
+        write_hba(&pgdata, &owner)?;
     }
 
     // A previous server in this directory may still be shutting down after
@@ -142,9 +187,30 @@ pub async fn start_on(
         }
         let child = spawn(cmd, &log, Signal::SIGINT)?;
         let server = ChildServer::new("postgres", child, log.clone(), Signal::SIGINT);
-        let url = format!("postgres://tally@127.0.0.1:{port}/tally");
-        match wait_ready(&server, port).await {
-            Ok(()) => return Ok((server, url)),
+        let admin_url = format!("postgres://{ADMIN_ROLE}:{admin_pw}@127.0.0.1:{port}/postgres");
+        let app_url = format!("postgres://{APP_ROLE}:{app_pw}@127.0.0.1:{port}/tally");
+        let ready = async {
+            let mut conn = if legacy {
+                let trusted = format!("postgres://{APP_ROLE}@127.0.0.1:{port}/postgres");
+                wait_ready(&server, &trusted, data_dir).await?;
+                lock_down_legacy(port, &pgdata, &owner, &admin_pw).await?;
+                wait_ready(&server, &admin_url, data_dir).await?
+            } else {
+                wait_ready(&server, &admin_url, data_dir).await?
+            };
+            provision(&mut conn, &app_pw)
+                .await
+                .map_err(|e| StackError::Setup(format!("setting up PostgreSQL roles: {e}")))
+        }
+        .await;
+        match ready {
+            Ok(()) => {
+                return Ok(Started {
+                    server,
+                    app_url,
+                    admin_url,
+                });
+            }
             Err(e) if attempt < 10 && server.exited().is_some() => {
                 tracing::info!(attempt, error = %e, "PostgreSQL exited during start-up; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -214,7 +280,126 @@ fn reachable_by(dir: &Path, owner: &RunAs) -> bool {
     })
 }
 
-async fn initdb(bin: &Path, pgdata: &Path, log: &Path, owner: &RunAs) -> Result<(), StackError> {
+/// Whether `pg_hba.conf` lets anyone in without a password: a cluster an
+/// older tally made.
+fn hba_trusts(pgdata: &Path) -> bool {
+    std::fs::read_to_string(pgdata.join("pg_hba.conf")).is_ok_and(|hba| {
+        hba.lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#'))
+            .any(|l| l.split_whitespace().any(|w| w == "trust"))
+    })
+}
+
+fn write_hba(pgdata: &Path, owner: &RunAs) -> Result<(), StackError> {
+    let path = pgdata.join("pg_hba.conf");
+    if std::fs::read_to_string(&path).is_ok_and(|h| h == HBA) {
+        return Ok(());
+    }
+    secrets::write_private(&path, HBA.as_bytes())?;
+    if owner.switch {
+        nix::unistd::chown(&path, Some(owner.uid), Some(owner.gid))
+            .map_err(|e| StackError::Setup(format!("chown {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// A cluster from before the lock-down: `tally` is a superuser and anyone
+/// local gets in. Reached through that trust one last time: the admin
+/// role is made, `tally` loses its superuser (done by the admin, as the
+/// connection is `tally`'s), and passwords become required.
+async fn lock_down_legacy(
+    port: u16,
+    pgdata: &Path,
+    owner: &RunAs,
+    admin_pw: &str,
+) -> Result<(), StackError> {
+    let port_url = |user: &str| -> Result<String, StackError> {
+        Ok(format!("postgres://{user}@127.0.0.1:{port}/postgres"))
+    };
+    let setup = |e: sqlx::Error| {
+        StackError::Setup(format!("locking down an older PostgreSQL cluster: {e}"))
+    };
+    tracing::info!(
+        "this PostgreSQL cluster accepts connections without a password; requiring them from now on"
+    );
+    let mut old = sqlx::PgConnection::connect(&port_url(APP_ROLE)?)
+        .await
+        .map_err(setup)?;
+    sqlx::query(&format!(
+        "DO $$ BEGIN
+             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{ADMIN_ROLE}') THEN
+                 CREATE ROLE {ADMIN_ROLE} SUPERUSER LOGIN;
+             END IF;
+         END $$"
+    ))
+    .execute(&mut old)
+    .await
+    .map_err(setup)?;
+    sqlx::query(&format!(
+        "ALTER ROLE {ADMIN_ROLE} WITH SUPERUSER LOGIN PASSWORD '{admin_pw}'"
+    ))
+    .execute(&mut old)
+    .await
+    .map_err(setup)?;
+    let mut admin = sqlx::PgConnection::connect(&port_url(ADMIN_ROLE)?)
+        .await
+        .map_err(setup)?;
+    sqlx::query(&format!(
+        "ALTER ROLE {APP_ROLE} WITH NOSUPERUSER NOCREATEROLE NOCREATEDB"
+    ))
+    .execute(&mut admin)
+    .await
+    .map_err(setup)?;
+    write_hba(pgdata, owner)?;
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut admin)
+        .await
+        .map_err(setup)?;
+    Ok(())
+}
+
+/// As the admin: the services' role, with this start's password and no
+/// more than it needs, owning the `tally` database.
+async fn provision(conn: &mut sqlx::PgConnection, app_pw: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "DO $$ BEGIN
+             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+                 CREATE ROLE {APP_ROLE} LOGIN;
+             END IF;
+         END $$"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    // The password is hex (secrets.rs): safe inside a literal.
+    sqlx::query(&format!(
+        "ALTER ROLE {APP_ROLE} WITH LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD '{app_pw}'"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'tally')")
+            .fetch_one(&mut *conn)
+            .await?;
+    if exists {
+        sqlx::query(&format!("ALTER DATABASE tally OWNER TO {APP_ROLE}"))
+            .execute(&mut *conn)
+            .await?;
+    } else {
+        sqlx::query(&format!("CREATE DATABASE tally OWNER {APP_ROLE}"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn initdb(
+    bin: &Path,
+    pgdata: &Path,
+    log: &Path,
+    owner: &RunAs,
+    admin_pw: &str,
+) -> Result<(), StackError> {
     tracing::info!(dir = %pgdata.display(), "initialising a new PostgreSQL data directory");
     std::fs::create_dir_all(pgdata)
         .map_err(StackError::io(format!("creating {}", pgdata.display())))?;
@@ -228,16 +413,23 @@ async fn initdb(bin: &Path, pgdata: &Path, log: &Path, owner: &RunAs) -> Result<
             StackError::Setup(format!("chown {} to postgres: {e}", pgdata.display()))
         })?;
     }
+    // initdb reads the superuser's password from a file, as its owner: a
+    // private one of its own, removed as soon as initdb is done.
+    let pwfile = std::env::temp_dir().join(format!(
+        "tally-initdb-{}-{}",
+        std::process::id(),
+        pgdata.display().to_string().len()
+    ));
+    secrets::write_private(&pwfile, admin_pw.as_bytes())?;
+    if owner.switch {
+        nix::unistd::chown(&pwfile, Some(owner.uid), Some(owner.gid))
+            .map_err(|e| StackError::Setup(format!("chown {}: {e}", pwfile.display())))?;
+    }
     let mut cmd = Command::new(bin.join("initdb"));
     cmd.arg("-D").arg(pgdata);
-    cmd.args([
-        "-U",
-        "tally",
-        "--auth=trust",
-        "--encoding=UTF8",
-        "--locale=C",
-        "--no-instructions",
-    ]);
+    cmd.args(["-U", ADMIN_ROLE, "--auth=scram-sha-256"]);
+    cmd.arg(format!("--pwfile={}", pwfile.display()));
+    cmd.args(["--encoding=UTF8", "--locale=C", "--no-instructions"]);
     if owner.switch {
         use std::os::unix::process::CommandExt;
         cmd.uid(owner.uid.as_raw()).gid(owner.gid.as_raw());
@@ -248,8 +440,10 @@ async fn initdb(bin: &Path, pgdata: &Path, log: &Path, owner: &RunAs) -> Result<
         child.wait()
     })
     .await
-    .map_err(|e| StackError::Setup(format!("waiting for initdb: {e}")))?
-    .map_err(StackError::io("waiting for initdb"))?;
+    .map_err(|e| StackError::Setup(format!("waiting for initdb: {e}")))
+    .and_then(|r| r.map_err(StackError::io("waiting for initdb")));
+    let _ = std::fs::remove_file(&pwfile);
+    let status = status?;
     if !status.success() {
         let _ = std::fs::remove_dir_all(pgdata);
         return Err(StackError::Start {
@@ -262,8 +456,12 @@ async fn initdb(bin: &Path, pgdata: &Path, log: &Path, owner: &RunAs) -> Result<
     Ok(())
 }
 
-async fn wait_ready(server: &ChildServer, port: u16) -> Result<(), StackError> {
-    let admin_url = format!("postgres://tally@127.0.0.1:{port}/postgres");
+/// Waits until the server takes a connection at `url` and returns it.
+async fn wait_ready(
+    server: &ChildServer,
+    url: &str,
+    data_dir: &Path,
+) -> Result<sqlx::PgConnection, StackError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let fail = |reason: String| StackError::Start {
         server: "PostgreSQL",
@@ -275,21 +473,14 @@ async fn wait_ready(server: &ChildServer, port: u16) -> Result<(), StackError> {
         if let Some(status) = server.exited() {
             return Err(fail(format!("exited with {status}")));
         }
-        match sqlx::PgConnection::connect(&admin_url).await {
-            Ok(mut conn) => {
-                let exists: bool = sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'tally')",
-                )
-                .fetch_one(&mut conn)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-                if !exists {
-                    sqlx::query("CREATE DATABASE tally")
-                        .execute(&mut conn)
-                        .await
-                        .map_err(|e| fail(e.to_string()))?;
-                }
-                return Ok(());
+        match sqlx::PgConnection::connect(url).await {
+            Ok(conn) => return Ok(conn),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("28P01") => {
+                return Err(StackError::Setup(format!(
+                    "PostgreSQL refused the password kept in {}: {e}. Was that directory \
+                     replaced or emptied? Restore it, or start from a new --data-dir",
+                    data_dir.join("secrets").display()
+                )));
             }
             Err(e) if Instant::now() > deadline => {
                 return Err(fail(format!("not accepting connections after 60 s: {e}")));

@@ -100,7 +100,21 @@ async fn serve(
     tally_migrations::migrate(&pool, ch)
         .await
         .context("applying migrations")?;
-    let api_key = dev_key(&pool, data_dir).await?;
+    let previous = StackFile::read(data_dir).ok();
+    let api_key = dev_key(
+        &pool,
+        data_dir,
+        previous.as_ref().map(|p| p.api_key.as_str()),
+        DevKey::AllRoles,
+    )
+    .await?;
+    let reader_key = dev_key(
+        &pool,
+        data_dir,
+        previous.as_ref().map(|p| p.reader_key.as_str()),
+        DevKey::Reader,
+    )
+    .await?;
 
     let mut registry = Registry::default();
     let api_metrics = tally_write_api::metrics::Metrics::register(&mut registry);
@@ -167,6 +181,7 @@ async fn serve(
         api_url: api_url.clone(),
         dashboards_url: dashboards_url.clone(),
         api_key: api_key.clone(),
+        reader_key: reader_key.clone(),
         database_url: pg_settings.url.clone(),
         clickhouse_url: ch.to_url(),
         embedded,
@@ -190,11 +205,15 @@ async fn serve(
     println!();
     println!("  Tally is up.");
     println!("  Write API     {api_url}   (POST /v1/orders, /livez, /readyz, /metrics)");
-    println!("  Dashboards    {dashboards_url}/#key={api_key}");
-    println!("  API key       {api_key}");
-    println!("  PostgreSQL    {}", pg_settings.url);
-    println!("  ClickHouse    {}", ch.to_url());
-    println!("  Written to    {}", StackFile::path(data_dir).display());
+    let redact = tally_stack::secrets::redact_url;
+    println!("  Dashboards    {dashboards_url}/#key={reader_key}   (a finance:read key)");
+    println!("  API key       {api_key}   (every role: for the tour; keep it to yourself)");
+    println!("  PostgreSQL    {}", redact(&pg_settings.url));
+    println!("  ClickHouse    {}", redact(&ch.to_url()));
+    println!(
+        "  Written to    {} (with the passwords; readable by you only)",
+        StackFile::path(data_dir).display()
+    );
     println!("  Press Ctrl-C to stop.");
     println!();
 
@@ -248,27 +267,69 @@ async fn serve(
     Ok(())
 }
 
-/// The development key: reused across restarts while it is valid, so the
-/// README's curl commands keep working.
-async fn dev_key(pool: &sqlx::PgPool, data_dir: &std::path::Path) -> anyhow::Result<String> {
-    if let Ok(previous) = StackFile::read(data_dir) {
-        if key_has_role(pool, &previous.api_key, Role::OrdersWrite)
-            .await
-            .unwrap_or(false)
-        {
-            return Ok(previous.api_key);
+/// The two development keys `tally up` makes.
+#[derive(Clone, Copy)]
+enum DevKey {
+    /// Every role, for the tour's `curl` commands.
+    AllRoles,
+    /// `finance:read` only, for the printed dashboard link: a link travels
+    /// further than a terminal, and reading is all the page needs.
+    Reader,
+}
+
+impl DevKey {
+    fn roles(self) -> &'static [Role] {
+        match self {
+            DevKey::AllRoles => &Role::ALL,
+            DevKey::Reader => &[Role::FinanceRead],
         }
     }
-    let key_file = data_dir.join("dev-api-key");
-    if let Ok(key) = std::fs::read_to_string(&key_file) {
-        if key_has_role(pool, key.trim(), Role::OrdersWrite)
-            .await
-            .unwrap_or(false)
-        {
-            return Ok(key.trim().to_owned());
+
+    fn file(self) -> &'static str {
+        match self {
+            DevKey::AllRoles => "dev-api-key",
+            DevKey::Reader => "dev-reader-key",
         }
     }
-    let (_, key) = create_key(pool, "development (tally up)", &Role::ALL).await?;
-    std::fs::write(&key_file, &key).context("saving the development key")?;
+
+    fn name(self) -> &'static str {
+        match self {
+            DevKey::AllRoles => "development (tally up)",
+            DevKey::Reader => "development dashboards link (tally up)",
+        }
+    }
+}
+
+/// A development key: reused across restarts while it is valid (and has
+/// exactly its roles), so the README's curl commands keep working. Kept in
+/// a file only its owner may read.
+async fn dev_key(
+    pool: &sqlx::PgPool,
+    data_dir: &std::path::Path,
+    previous: Option<&str>,
+    kind: DevKey,
+) -> anyhow::Result<String> {
+    let key_file = data_dir.join(kind.file());
+    let saved = std::fs::read_to_string(&key_file).ok();
+    for candidate in [previous, saved.as_deref()].into_iter().flatten() {
+        let candidate = candidate.trim();
+        if !candidate.is_empty() && has_exactly(pool, candidate, kind.roles()).await {
+            tally_stack::secrets::write_private(&key_file, candidate.as_bytes())?;
+            return Ok(candidate.to_owned());
+        }
+    }
+    let (_, key) = create_key(pool, kind.name(), kind.roles()).await?;
+    tally_stack::secrets::write_private(&key_file, key.as_bytes())
+        .context("saving the development key")?;
     Ok(key)
+}
+
+async fn has_exactly(pool: &sqlx::PgPool, key: &str, roles: &[Role]) -> bool {
+    for role in Role::ALL {
+        let has = key_has_role(pool, key, role).await.unwrap_or(false);
+        if has != roles.contains(&role) {
+            return false;
+        }
+    }
+    true
 }

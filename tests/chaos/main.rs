@@ -307,7 +307,7 @@ async fn clickhouse_stopped_under_load_then_restarted_loses_and_doubles_nothing(
     worker_task.await.unwrap().unwrap();
     assert_projections_exact(&db).await;
     server.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+    tally_stack::remove_data_dir(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,5 +399,5 @@ async fn postgres_restarted_under_load_loses_and_doubles_nothing() {
     assert_projections_exact(&app.db).await;
     app.stop().await;
     server.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+    tally_stack::remove_data_dir(&dir);
 }

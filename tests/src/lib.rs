@@ -23,6 +23,12 @@ use tally_stack::{LocalStack, StackConfig};
 /// Where the shared servers of this run are.
 struct Servers {
     postgres_url: String,
+    /// Who creates the test databases: the local stack's superuser, or
+    /// `TALLY_TEST_DATABASE_URL` itself.
+    postgres_admin_url: String,
+    /// The owner given to each test database (the local stack's role for
+    /// the services), so that the services run as they do in production.
+    owner: Option<&'static str>,
     clickhouse: ChSettings,
     /// The read-only ClickHouse user the dashboards connect as.
     clickhouse_reader: ChSettings,
@@ -47,7 +53,7 @@ fn servers() -> &'static Servers {
 }
 
 async fn start_servers() -> Servers {
-    let (postgres_url, clickhouse, clickhouse_reader, stack) = match (
+    let (postgres_url, postgres_admin_url, owner, clickhouse, clickhouse_reader, stack) = match (
         std::env::var("TALLY_TEST_DATABASE_URL"),
         std::env::var("TALLY_TEST_CLICKHOUSE_URL"),
     ) {
@@ -56,7 +62,8 @@ async fn start_servers() -> Servers {
             let reader = std::env::var("TALLY_TEST_CLICKHOUSE_READER_URL")
                 .map(|u| ChSettings::from_url(&u).expect("TALLY_TEST_CLICKHOUSE_READER_URL"))
                 .unwrap_or_else(|_| ch.clone());
-            (pg, ch, reader, None)
+            let admin = tally_stack::replace_database(&pg, "postgres");
+            (pg, admin, None, ch, reader, None)
         }
         _ => {
             let dir = run_dir();
@@ -68,6 +75,8 @@ async fn start_servers() -> Servers {
             });
             (
                 stack.postgres_url.clone(),
+                stack.postgres_admin_url.clone(),
+                Some(tally_stack::POSTGRES_APP_ROLE),
                 stack.clickhouse.clone(),
                 stack.clickhouse_reader.clone(),
                 Some(stack),
@@ -75,15 +84,14 @@ async fn start_servers() -> Servers {
         }
     };
     // The template every test database is cloned from.
-    let admin_url = tally_stack::replace_database(&postgres_url, "postgres");
-    let mut admin = sqlx::PgConnection::connect(&admin_url)
+    let mut admin = sqlx::PgConnection::connect(&postgres_admin_url)
         .await
         .expect("connect to PostgreSQL");
     sqlx::query(&format!("DROP DATABASE IF EXISTS {TEMPLATE_DB}"))
         .execute(&mut admin)
         .await
         .expect("drop template");
-    sqlx::query(&format!("CREATE DATABASE {TEMPLATE_DB}"))
+    sqlx::query(&format!("CREATE DATABASE {TEMPLATE_DB}{}", owned_by(owner)))
         .execute(&mut admin)
         .await
         .expect("create template");
@@ -100,10 +108,16 @@ async fn start_servers() -> Servers {
     template.close().await;
     Servers {
         postgres_url,
+        postgres_admin_url,
+        owner,
         clickhouse,
         clickhouse_reader,
         _stack: stack,
     }
+}
+
+fn owned_by(owner: Option<&str>) -> String {
+    owner.map_or_else(String::new, |o| format!(" OWNER {o}"))
 }
 
 /// A fresh data directory per run under the target directory; directories
@@ -131,7 +145,7 @@ fn run_dir() -> PathBuf {
             if let Some(pid) = pid {
                 let alive = nix_alive(pid);
                 if !alive {
-                    let _ = std::fs::remove_dir_all(e.path());
+                    tally_stack::remove_data_dir(&e.path());
                 }
             }
         }
@@ -167,14 +181,16 @@ impl TestDb {
     pub async fn new() -> TestDb {
         let s = servers();
         let name = unique_name("t");
-        let admin_url = tally_stack::replace_database(&s.postgres_url, "postgres");
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
+        let mut admin = sqlx::PgConnection::connect(&s.postgres_admin_url)
             .await
             .expect("connect to PostgreSQL");
-        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
+        sqlx::query(&format!(
+            "CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}{}",
+            owned_by(s.owner)
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
         let _ = admin.close().await;
         let mut pg_settings = PgSettings::new(
             tally_stack::replace_database(&s.postgres_url, &name),
@@ -202,11 +218,10 @@ impl TestDb {
     pub async fn empty_postgres() -> PgPool {
         let s = servers();
         let name = unique_name("e");
-        let admin_url = tally_stack::replace_database(&s.postgres_url, "postgres");
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
+        let mut admin = sqlx::PgConnection::connect(&s.postgres_admin_url)
             .await
             .expect("connect to PostgreSQL");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        sqlx::query(&format!("CREATE DATABASE {name}{}", owned_by(s.owner)))
             .execute(&mut admin)
             .await
             .expect("create database");

@@ -45,6 +45,8 @@ pub struct ApiConfig {
     pub idempotency_retention: Duration,
     /// How often expired Idempotency-Keys are deleted.
     pub idempotency_cleanup_interval: Duration,
+    /// Request timeout and most requests in flight (`tally_ops::http`).
+    pub limits: tally_ops::http::Limits,
 }
 
 impl Default for ApiConfig {
@@ -54,6 +56,7 @@ impl Default for ApiConfig {
             body_limit_bytes: 64 * 1024,
             idempotency_retention: Duration::from_secs(24 * 3600),
             idempotency_cleanup_interval: Duration::from_secs(600),
+            limits: tally_ops::http::Limits::default(),
         }
     }
 }
@@ -148,11 +151,11 @@ pub fn router(
             config.body_limit_bytes,
         ));
     let doc = Arc::new(openapi::document());
-    commands
-        .route(
-            "/openapi.json",
-            get(move || async move { axum::Json(doc.as_ref().clone()) }),
-        )
+    let routes = commands.route(
+        "/openapi.json",
+        get(move || async move { axum::Json(doc.as_ref().clone()) }),
+    );
+    tally_ops::http::guard(routes, config.limits)
         .layer(middleware::from_fn_with_state(
             metrics.http.clone(),
             tally_ops::http::track,

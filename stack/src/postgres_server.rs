@@ -249,6 +249,23 @@ fn cluster_dir(data_dir: &Path, owner: &RunAs) -> Result<PathBuf, StackError> {
     std::fs::create_dir_all(&base)
         .map_err(StackError::io(format!("creating {}", base.display())))?;
     let outside = base.join(name);
+    // A cluster an older tally kept inside a then world-traversable data
+    // directory moves out with it, data and all: left there, a new empty
+    // cluster would start in its place.
+    if inside.join("PG_VERSION").exists() && !outside.join("PG_VERSION").exists() {
+        std::fs::rename(&inside, &outside).map_err(|e| {
+            StackError::Setup(format!(
+                "the PostgreSQL cluster in {} must move to {} (the data directory is now 0700, \
+                 and the postgres user cannot enter it), and moving it failed: {e}. Move it \
+                 yourself (`mv {} {}`) and start again",
+                inside.display(),
+                outside.display(),
+                inside.display(),
+                outside.display()
+            ))
+        })?;
+        tracing::info!(from = %inside.display(), to = %outside.display(), "moved the PostgreSQL cluster out of the data directory");
+    }
     let note = data_dir.join("postgres.location");
     let _ = std::fs::write(
         &note,

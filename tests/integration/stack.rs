@@ -178,3 +178,139 @@ fn password_of(url: &str) -> String {
     let userinfo = &rest[..rest.find('@').unwrap()];
     userinfo.split_once(':').unwrap().1.to_owned()
 }
+
+/// A data directory made by an older tally (a world-traversable directory,
+/// the cluster inside it, `trust` authentication, `tally` a superuser) is
+/// brought to the locked-down state on its first start, with its data.
+#[tokio::test]
+async fn an_older_trusting_cluster_is_locked_down_on_first_start_with_its_data() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    use sqlx::Connection;
+
+    let dir = std::env::temp_dir().join(format!("tally-legacy-{}", uuid::Uuid::new_v4()));
+    let cluster = dir.join("postgres");
+    std::fs::create_dir_all(&cluster).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&cluster, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let root = nix::unistd::Uid::effective().is_root();
+    let bin = tally_stack::find_postgres_bin_dir().unwrap();
+    // As the old launcher did it (as the postgres user when we are root).
+    let as_owner = |program: &str| {
+        let mut cmd = if root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+            c
+        } else {
+            Command::new(bin.join(program))
+        };
+        cmd.arg("-D").arg(&cluster);
+        cmd
+    };
+    if root {
+        let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+        nix::unistd::chown(&cluster, Some(pg.uid), Some(pg.gid)).unwrap();
+    }
+    let out = as_owner("initdb")
+        .args([
+            "-U",
+            "tally",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = tally_stack::free_port().unwrap();
+    let log = std::env::temp_dir().join(format!("tally-legacy-{port}.log"));
+    let out = as_owner("pg_ctl")
+        .arg("-o")
+        .arg(format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+            cluster.display()
+        ))
+        .arg("-l")
+        .arg(if root {
+            "/dev/null".into()
+        } else {
+            log.clone()
+        })
+        .args(["-w", "start"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let old = format!("postgres://tally@127.0.0.1:{port}/postgres");
+    let mut c = sqlx::PgConnection::connect(&old).await.unwrap();
+    sqlx::query("CREATE DATABASE tally")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let mut c = sqlx::PgConnection::connect(&old.replace("/postgres", "/tally"))
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    drop(c);
+    let out = as_owner("pg_ctl")
+        .args(["-m", "fast", "-w", "stop"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let stack = tally_stack::LocalStack::start(&tally_stack::StackConfig {
+        durable: false,
+        pg_max_connections: 20,
+        ..tally_stack::StackConfig::new(&dir)
+    })
+    .await
+    .expect("the old data directory starts");
+    let mut conn = sqlx::PgConnection::connect(&stack.postgres_url)
+        .await
+        .unwrap();
+    let (kept, superuser): (i32, bool) = sqlx::query_as(
+        "SELECT (SELECT n FROM kept), (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        (kept, superuser),
+        (42, false),
+        "the data stayed; tally is no superuser"
+    );
+    let no_password = format!(
+        "postgres://tally@127.0.0.1:{}/tally",
+        port_of(&stack.postgres_url)
+    );
+    assert!(
+        sqlx::PgConnection::connect(&no_password).await.is_err(),
+        "trust is gone"
+    );
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    drop(conn);
+    stack.stop().await;
+    tally_stack::remove_data_dir(&dir);
+    let _ = std::fs::remove_file(log);
+}
+
+fn port_of(url: &str) -> String {
+    let after_at = &url[url.rfind('@').unwrap() + 1..];
+    after_at.split(['/', ':']).nth(1).unwrap().to_owned()
+}

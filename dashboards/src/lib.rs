@@ -10,6 +10,7 @@
 //! them; currencies are never summed together.
 
 mod error;
+pub mod openapi;
 mod page;
 pub mod params;
 pub mod part_sums;
@@ -345,7 +346,12 @@ pub fn router(
         .route("/v1/merchants/top", get(top_merchants))
         .route_layer(middleware::from_fn_with_state(readers, auth::require_role))
         .with_state(state);
-    tally_ops::http::guard(page::routes().merge(api), config.limits)
+    let doc = Arc::new(openapi::document(config.max_span_days));
+    let public = page::routes().route(
+        "/openapi.json",
+        get(move || async move { Json(doc.as_ref().clone()) }),
+    );
+    tally_ops::http::guard(public.merge(api), config.limits)
         .layer(middleware::from_fn(page::security_headers))
         .layer(middleware::from_fn_with_state(metrics.http.clone(), track))
         .layer(TraceLayer::new_for_http())

@@ -12,13 +12,15 @@ use time::{Date, Duration};
 
 /// Default range when `from` is omitted: the 30 days ending at `to`.
 pub const DEFAULT_DAYS: i64 = 30;
-/// The first and last day a request may name. The last is the end of
-/// ClickHouse's `Date` (later dates would wrap to 1970 there); the first
-/// leaves room for the previous period of the longest span the server
-/// accepts (3 660 days) to stay after 1970-01-01, where `Date` begins. Any
-/// other date is a `400`, never date arithmetic that could panic.
+/// The first and last day a request may name. The last is the end of the
+/// last whole year of ClickHouse's `Date` (it ends on 2149-06-06; later
+/// dates wrap to 1970 there), so that the bound is a pattern in the OpenAPI
+/// document; the first leaves room for the previous period of the longest
+/// span the server accepts (3 660 days) to stay after 1970-01-01, where
+/// `Date` begins. Any other date is a `400`, never date arithmetic that
+/// could panic.
 pub const FIRST_DAY: Date = time::macros::date!(2000 - 01 - 01);
-pub const LAST_DAY: Date = time::macros::date!(2149 - 06 - 06);
+pub const LAST_DAY: Date = time::macros::date!(2148 - 12 - 31);
 /// Most merchants one request may filter on.
 pub const MAX_MERCHANTS: usize = 100;
 /// Default and largest `limit` of the top-merchants list.

@@ -96,6 +96,34 @@ impl Problem {
     }
 }
 
+/// The JSON Schema of a serialised [`Problem`], for the OpenAPI documents:
+/// next to the type so that the two are changed together (a test checks a
+/// fully populated problem against it).
+pub fn schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "description": "RFC 9457 problem details",
+        "required": ["type", "title", "status"],
+        "properties": {
+            "type": {"type": "string", "format": "uri", "description": "Stable URI of the error kind, e.g. `https://tally.dev/problems/validation`"},
+            "title": {"type": "string"},
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "detail": {"type": "string"},
+            "invalid_params": {
+                "type": "array",
+                "description": "For validation errors: each offending field (`items[2].quantity`) and why",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "reason"],
+                    "properties": {"name": {"type": "string"}, "reason": {"type": "string"}}
+                }
+            },
+            "current_version": {"type": "integer", "minimum": 1, "description": "On version conflicts and stale If-Match: the order's version now"}
+        },
+        "additionalProperties": false
+    })
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -111,5 +139,30 @@ impl IntoResponse for Problem {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_names_every_member_a_problem_can_carry() {
+        let p = Problem::new(StatusCode::CONFLICT, "version-conflict", "x")
+            .detail("d")
+            .invalid_params(vec![InvalidParam {
+                name: "n".into(),
+                reason: "r".into(),
+            }])
+            .extension("current_version", 3.into());
+        let v = serde_json::to_value(&p).unwrap();
+        let schema = schema();
+        let props = schema["properties"].as_object().unwrap();
+        for key in v.as_object().unwrap().keys() {
+            assert!(props.contains_key(key), "{key} is not in the schema");
+        }
+        for key in schema["required"].as_array().unwrap() {
+            assert!(v.get(key.as_str().unwrap()).is_some(), "{key}");
+        }
     }
 }

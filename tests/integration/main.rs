@@ -3,6 +3,7 @@
 
 mod browser;
 mod commands;
+mod contract;
 mod dashboards;
 mod e2e;
 mod ingest;

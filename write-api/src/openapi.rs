@@ -4,28 +4,12 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-/// An RFC 9457 problem, as every error response carries it.
+/// An RFC 9457 problem, as every error response carries it: the name the
+/// responses refer to. Its schema is `tally_ops::problem::schema()`, put in
+/// by [`document`], so that it is written once, beside the real type.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
-pub struct ProblemDoc {
-    /// Stable URI of the error kind, e.g. `https://tally.dev/problems/validation`.
-    #[schema(rename = "type")]
-    type_uri: String,
-    title: String,
-    status: u16,
-    detail: Option<String>,
-    /// For validation errors: each offending field (`items[2].quantity`) and why.
-    invalid_params: Option<Vec<InvalidParamDoc>>,
-    /// On version conflicts and stale If-Match: the order's version now.
-    current_version: Option<u32>,
-}
-
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct InvalidParamDoc {
-    name: String,
-    reason: String,
-}
+pub struct ProblemDoc;
 
 struct BearerKey;
 
@@ -59,13 +43,63 @@ impl Modify for BearerKey {
         crate::orders::PlaceOrderRequest, crate::orders::LineItemRequest, crate::orders::AddressRequest,
         crate::orders::OrderPlaced, crate::orders::CaptureRequest, crate::orders::ShipRequest,
         crate::orders::CancelRequest, crate::orders::RefundRequest, crate::orders::CommandAccepted,
-        ProblemDoc, InvalidParamDoc,
+        ProblemDoc,
     )),
     modifiers(&BearerKey),
     tags((name = "commands", description = "Order lifecycle commands")),
 )]
 pub struct ApiDoc;
 
-pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// The document as served: what utoipa derives, plus what its attributes
+/// cannot say. `If-Match` is an optional string (utoipa would make an
+/// `Option` nullable, and a header has no null); an order needs a line
+/// with a positive price (`contains`: its total must be above zero); a
+/// currency is one of the active ISO 4217 codes (`enum`); free text has no
+/// control character (`pattern`); the
+/// problem schema is the one `tally_ops::problem` keeps beside the type.
+/// What no schema can say (a line's quantity × price and the total are at
+/// most `Amount::MAX`; a key is unique per request) is in the descriptions.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for op in paths.values_mut().filter_map(|p| p.get_mut("post")) {
+            for param in op["parameters"].as_array_mut().into_iter().flatten() {
+                if param["name"] == "If-Match" {
+                    param["schema"]["type"] = "string".into();
+                }
+            }
+        }
+    }
+    let items = &mut doc["components"]["schemas"]["PlaceOrderRequest"]["properties"]["items"];
+    items["contains"] = serde_json::json!({
+        "type": "object",
+        "properties": {"unit_price_minor": {"type": "integer", "minimum": 1}},
+        "required": ["unit_price_minor"]
+    });
+    items["description"] = serde_json::json!(
+        "1 to 100 lines, at least one with a price above zero. Each line's quantity × \
+         unit_price_minor, and their sum (the order total), are at most 999 999 999 999 minor units."
+    );
+    let currency = &mut doc["components"]["schemas"]["PlaceOrderRequest"]["properties"]["currency"];
+    currency["enum"] = tally_domain::Currency::all()
+        .map(|c| c.code().to_owned())
+        .collect();
+    // Free text (`Text<N>`): no control character, and something besides
+    // white space (it is trimmed before the length is counted).
+    const TEXT: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$";
+    for (schema, fields) in [
+        (
+            "AddressRequest",
+            &["name", "line1", "line2", "city", "region", "postal_code"][..],
+        ),
+        ("ShipRequest", &["carrier", "tracking_number"]),
+        ("CancelRequest", &["reason"]),
+        ("RefundRequest", &["reason"]),
+    ] {
+        for field in fields {
+            doc["components"]["schemas"][schema]["properties"][field]["pattern"] = TEXT.into();
+        }
+    }
+    doc["components"]["schemas"]["ProblemDoc"] = tally_ops::problem::schema();
+    doc
 }

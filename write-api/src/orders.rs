@@ -51,6 +51,23 @@ pub struct PlaceOrderRequest {
     pub shipping_address: AddressRequest,
 }
 
+/// A JSON integer as JSON Schema counts them: `212` and `212.0` alike (a
+/// number whose fraction is zero is an integer there, and clients that
+/// hold amounts in doubles send it). Exact only below 2^53, so larger
+/// floats, and any fraction, are refused like any other type error.
+fn json_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    use serde::de::Error;
+    match serde_json::Number::deserialize(d)? {
+        n if n.is_i64() => n.as_i64().ok_or_else(|| D::Error::custom("not an integer")),
+        n => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => Ok(f as i64),
+            _ => Err(D::Error::custom(format!(
+                "invalid type: `{n}` is not a whole number that fits 64 bits"
+            ))),
+        },
+    }
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineItemRequest {
@@ -61,10 +78,12 @@ pub struct LineItemRequest {
     )]
     pub sku: String,
     #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(deserialize_with = "json_integer")]
     pub quantity: i64,
     /// Minor units of the order's currency; at most 999 999 999 999 (the
     /// twelve digits card networks carry).
     #[schema(minimum = 0, maximum = 999_999_999_999_i64)]
+    #[serde(deserialize_with = "json_integer")]
     pub unit_price_minor: i64,
 }
 
@@ -103,6 +122,7 @@ pub struct OrderPlaced {
 pub struct CaptureRequest {
     /// Must equal the order total, in minor units of the order's currency.
     #[schema(minimum = 1, maximum = 999_999_999_999_i64)]
+    #[serde(deserialize_with = "json_integer")]
     pub amount_minor: i64,
 }
 
@@ -130,6 +150,7 @@ pub struct CancelRequest {
 pub struct RefundRequest {
     /// At most what was captured and not yet refunded.
     #[schema(minimum = 1, maximum = 999_999_999_999_i64)]
+    #[serde(deserialize_with = "json_integer")]
     pub amount_minor: i64,
     #[serde(default)]
     #[schema(min_length = 1, max_length = 500)]
@@ -309,7 +330,9 @@ fn etag(version: u32) -> String {
 /// `If-Match: "3"` (or `3`), if sent.
 fn if_match(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
     match headers.get(header::IF_MATCH) {
+        // An empty header says nothing: as if it were not sent.
         None => Ok(None),
+        Some(v) if v.as_bytes().trim_ascii().is_empty() => Ok(None),
         Some(v) => v
             .to_str()
             .ok()
@@ -323,7 +346,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
 /// `POST /v1/orders`: place an order.
 #[utoipa::path(post, path = "/v1/orders", tag = "commands",
     request_body = PlaceOrderRequest,
-    params(("Idempotency-Key" = String, Header, description = "Unique per request; reuse only to retry it")),
+    params(("Idempotency-Key" = String, Header, description = "Unique per request (1 to 255 printable ASCII characters, e.g. a UUID); reuse only to retry it", min_length = 1, max_length = 255, pattern = "^[!#-~]{1,255}$")),
     responses(
         (status = 201, description = "Placed; `Location` names the order", body = OrderPlaced),
         (status = 400, description = "Invalid body or missing Idempotency-Key", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
@@ -333,7 +356,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
         (status = 413, description = "Body over the limit", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 422, description = "Idempotency-Key reused for another request", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable; retry", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable, too many requests in flight, or the request timed out; retry after `Retry-After`", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("api_key" = [])))]
 pub async fn place_order(
@@ -460,8 +483,8 @@ macro_rules! command_doc {
             request_body = $body,
             params(
                 ("id" = String, Path, description = "Order id"),
-                ("Idempotency-Key" = String, Header, description = "Unique per request; reuse only to retry it"),
-                ("If-Match" = Option<String>, Header, description = "Apply only if the order is still at this version"),
+                ("Idempotency-Key" = String, Header, description = "Unique per request (1 to 255 printable ASCII characters, e.g. a UUID); reuse only to retry it", min_length = 1, max_length = 255, pattern = "^[!#-~]{1,255}$"),
+                ("If-Match" = Option<String>, Header, description = "Apply only if the order is still at this version (its `ETag`, e.g. `\"3\"`)", pattern = "^\"[0-9]{1,9}\"$"),
             ),
             responses(
                 (status = 202, description = "Accepted", body = CommandAccepted),
@@ -471,8 +494,10 @@ macro_rules! command_doc {
                 (status = 404, description = "No such order", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
                 (status = 409, description = "Not allowed in the order's state, changed concurrently, or key in flight", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
                 (status = 412, description = "If-Match is stale", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+                (status = 413, description = "Body over the limit (64 KiB)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+                (status = 415, description = "Body is not JSON", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
                 (status = 422, description = "Amount rule broken, or Idempotency-Key reused", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-                (status = 503, description = "Database unavailable; retry", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+                (status = 503, description = "Database unavailable, too many requests in flight, or the request timed out; retry after `Retry-After`", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
             ),
             security(("api_key" = [])))]
         #[allow(dead_code)]

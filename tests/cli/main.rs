@@ -101,3 +101,96 @@ async fn verify_exit_codes_json_and_report() {
         .unwrap();
     assert_eq!(bad_url.status.code(), Some(2), "{}", text(&bad_url));
 }
+
+#[tokio::test]
+async fn keys_are_listed_without_secrets_and_revoked_for_good() {
+    let db = TestDb::new().await;
+    let created = tally(
+        &db,
+        &[
+            "keys",
+            "create",
+            "--role",
+            "finance:read",
+            "--name",
+            "auditor",
+        ],
+    );
+    assert_eq!(created.status.code(), Some(0), "{}", text(&created));
+    let key = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    assert!(key.starts_with("tally_"));
+    let check = |k: String| {
+        let pg = db.pg.clone();
+        async move {
+            tally_ops::auth::key_has_role(&pg, &k, tally_ops::auth::Role::FinanceRead)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(check(key.clone()).await);
+
+    let list = tally(&db, &["keys", "list"]);
+    assert_eq!(list.status.code(), Some(0), "{}", text(&list));
+    let listed = String::from_utf8_lossy(&list.stdout).to_string();
+    let line = listed
+        .lines()
+        .find(|l| l.contains("auditor"))
+        .expect(&listed);
+    assert!(
+        line.contains("finance:read") && line.contains("active"),
+        "{line}"
+    );
+    assert!(!listed.contains(&key), "the secret is never listed");
+    let id = line.split_whitespace().next().unwrap().to_owned();
+
+    let revoked = tally(&db, &["keys", "revoke", &id]);
+    assert_eq!(revoked.status.code(), Some(0), "{}", text(&revoked));
+    assert!(String::from_utf8_lossy(&revoked.stdout).contains("within 30 s"));
+    assert!(!check(key).await, "a revoked key authenticates nobody");
+    let again = tally(&db, &["keys", "revoke", &id]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already revoked"));
+    let active = tally(&db, &["keys", "list", "--active"]);
+    assert!(!String::from_utf8_lossy(&active.stdout).contains("auditor"));
+    let unknown = tally(&db, &["keys", "revoke", &uuid::Uuid::now_v7().to_string()]);
+    assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("tally keys list"));
+}
+
+#[tokio::test]
+async fn a_benchmark_refuses_stores_it_did_not_start_unless_each_is_named() {
+    let db = TestDb::new().await;
+    tally_tests::place_direct(&db.pg, "m-1", 100).await;
+    let refused = tally(&db, &["bench", "drain", "--quick", "--no-record"]);
+    assert_ne!(refused.status.code(), Some(0), "{}", text(&refused));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    let pg_db = db.pg_settings.url.rsplit('/').next().unwrap();
+    assert!(err.contains(&format!("--wipe-database {pg_db}")), "{err}");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&db.pg)
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "nothing was truncated");
+}
+
+#[tokio::test]
+async fn ingest_status_says_what_holds_the_watermark() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, aggregate_id, aggregate_version, event_type, schema_version, occurred_at, payload)
+         VALUES (gen_random_uuid(), gen_random_uuid(), 1, 'OrderPlaced', 1, now(), '{\"nonsense\": true}')",
+    )
+    .execute(&db.pg)
+    .await
+    .unwrap();
+    db.ingest_worker(tally_ingest::IngestConfig::default())
+        .drain()
+        .await
+        .unwrap();
+    let status = tally(&db, &["ingest", "status"]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(out.contains("held back by         dead letters"), "{out}");
+    assert!(out.contains("dead letters         1 (decode 1)"), "{out}");
+    let listed = tally(&db, &["ingest", "dead-letters"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("reason decode"));
+}

@@ -194,3 +194,95 @@ async fn ingest_status_says_what_holds_the_watermark() {
     let listed = tally(&db, &["ingest", "dead-letters"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("reason decode"));
 }
+
+/// `tally up` as a new user meets it: URLs printed without passwords, the
+/// dashboard link carrying a key that can only read, the data directory
+/// and its secrets closed to everyone else.
+#[tokio::test]
+async fn tally_up_prints_no_password_and_links_a_read_only_key() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = std::env::temp_dir().join(format!("tally-up-{}", uuid::Uuid::now_v7()));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["--data-dir", dir.to_str().unwrap(), "up"])
+        .args([
+            "--api-listen",
+            "127.0.0.1:0",
+            "--dashboards-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("DATABASE_URL")
+        .env_remove("CLICKHOUSE_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start tally up");
+    let mut printed = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.contains("Press Ctrl-C") {
+            break;
+        }
+    }
+    let stack = tally_stack::StackFile::read(&dir).expect("stack.json");
+    let pg_password = stack
+        .database_url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap();
+    assert!(!pg_password.is_empty());
+    assert!(
+        !printed.contains(pg_password),
+        "a password was printed:\n{printed}"
+    );
+    assert!(printed.contains("postgres://tally:***@"), "{printed}");
+    assert!(printed.contains("http://default:***@"), "{printed}");
+    let link = printed
+        .lines()
+        .find(|l| l.contains("#key="))
+        .expect("a dashboard link");
+    let link_key = link
+        .split("#key=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    assert_eq!(link_key, stack.reader_key);
+    assert_ne!(link_key, stack.api_key);
+    let pg = tally_ops::PgSettings::new(&stack.database_url, "tally-cli-test")
+        .connect()
+        .await
+        .unwrap();
+    use tally_ops::auth::{Role, key_has_role};
+    for role in Role::ALL {
+        assert_eq!(
+            key_has_role(&pg, link_key, role).await.unwrap(),
+            role == Role::FinanceRead,
+            "{role}"
+        );
+    }
+    pg.close().await;
+    let mode = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.clone()), 0o700);
+    for f in ["stack.json", "dev-api-key", "dev-reader-key"] {
+        assert_eq!(mode(dir.join(f)), 0o600, "{f}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "tally up stops cleanly on Ctrl-C"
+    );
+    tally_stack::remove_data_dir(&dir);
+}

@@ -179,8 +179,11 @@ pub const SEAM_LOCK: i64 = 0x7461_6c6c_7365_616d; // "tallseam"
 /// one that takes [`SEAM_LOCK`]: a statement sees the database as of its
 /// start, so one that waited for the lock would miss a run registered
 /// while it waited, and claim events the run never hears about.
+/// The recorded reporting zone is read by the same statement, for the same
+/// reason: it changes only under the exclusive lock (`deployment.rs`).
 const SEAM_STATE_SQL: &str = "SELECT EXISTS (SELECT 1 FROM rebuild_runs WHERE journaling),
-            EXISTS (SELECT 1 FROM rebuild_runs WHERE state = 'swapping')";
+            EXISTS (SELECT 1 FROM rebuild_runs WHERE state = 'swapping'),
+            (SELECT value FROM deployment_settings WHERE key = 'reporting_zone')";
 
 /// An outbox row (or a journal row, which has the same shape).
 #[derive(sqlx::FromRow, Debug, Clone)]
@@ -230,7 +233,7 @@ pub(crate) async fn run_batch(
     ch: &clickhouse::Client,
     batch_size: i64,
     claim_from: ClaimFrom,
-    zone: &ReportingZone,
+    zone: &mut ReportingZone,
     metrics: &Metrics,
     settled: &mut Vec<Uuid>,
 ) -> Result<BatchOutcome, IngestError> {
@@ -240,8 +243,18 @@ pub(crate) async fn run_batch(
         .bind(SEAM_LOCK)
         .execute(&mut *tx)
         .await?;
-    let (journaling, swapping): (bool, bool) =
+    let (journaling, swapping, recorded): (bool, bool, Option<String>) =
         sqlx::query_as(SEAM_STATE_SQL).fetch_one(&mut *tx).await?;
+    if let Some(recorded) = recorded.filter(|r| !r.eq_ignore_ascii_case(zone.name())) {
+        let next = ReportingZone::parse(&recorded).map_err(IngestError::Zone)?;
+        tracing::info!(
+            from = zone.name(),
+            to = next.name(),
+            "the deployment's reporting zone changed; counting in the new calendar from this batch on"
+        );
+        *zone = next;
+    }
+    let zone = &*zone;
     if swapping {
         tx.rollback().await?;
         clear_settled(pool, settled).await?;
@@ -422,7 +435,8 @@ pub(crate) async fn park(
         .bind(SEAM_LOCK)
         .execute(&mut *tx)
         .await?;
-    let (_, swapping): (bool, bool) = sqlx::query_as(SEAM_STATE_SQL).fetch_one(&mut *tx).await?;
+    let (_, swapping, _): (bool, bool, Option<String>) =
+        sqlx::query_as(SEAM_STATE_SQL).fetch_one(&mut *tx).await?;
     if swapping {
         tx.rollback().await?;
         return Ok(BatchOutcome {

@@ -14,6 +14,7 @@
 
 mod batch;
 pub mod dead_letters;
+pub mod deployment;
 pub mod metrics;
 pub mod rows;
 pub mod watermark;
@@ -91,6 +92,9 @@ pub enum IngestError {
         reason: dead_letters::Reason,
         error: String,
     },
+    /// The recorded reporting zone is not one this build knows.
+    #[error("the deployment's reporting zone: {0}")]
+    Zone(String),
 }
 
 /// One ingest worker.
@@ -257,14 +261,14 @@ impl Worker {
 
     async fn one_batch(&mut self) -> Result<BatchOutcome, IngestError> {
         let b = loop {
-            let c = &self.config;
+            let c = &mut self.config;
             let limit = if self.isolate > 0 { 1 } else { c.batch_size };
             let r = batch::run_batch(
                 &self.pool,
                 &self.ch,
                 limit,
                 c.claim_from,
-                &c.reporting_zone,
+                &mut c.reporting_zone,
                 &self.metrics,
                 &mut self.settled,
             )

@@ -143,6 +143,11 @@ impl ReportingZone {
             })
     }
 
+    /// Whether two names mean the same zone as recorded (`utc` is `UTC`).
+    pub fn same_as(&self, other: &ReportingZone) -> bool {
+        self.name.eq_ignore_ascii_case(&other.name)
+    }
+
     /// The name, as PostgreSQL's `AT TIME ZONE` accepts it.
     pub fn name(&self) -> &str {
         &self.name

@@ -77,7 +77,9 @@ pub enum ChMigrateError {
         source: clickhouse::error::Error,
     },
     #[error(
-        "database {0:?} has ClickHouse migration {1}, which this build does not know: run a newer tally"
+        "ClickHouse database {0:?} has migration {1}, which this tally does not know: a newer \
+         tally migrated it. This process stops rather than write the old way; run the newer \
+         binary (rolling upgrades: migrate first, then replace every process)"
     )]
     Unknown(String, u32),
 }
@@ -136,6 +138,15 @@ pub fn statements(sql: &str) -> Vec<Statement> {
         });
     }
     out
+}
+
+/// The newest version applied to the database (0: none).
+pub async fn applied_version(settings: &ChSettings) -> Result<u32, ChMigrateError> {
+    Ok(settings
+        .client()
+        .query("SELECT max(version) FROM schema_migrations")
+        .fetch_one()
+        .await?)
 }
 
 /// Creates the database if needed and applies pending migrations.

@@ -21,6 +21,13 @@ pub enum MigrateError {
     PostgresLock(#[from] sqlx::Error),
     #[error(transparent)]
     ClickHouse(#[from] clickhouse::ChMigrateError),
+    /// Version skew: a newer tally migrated this database.
+    #[error(
+        "the PostgreSQL database is at migration {applied}, and this tally knows migrations up to \
+         {known} only: a newer tally migrated it. This process stops rather than write the old \
+         way; run the newer binary (rolling upgrades: migrate first, then replace every process)"
+    )]
+    Newer { applied: i64, known: i64 },
 }
 
 /// Lock key for `pg_advisory_lock`: only one process migrates at a time,
@@ -29,6 +36,8 @@ const MIGRATION_LOCK: i64 = 0x7A11_0001;
 
 /// Applies every pending migration to both stores. Safe to call from many
 /// processes at once: they take turns, and the later ones find nothing to do.
+/// Every role calls it before it writes, so a binary older than the schema
+/// (it knows fewer migrations than were applied) stops here, with the fix.
 pub async fn migrate(pg: &PgPool, ch: &ChSettings) -> Result<(), MigrateError> {
     let mut conn = pg.acquire().await?;
     sqlx::query("SELECT pg_advisory_lock($1)")
@@ -36,6 +45,13 @@ pub async fn migrate(pg: &PgPool, ch: &ChSettings) -> Result<(), MigrateError> {
         .execute(&mut *conn)
         .await?;
     let result = async {
+        let (applied, known) = (
+            postgres::applied_version(pg).await?,
+            postgres::latest_version(),
+        );
+        if applied > known {
+            return Err(MigrateError::Newer { applied, known });
+        }
         postgres::run(pg).await?;
         clickhouse::run(ch).await?;
         Ok::<(), MigrateError>(())

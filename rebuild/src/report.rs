@@ -155,6 +155,15 @@ pub fn summary(o: &RunOutcome) -> String {
     for note in &o.notes {
         let _ = writeln!(s, "note: {note}");
     }
+    if o.calendar_shaped() && !o.swapped {
+        let _ = writeln!(
+            s,
+            "\nThe order facts differ in their reporting day alone: the live projections count \
+             days in another calendar than this run's, which is not lost or doubled events. This \
+             run used the deployment's recorded zone (`tally migrate` prints it), so the live \
+             tables are the odd ones out; `tally verify --repair` puts them right."
+        );
+    }
     let _ = writeln!(s);
     let verdict = match (o.has_drift(), o.swapped) {
         (false, false) => "no drift".to_owned(),

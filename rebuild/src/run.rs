@@ -149,6 +149,20 @@ impl RunOutcome {
     pub fn has_drift(&self) -> bool {
         self.daily.differing() > 0 || self.facts.differing() > 0 || self.ingest_totals_drift > 0
     }
+
+    /// Drift with the shape of a calendar mismatch rather than of lost or
+    /// doubled events: every order is there on both sides, and every fact
+    /// shown differs in its reporting day alone.
+    pub fn calendar_shaped(&self) -> bool {
+        let f = &self.facts;
+        f.different > 0
+            && f.missing == 0
+            && f.extra == 0
+            && !f.worst.is_empty()
+            && f.worst
+                .iter()
+                .all(|r| !r.fields.is_empty() && r.fields.iter().all(|d| d.field == "placed_day"))
+    }
 }
 
 /// One row of `tally rebuild history`.
@@ -168,12 +182,15 @@ pub struct HistoryRow {
     pub swapped: bool,
     pub message: Option<String>,
     pub host: String,
+    /// The calendar the run counted days in (`None`: runs from before it
+    /// was recorded).
+    pub reporting_zone: Option<String>,
 }
 
 pub async fn history(pool: &PgPool, limit: i64) -> Result<Vec<HistoryRow>, RebuildError> {
     Ok(sqlx::query_as(
         "SELECT run_id, kind, trigger, state, started_at, finished_at, orders, cells, drift_rows,
-                swapped, message, host
+                swapped, message, host, reporting_zone
          FROM rebuild_runs ORDER BY run_id DESC LIMIT $1",
     )
     .bind(limit)
@@ -389,14 +406,15 @@ async fn register(
         recover_pending(pool, ch, Duration::ZERO).await?;
         tables::copy_live_into(ch, Copy::Frozen).await?;
         let (run_id, journal_from): (i64, i64) = sqlx::query_as(
-            "INSERT INTO rebuild_runs (kind, trigger, state, journaling, journal_from, host)
+            "INSERT INTO rebuild_runs (kind, trigger, state, journaling, journal_from, host, reporting_zone)
              VALUES ($1, $2, 'building', true,
-                     (SELECT coalesce(max(seq), 0) FROM rebuild_journal), $3)
+                     (SELECT coalesce(max(seq), 0) FROM rebuild_journal), $3, $4)
              RETURNING run_id, journal_from",
         )
         .bind(kind)
         .bind(&opts.trigger)
         .bind(host())
+        .bind(opts.zone.name())
         .fetch_one(pool)
         .await?;
         let mut snapshot = pool.begin().await?;
@@ -1100,6 +1118,16 @@ async fn install(
         // With the ingest at rest, dead letters are final: one parked
         // since the snapshot was journaled and replayed here, so swapping
         // would count it now and again when it is retried.
+        // The calendar is the deployment's: a run in another zone would
+        // swap in cells of other days under the ingest's feet.
+        let recorded = tally_ingest::deployment::recorded(pool).await?;
+        if let Some(recorded) = recorded.filter(|r| !r.eq_ignore_ascii_case(zone.name())) {
+            return Err(RebuildError::Refused(format!(
+                "not swapping: this run counted days in {} but the deployment reports in \
+                 {recorded}; run it again without --reporting-tz (or with {recorded})",
+                zone.name()
+            )));
+        }
         let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest_dead_letters")
             .fetch_one(pool)
             .await?;

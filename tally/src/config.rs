@@ -29,9 +29,12 @@ pub struct Global {
     /// Log format: `text` for terminals, `json` for collectors.
     #[arg(long, env = "TALLY_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
-    /// The IANA time zone whose midnight separates reporting days.
-    #[arg(long, env = "TALLY_REPORTING_TZ", default_value = "UTC", global = true)]
-    pub reporting_tz: String,
+    /// The IANA time zone whose midnight separates reporting days. Per
+    /// deployment: recorded in the write store when the deployment is
+    /// created (default UTC); a later process given another zone refuses
+    /// to start. Unset: the recorded one.
+    #[arg(long, env = "TALLY_REPORTING_TZ", global = true)]
+    pub reporting_tz: Option<String>,
     /// PostgreSQL connections per pool.
     #[arg(
         long,
@@ -71,14 +74,26 @@ impl Global {
 }
 
 impl Global {
-    pub fn reporting_zone(&self) -> anyhow::Result<tally_ingest::ReportingZone> {
-        tally_ingest::ReportingZone::parse(&self.reporting_tz).map_err(anyhow::Error::msg)
+    /// The deployment's reporting zone (`tally_ingest::deployment`): the
+    /// recorded one, which `--reporting-tz` must agree with; recorded from
+    /// it (or UTC) if the deployment has none yet. `by` names the process
+    /// in the record.
+    pub async fn reporting_zone(
+        &self,
+        pool: &sqlx::PgPool,
+        by: &str,
+    ) -> anyhow::Result<tally_ingest::ReportingZone> {
+        Ok(tally_ingest::deployment::resolve(pool, self.reporting_tz.as_deref(), by).await?)
     }
 
-    pub fn ingest_config(&self, batch_size: i64) -> anyhow::Result<tally_ingest::IngestConfig> {
+    pub async fn ingest_config(
+        &self,
+        pool: &sqlx::PgPool,
+        batch_size: i64,
+    ) -> anyhow::Result<tally_ingest::IngestConfig> {
         Ok(tally_ingest::IngestConfig {
             batch_size,
-            reporting_zone: self.reporting_zone()?,
+            reporting_zone: self.reporting_zone(pool, "tally ingest").await?,
             ..Default::default()
         })
     }

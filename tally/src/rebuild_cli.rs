@@ -134,10 +134,10 @@ async fn stores(g: &Global, app: &str) -> anyhow::Result<Stores> {
     })
 }
 
-fn options(g: &Global, output: &Output) -> anyhow::Result<RunOptions> {
+async fn options(g: &Global, pool: &sqlx::PgPool, output: &Output) -> anyhow::Result<RunOptions> {
     let interactive = std::io::stderr().is_terminal() && output.format == Format::Human;
     Ok(RunOptions {
-        zone: g.reporting_zone()?,
+        zone: g.reporting_zone(pool, "tally rebuild").await?,
         trigger: "cli".into(),
         progress: if interactive {
             ProgressMode::Bar
@@ -165,7 +165,7 @@ pub async fn rebuild(g: &Global, cmd: RebuildCommand) -> anyhow::Result<u8> {
     let s = stores(g, "tally-rebuild").await?;
     match cmd.action {
         None => {
-            let opts = options(g, &cmd.output)?;
+            let opts = options(g, &s.pool, &cmd.output).await?;
             let o = tally_rebuild::run::run(&s.pool, &s.ch, Mode::Rebuild, &opts).await?;
             print_outcome(&o, &cmd.output)?;
             // The rebuild swapped: drift was repaired, which is success.
@@ -181,7 +181,7 @@ pub async fn rebuild(g: &Global, cmd: RebuildCommand) -> anyhow::Result<u8> {
                 println!("no runs yet");
             }
             println!(
-                "{:>5}  {:<8} {:<8} {:<11} {:<20} {:>8} {:>10} {:>9} {:>6} {:<7}  message",
+                "{:>5}  {:<8} {:<8} {:<11} {:<20} {:>8} {:>10} {:>9} {:>6} {:<7}  {:<16} message",
                 "run",
                 "kind",
                 "trigger",
@@ -191,7 +191,8 @@ pub async fn rebuild(g: &Global, cmd: RebuildCommand) -> anyhow::Result<u8> {
                 "orders",
                 "cells",
                 "drift",
-                "swapped"
+                "swapped",
+                "zone"
             );
             for r in rows {
                 let secs = r
@@ -206,7 +207,7 @@ pub async fn rebuild(g: &Global, cmd: RebuildCommand) -> anyhow::Result<u8> {
                     .unwrap_or_default();
                 let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
                 println!(
-                    "{:>5}  {:<8} {:<8} {:<11} {:<20} {:>8} {:>10} {:>9} {:>6} {:<7}  {}",
+                    "{:>5}  {:<8} {:<8} {:<11} {:<20} {:>8} {:>10} {:>9} {:>6} {:<7}  {:<16} {}",
                     r.run_id,
                     r.kind,
                     r.trigger,
@@ -217,13 +218,14 @@ pub async fn rebuild(g: &Global, cmd: RebuildCommand) -> anyhow::Result<u8> {
                     opt(r.cells),
                     opt(r.drift_rows),
                     if r.swapped { "yes" } else { "no" },
+                    r.reporting_zone.as_deref().unwrap_or("-"),
                     r.message.unwrap_or_default()
                 );
             }
             Ok(0)
         }
         Some(RebuildAction::Rollback) => {
-            let opts = options(g, &cmd.output)?;
+            let opts = options(g, &s.pool, &cmd.output).await?;
             let o = tally_rebuild::run::rollback(&s.pool, &s.ch, &opts).await?;
             match cmd.output.format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&o)?),
@@ -241,7 +243,7 @@ pub async fn rebuild(g: &Global, cmd: RebuildCommand) -> anyhow::Result<u8> {
 pub async fn verify(g: &Global, args: VerifyArgs) -> anyhow::Result<u8> {
     let s = stores(g, "tally-verify").await?;
     if let Some(since) = args.since {
-        let zone = g.reporting_zone()?;
+        let zone = g.reporting_zone(&s.pool, "tally verify").await?;
         let mut report = match &args.output.report {
             Some(p) => Some(CsvReport::create(p)?),
             None => None,
@@ -291,7 +293,7 @@ pub async fn verify(g: &Global, args: VerifyArgs) -> anyhow::Result<u8> {
         }
         return Ok(u8::from(out.has_drift()));
     }
-    let opts = options(g, &args.output)?;
+    let opts = options(g, &s.pool, &args.output).await?;
     let mode = if args.repair {
         Mode::Repair
     } else {
@@ -312,7 +314,7 @@ pub async fn scheduler(g: &Global, args: SchedulerArgs) -> anyhow::Result<()> {
         &tally_rebuild::SchedulerConfig {
             rebuild_cron: args.rebuild_cron,
             reconcile_cron: args.reconcile_cron,
-            reporting_zone: g.reporting_zone()?,
+            reporting_zone: g.reporting_zone(&s.pool, "tally scheduler").await?,
             ..Default::default()
         },
         s.pool.clone(),

@@ -110,11 +110,17 @@ pub async fn migrate(g: &Global) -> anyhow::Result<()> {
         .connect()
         .await
         .context("connecting to PostgreSQL")?;
-    tally_migrations::migrate(&pool, &g.ch()?).await?;
+    let ch = g.ch()?;
+    tally_migrations::migrate(&pool, &ch).await?;
+    let zone = g.reporting_zone(&pool, "tally migrate").await?;
     println!(
-        "migrations applied (PostgreSQL up to version {})",
-        tally_migrations::postgres::latest_version()
+        "migrations applied: PostgreSQL at version {} (this build knows up to {}), \
+         ClickHouse at version {}",
+        tally_migrations::postgres::applied_version(&pool).await?,
+        tally_migrations::postgres::latest_version(),
+        tally_migrations::clickhouse::applied_version(&ch).await?,
     );
+    println!("reporting zone: {} (the deployment's)", zone.name());
     Ok(())
 }
 
@@ -264,7 +270,7 @@ async fn run_ingest(g: &Global, args: IngestArgs) -> anyhow::Result<()> {
     let metrics = tally_ingest::Metrics::register(&mut registry);
     let config = tally_ingest::IngestConfig {
         claim_from: args.claim_from,
-        ..g.ingest_config(args.batch_size)?
+        ..g.ingest_config(&pool, args.batch_size).await?
     };
     let shutdown = shutdown_on_signal();
     let ops = axum::Router::new().merge(tally_ops::http::ops_routes(

@@ -65,10 +65,9 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
             "set both DATABASE_URL and CLICKHOUSE_URL to use your own servers, or neither to let tally start local ones"
         ),
     };
-    let zone = g.reporting_zone()?;
     let result = serve(
+        g,
         &args,
-        &zone,
         &data_dir,
         stack.is_some(),
         &pg_settings,
@@ -85,8 +84,8 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(
+    g: &Global,
     args: &UpArgs,
-    zone: &tally_ingest::ReportingZone,
     data_dir: &std::path::Path,
     embedded: bool,
     pg_settings: &PgSettings,
@@ -100,6 +99,7 @@ async fn serve(
     tally_migrations::migrate(&pool, ch)
         .await
         .context("applying migrations")?;
+    let zone = &g.reporting_zone(&pool, "tally up").await?;
     let previous = StackFile::read(data_dir).ok();
     let api_key = dev_key(
         &pool,

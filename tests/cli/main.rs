@@ -286,3 +286,101 @@ async fn tally_up_prints_no_password_and_links_a_read_only_key() {
     );
     tally_stack::remove_data_dir(&dir);
 }
+
+fn tally_in(db: &TestDb, zone: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tally"));
+    cmd.args(args)
+        .env("DATABASE_URL", &db.pg_settings.url)
+        .env("CLICKHOUSE_URL", db.ch.to_url())
+        .env("RUST_LOG", "warn");
+    match zone {
+        Some(z) => cmd.env("TALLY_REPORTING_TZ", z),
+        None => cmd.env_remove("TALLY_REPORTING_TZ"),
+    };
+    cmd.output().expect("run tally")
+}
+
+/// The reproduction from the "reporting calendar" issue: a deployment made
+/// in Asia/Kathmandu, then an operator's plain `tally verify` and `tally
+/// rebuild` in UTC. Before, verify reported drift everywhere and the
+/// rebuild swapped UTC days in; now both stop at once and say why, and a
+/// second ingest worker in another zone refuses to start.
+#[tokio::test]
+async fn the_reporting_zone_is_the_deployments_and_other_zones_are_refused() {
+    let db = TestDb::new().await;
+    let made = tally_in(&db, Some("Asia/Kathmandu"), &["migrate"]);
+    assert_eq!(made.status.code(), Some(0), "{}", text(&made));
+    let out = String::from_utf8_lossy(&made.stdout);
+    assert!(out.contains("reporting zone: Asia/Kathmandu"), "{out}");
+    assert!(out.contains("PostgreSQL at version"), "{out}");
+    for i in 0..3 {
+        tally_tests::place_direct(&db.pg, &format!("m-{i}"), 1000 + i).await;
+    }
+    let mut w = db.ingest_worker(tally_ingest::IngestConfig {
+        reporting_zone: tally_ingest::ReportingZone::parse("Asia/Kathmandu").unwrap(),
+        ..Default::default()
+    });
+    w.drain().await.unwrap();
+
+    for args in [&["verify"][..], &["rebuild"], &["ingest"], &["scheduler"]] {
+        let refused = tally_in(&db, Some("UTC"), args);
+        assert_ne!(
+            refused.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&refused)
+        );
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            err.contains("reports in Asia/Kathmandu") && err.contains("given UTC"),
+            "{args:?}: {err}"
+        );
+    }
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM rebuild_runs")
+        .fetch_one(&db.pg)
+        .await
+        .unwrap();
+    assert_eq!(runs, 0, "nothing was rebuilt, let alone swapped");
+
+    // Given no zone, every command uses the recorded one: no drift.
+    let clean = tally_in(&db, None, &["verify"]);
+    assert_eq!(clean.status.code(), Some(0), "{}", text(&clean));
+    let history = tally_in(&db, None, &["rebuild", "history"]);
+    assert!(String::from_utf8_lossy(&history.stdout).contains("Asia/Kathmandu"));
+}
+
+/// Rolling upgrades: a binary that knows fewer migrations than the database
+/// has applied stops before it writes, with the fix.
+#[tokio::test]
+async fn an_older_binary_refuses_a_newer_schema() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (99990001, 'from a newer tally', true, '\\x00', 0)",
+    )
+    .execute(&db.pg)
+    .await
+    .unwrap();
+    for args in [&["migrate"][..], &["verify"], &["ingest"], &["api"]] {
+        let out = tally_in(&db, None, args);
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("at migration 99990001") && err.contains("newer tally"),
+            "{args:?}: {err}"
+        );
+    }
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 99990001")
+        .execute(&db.pg)
+        .await
+        .unwrap();
+    db.ch
+        .client()
+        .query("INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (999, 'newer', '', now())")
+        .execute()
+        .await
+        .unwrap();
+    let out = tally_in(&db, None, &["migrate"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("migration 999"));
+}

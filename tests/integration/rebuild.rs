@@ -618,3 +618,50 @@ async fn bulk_seeded_orders_reach_clickhouse_only_through_a_rebuild() {
     let again = verify(&db, Mode::Verify).await;
     assert!(!again.has_drift(), "{again:#?}");
 }
+
+/// A rebuild computed in another calendar than the deployment's is never
+/// swapped in, even when started through the library with its own zone.
+#[tokio::test]
+async fn a_rebuild_in_another_zone_than_the_deployments_is_not_swapped_in() {
+    let db = TestDb::new().await;
+    let kathmandu = tally_ingest::ReportingZone::parse("Asia/Kathmandu").unwrap();
+    tally_ingest::deployment::resolve(&db.pg, Some("Asia/Kathmandu"), "test")
+        .await
+        .unwrap();
+    for i in 0..5 {
+        tally_tests::place_direct(&db.pg, &format!("m-{i}"), 100 + i).await;
+    }
+    db.ingest_worker(tally_ingest::IngestConfig {
+        reporting_zone: kathmandu,
+        ..Default::default()
+    })
+    .drain()
+    .await
+    .unwrap();
+    let opts = tally_rebuild::run::RunOptions::default(); // UTC
+    let err = tally_rebuild::run::run(
+        &db.pg,
+        &db.ch.client(),
+        tally_rebuild::run::Mode::Rebuild,
+        &opts,
+    )
+    .await
+    .expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("deployment reports in Asia/Kathmandu"),
+        "{err}"
+    );
+    let swapped: i64 = sqlx::query_scalar("SELECT count(*) FROM rebuild_runs WHERE swapped")
+        .fetch_one(&db.pg)
+        .await
+        .unwrap();
+    assert_eq!(swapped, 0);
+    let report = tally_rebuild::verify_daily(&db.pg, &db.ch.client(), "Asia/Kathmandu")
+        .await
+        .unwrap();
+    assert!(
+        report.is_clean(),
+        "the live tables are untouched: {report:?}"
+    );
+}

@@ -185,6 +185,36 @@ const SEAM_STATE_SQL: &str = "SELECT EXISTS (SELECT 1 FROM rebuild_runs WHERE jo
             EXISTS (SELECT 1 FROM rebuild_runs WHERE state = 'swapping'),
             (SELECT value FROM deployment_settings WHERE key = 'reporting_zone')";
 
+/// What a batch must know of rebuilds and of the deployment, read at the
+/// seam ([`SEAM_STATE_SQL`]).
+struct Seam {
+    journaling: bool,
+    swapping: bool,
+    recorded: Option<String>,
+}
+
+/// A batch's transaction: the shared [`SEAM_LOCK`] taken, then the seam
+/// state read by the next statement.
+async fn begin_at_seam(
+    pool: &PgPool,
+) -> Result<(Transaction<'static, Postgres>, Seam), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(SEAM_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let (journaling, swapping, recorded) =
+        sqlx::query_as(SEAM_STATE_SQL).fetch_one(&mut *tx).await?;
+    Ok((
+        tx,
+        Seam {
+            journaling,
+            swapping,
+            recorded,
+        },
+    ))
+}
+
 /// An outbox row (or a journal row, which has the same shape).
 #[derive(sqlx::FromRow, Debug, Clone)]
 pub struct OutboxRow {
@@ -238,13 +268,14 @@ pub(crate) async fn run_batch(
     settled: &mut Vec<Uuid>,
 ) -> Result<BatchOutcome, IngestError> {
     let started = Instant::now();
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-        .bind(SEAM_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    let (journaling, swapping, recorded): (bool, bool, Option<String>) =
-        sqlx::query_as(SEAM_STATE_SQL).fetch_one(&mut *tx).await?;
+    let (
+        mut tx,
+        Seam {
+            journaling,
+            swapping,
+            recorded,
+        },
+    ) = begin_at_seam(pool).await?;
     if let Some(recorded) = recorded.filter(|r| !r.eq_ignore_ascii_case(zone.name())) {
         let next = ReportingZone::parse(&recorded).map_err(IngestError::Zone)?;
         tracing::info!(
@@ -430,14 +461,8 @@ pub(crate) async fn park(
     error: &str,
     metrics: &Metrics,
 ) -> Result<BatchOutcome, IngestError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-        .bind(SEAM_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    let (_, swapping, _): (bool, bool, Option<String>) =
-        sqlx::query_as(SEAM_STATE_SQL).fetch_one(&mut *tx).await?;
-    if swapping {
+    let (mut tx, seam) = begin_at_seam(pool).await?;
+    if seam.swapping {
         tx.rollback().await?;
         return Ok(BatchOutcome {
             paused: true,

@@ -27,13 +27,7 @@ async fn the_local_stack_is_locked_down() {
     use std::os::unix::fs::PermissionsExt;
 
     let dir = std::env::temp_dir().join(format!("tally-locked-{}", uuid::Uuid::new_v4()));
-    let stack = tally_stack::LocalStack::start(&tally_stack::StackConfig {
-        durable: false,
-        pg_max_connections: 20,
-        ..tally_stack::StackConfig::new(&dir)
-    })
-    .await
-    .expect("start a stack of its own");
+    let stack = small_stack(&dir).await.expect("start a stack of its own");
     tally_stack::StackFile {
         pid: std::process::id(),
         api_url: String::new(),
@@ -173,6 +167,18 @@ async fn the_local_stack_is_locked_down() {
     tally_stack::remove_data_dir(&dir);
 }
 
+/// A stack of the test's own, small and without fsync.
+async fn small_stack(
+    dir: &std::path::Path,
+) -> Result<tally_stack::LocalStack, tally_stack::StackError> {
+    tally_stack::LocalStack::start(&tally_stack::StackConfig {
+        durable: false,
+        pg_max_connections: 20,
+        ..tally_stack::StackConfig::new(dir)
+    })
+    .await
+}
+
 fn password_of(url: &str) -> String {
     let rest = &url[url.find("://").unwrap() + 3..];
     let userinfo = &rest[..rest.find('@').unwrap()];
@@ -273,13 +279,9 @@ async fn an_older_trusting_cluster_is_locked_down_on_first_start_with_its_data()
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let stack = tally_stack::LocalStack::start(&tally_stack::StackConfig {
-        durable: false,
-        pg_max_connections: 20,
-        ..tally_stack::StackConfig::new(&dir)
-    })
-    .await
-    .expect("the old data directory starts");
+    let stack = small_stack(&dir)
+        .await
+        .expect("the old data directory starts");
     let mut conn = sqlx::PgConnection::connect(&stack.postgres_url)
         .await
         .unwrap();

@@ -40,6 +40,26 @@ impl Metrics {
             "Domain events appended to the outbox",
             m.events_appended.clone(),
         );
+        r.register(
+            "idempotent_replays",
+            "Commands answered from their Idempotency-Key's stored response, without writing",
+            m.replays.clone(),
+        );
+        r.register(
+            "version_conflicts",
+            "Commands refused because another command changed the order first (409)",
+            m.conflicts.clone(),
+        );
+        r.register(
+            "pg_pool_connections",
+            "Connections the write API's PostgreSQL pool holds",
+            m.pool_size.clone(),
+        );
+        r.register(
+            "pg_pool_idle_connections",
+            "Idle connections in the write API's PostgreSQL pool",
+            m.pool_idle.clone(),
+        );
         m
     }
 }

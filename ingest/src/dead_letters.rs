@@ -10,7 +10,10 @@
 //! backoff and nothing is parked: dead-lettering the whole outbox because
 //! ClickHouse is away would be worse than waiting. A batch that fails
 //! deterministically is retried one event at a time, so that exactly the
-//! event at fault is parked and the rest go on (`Worker::cycle`).
+//! event at fault is parked and the rest go on (`Worker::cycle`). After
+//! `PARK_LIMIT` events parked in a row with none counted between them the
+//! worker stops parking and backs off: a failure that hits every event is
+//! the deployment's, and must not empty the outbox into this table.
 
 use sqlx::PgPool;
 use time::OffsetDateTime;

@@ -92,6 +92,14 @@ pub enum IngestError {
         reason: dead_letters::Reason,
         error: String,
     },
+    /// [`PARK_LIMIT`] events were parked in a row and the next fails the
+    /// same way: the worker backs off instead of parking the outbox.
+    #[error(
+        "{parked} events in a row failed and were parked, and the next fails too ({error}): \
+         that is a fault of this deployment, not of the events. Not parking more; fix the cause, \
+         then `tally ingest retry --all`"
+    )]
+    NotPoison { parked: usize, error: String },
     /// The recorded reporting zone is not one this build knows.
     #[error("the deployment's reporting zone: {0}")]
     Zone(String),
@@ -115,7 +123,15 @@ pub struct Worker {
     /// How many more batches to claim one event at a time, after a batch
     /// failed deterministically (`batch.rs`).
     isolate: usize,
+    /// Events parked since an event was last counted ([`PARK_LIMIT`]).
+    parked_in_a_row: usize,
 }
+
+/// Events parked in a row, with none counted between them, after which the
+/// worker stops parking and backs off instead: a failure that hits every
+/// event alike (a bug, a schema change) is not a poison event, and must not
+/// empty the outbox into the dead letters.
+pub const PARK_LIMIT: usize = 20;
 
 /// Totals of a [`Worker::drain`] call.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +161,7 @@ impl Worker {
             settled: Vec::new(),
             last_recovery: None,
             isolate: 0,
+            parked_in_a_row: 0,
         }
     }
 
@@ -280,8 +297,16 @@ impl Worker {
                     error,
                 }) => {
                     if let [id] = outbox_ids[..] {
+                        if self.parked_in_a_row >= PARK_LIMIT {
+                            return Err(IngestError::NotPoison {
+                                parked: self.parked_in_a_row,
+                                error,
+                            });
+                        }
                         self.isolate = self.isolate.saturating_sub(1);
-                        break batch::park(&self.pool, id, reason, &error, &self.metrics).await?;
+                        let b = batch::park(&self.pool, id, reason, &error, &self.metrics).await?;
+                        self.parked_in_a_row += b.dead_lettered;
+                        break b;
                     }
                     tracing::warn!(
                         events = outbox_ids.len(),
@@ -295,6 +320,9 @@ impl Worker {
                 Ok(b) => {
                     if b.claimed > 0 {
                         self.isolate = self.isolate.saturating_sub(1);
+                    }
+                    if b.projected > 0 {
+                        self.parked_in_a_row = 0;
                     }
                     break b;
                 }

@@ -673,3 +673,43 @@ async fn a_worker_that_runs_out_of_work_publishes_a_complete_watermark() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// A failure that hits every event alike (here: a constraint no row can
+/// meet, as a bad schema change would add) is the deployment's fault, not
+/// the events': the worker parks at most PARK_LIMIT of them, then stops and
+/// backs off, leaving the rest in the outbox.
+#[tokio::test]
+async fn a_failure_of_every_event_does_not_empty_the_outbox_into_dead_letters() {
+    let db = TestDb::new().await;
+    sqlx::query("ALTER TABLE ingest_daily_totals ADD CONSTRAINT broken CHECK (gross_minor < 0)")
+        .execute(&db.pg)
+        .await
+        .unwrap();
+    let n = tally_ingest::PARK_LIMIT + 10;
+    for i in 0..n {
+        place(&db.pg, &format!("m{i}"), 100).await;
+    }
+    let err = db
+        .ingest_worker(config(100))
+        .drain()
+        .await
+        .expect_err("the worker stops parking");
+    assert!(err.to_string().contains("not of the events"), "{err}");
+    assert_eq!(dead_letters(&db).await.len(), tally_ingest::PARK_LIMIT);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&db.pg)
+        .await
+        .unwrap();
+    assert_eq!(left as usize, n - tally_ingest::PARK_LIMIT, "the rest wait");
+    // Once the cause is fixed, a retry counts every one.
+    sqlx::query("ALTER TABLE ingest_daily_totals DROP CONSTRAINT broken")
+        .execute(&db.pg)
+        .await
+        .unwrap();
+    tally_ingest::dead_letters::retry(&db.pg, None)
+        .await
+        .unwrap();
+    let out = db.ingest_worker(config(100)).drain().await.unwrap();
+    assert_eq!(out.projected, n);
+    assert_matches_oracle(&db).await;
+}

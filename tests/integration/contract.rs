@@ -44,6 +44,8 @@ fn run(doc_url: &str, key: &str, max_span_days: i64) {
         .args(["--max-examples", "150", "--seed", "20261202"])
         .args(["--workers", "2", "--continue-on-failure", "--no-color"])
         .args(["--generation-database", "none"])
+        // Its crash cache goes to a directory of its own, not the checkout.
+        .current_dir(std::env::temp_dir())
         .env("PYTHONPATH", &hooks)
         .env("SCHEMATHESIS_HOOKS", "hooks")
         .env("TALLY_CONTRACT_MAX_SPAN_DAYS", max_span_days.to_string())

@@ -316,17 +316,7 @@ pub async fn dashboards(g: &Global, args: DashboardsArgs) -> anyhow::Result<()> 
 }
 
 pub async fn keys(g: &Global, cmd: KeysCommand) -> anyhow::Result<()> {
-    let database_url = match &g.database_url {
-        Some(_) => g.pg("tally-keys")?,
-        // Convenience: talk to the running `tally up` of this data directory.
-        None => {
-            let stack = tally_stack::StackFile::read(&g.data_dir).context(
-                "DATABASE_URL is not set and no `tally up` is running in the data directory",
-            )?;
-            tally_ops::PgSettings::new(stack.database_url, "tally-keys")
-        }
-    };
-    let pool = database_url
+    let pool = pg_for_cli(g, "tally-keys")?
         .connect()
         .await
         .context("connecting to PostgreSQL")?;

@@ -219,15 +219,27 @@ async fn tally_up_prints_no_password_and_links_a_read_only_key() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start tally up");
+    // Read on a thread of its own until the end: `tally up` goes on
+    // writing after the banner, and a closed pipe would fail it.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
     let mut printed = String::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(120)) {
         printed.push_str(&line);
         printed.push('\n');
         if line.contains("Press Ctrl-C") {
             break;
         }
     }
+    assert!(
+        printed.contains("Press Ctrl-C"),
+        "tally up did not come up:\n{printed}"
+    );
     let stack = tally_stack::StackFile::read(&dir).expect("stack.json");
     let pg_password = stack
         .database_url

@@ -202,20 +202,27 @@ async fn serve(
     let mut dash_task = tokio::spawn(dashboards.run_until_stopped(shutdown.clone()));
     let mut ingest_task = tokio::spawn(worker.run(shutdown.clone()));
 
-    println!();
-    println!("  Tally is up.");
-    println!("  Write API     {api_url}   (POST /v1/orders, /livez, /readyz, /metrics)");
     let redact = tally_stack::secrets::redact_url;
-    println!("  Dashboards    {dashboards_url}/#key={reader_key}   (a finance:read key)");
-    println!("  API key       {api_key}   (every role: for the tour; keep it to yourself)");
-    println!("  PostgreSQL    {}", redact(&pg_settings.url));
-    println!("  ClickHouse    {}", redact(&ch.to_url()));
-    println!(
-        "  Written to    {} (with the passwords; readable by you only)",
+    let banner = format!(
+        "\n  Tally is up.\n\
+         \x20 Write API     {api_url}   (POST /v1/orders, /livez, /readyz, /metrics)\n\
+         \x20 Dashboards    {dashboards_url}/#key={reader_key}   (a finance:read key)\n\
+         \x20 API key       {api_key}   (every role: for the tour; keep it to yourself)\n\
+         \x20 PostgreSQL    {}\n\
+         \x20 ClickHouse    {}\n\
+         \x20 Written to    {} (with the passwords; readable by you only)\n\
+         \x20 Press Ctrl-C to stop.\n",
+        redact(&pg_settings.url),
+        redact(&ch.to_url()),
         StackFile::path(data_dir).display()
     );
-    println!("  Press Ctrl-C to stop.");
-    println!();
+    // Not `println!`: a closed stdout (piped to `head`, say) must not stop
+    // the servers.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{banner}").and_then(|()| out.flush());
+    }
 
     // Run until a signal, or until a component fails on its own. Biased:
     // on a signal the components stop too, and a component that stopped

@@ -296,6 +296,7 @@ async fn tally_up_prints_no_password_and_links_a_read_only_key() {
         child.wait().unwrap().success(),
         "tally up stops cleanly on Ctrl-C"
     );
+    reader.join().unwrap();
     tally_stack::remove_data_dir(&dir);
 }
 

@@ -770,7 +770,9 @@ impl Servers {
             stack.stop().await;
         }
         if let Some(dir) = self._dir {
-            let _ = std::fs::remove_dir_all(dir);
+            // With its PostgreSQL cluster, which lives outside a 0700
+            // directory when we run as root.
+            tally_stack::remove_data_dir(&dir);
         }
     }
 }

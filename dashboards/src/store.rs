@@ -51,14 +51,20 @@ pub type Wide = i128;
 /// 128 bits by [`Halves`]. Two columns where one was, and only `Int64`
 /// arithmetic: on 18.16 it costs less than summing `Decimal128`.
 pub(crate) fn split_sum(column: &str, cond: Option<&str>) -> String {
-    let (hi, lo) = (
-        format!("bitShiftRight({column}, 32)"),
-        format!("bitAnd({column}, 4294967295)"),
-    );
+    let (hi, lo) = halves_of(column);
     match cond {
         None => format!("sum({hi}), sum({lo})"),
         Some(c) => format!("sumIf({hi}, {c}), sumIf({lo}, {c})"),
     }
+}
+
+/// A column's high and low 32 bits, as the SQL expressions [`split_sum`]
+/// and [`merchant_sums`] add up.
+fn halves_of(column: &str) -> (String, String) {
+    (
+        format!("bitShiftRight({column}, 32)"),
+        format!("bitAnd({column}, 4294967295)"),
+    )
 }
 
 /// The two columns of a [`split_sum`].
@@ -132,8 +138,8 @@ pub(crate) fn sums(cond: Option<&str>) -> String {
 /// orders_lo, gross_hi, gross_lo`. Net is captured minus refunded, half by
 /// half.
 pub(crate) fn merchant_sums() -> String {
-    let hi = |c: &str| format!("sum(bitShiftRight({c}, 32))");
-    let lo = |c: &str| format!("sum(bitAnd({c}, 4294967295))");
+    let hi = |c: &str| format!("sum({})", halves_of(c).0);
+    let lo = |c: &str| format!("sum({})", halves_of(c).1);
     format!(
         "{} - {} AS net_hi, {} - {} AS net_lo, {} AS orders_hi, {} AS orders_lo, \
          {} AS gross_hi, {} AS gross_lo",

@@ -343,20 +343,11 @@ async fn lock_down_legacy(
     let mut old = sqlx::PgConnection::connect(&port_url(APP_ROLE)?)
         .await
         .map_err(setup)?;
-    sqlx::query(&format!(
-        "DO $$ BEGIN
-             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{ADMIN_ROLE}') THEN
-                 CREATE ROLE {ADMIN_ROLE} SUPERUSER LOGIN;
-             END IF;
-         END $$"
-    ))
-    .execute(&mut old)
-    .await
-    .map_err(setup)?;
-    sqlx::query(&format!(
-        "ALTER ROLE {ADMIN_ROLE} WITH SUPERUSER LOGIN PASSWORD '{admin_pw}'"
-    ))
-    .execute(&mut old)
+    ensure_role(
+        &mut old,
+        ADMIN_ROLE,
+        &format!("SUPERUSER LOGIN PASSWORD '{admin_pw}'"),
+    )
     .await
     .map_err(setup)?;
     let mut admin = sqlx::PgConnection::connect(&port_url(ADMIN_ROLE)?)
@@ -376,23 +367,36 @@ async fn lock_down_legacy(
     Ok(())
 }
 
-/// As the admin: the services' role, with this start's password and no
-/// more than it needs, owning the `tally` database.
-async fn provision(conn: &mut sqlx::PgConnection, app_pw: &str) -> Result<(), sqlx::Error> {
+/// Makes `role` if it is missing, then gives it exactly `attributes`.
+/// Passwords in them are hex (`secrets.rs`): safe inside a literal.
+async fn ensure_role(
+    conn: &mut sqlx::PgConnection,
+    role: &str,
+    attributes: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "DO $$ BEGIN
-             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
-                 CREATE ROLE {APP_ROLE} LOGIN;
+             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
+                 CREATE ROLE {role} LOGIN;
              END IF;
          END $$"
     ))
     .execute(&mut *conn)
     .await?;
-    // The password is hex (secrets.rs): safe inside a literal.
-    sqlx::query(&format!(
-        "ALTER ROLE {APP_ROLE} WITH LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD '{app_pw}'"
-    ))
-    .execute(&mut *conn)
+    sqlx::query(&format!("ALTER ROLE {role} WITH {attributes}"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// As the admin: the services' role, with this start's password and no
+/// more than it needs, owning the `tally` database.
+async fn provision(conn: &mut sqlx::PgConnection, app_pw: &str) -> Result<(), sqlx::Error> {
+    ensure_role(
+        conn,
+        APP_ROLE,
+        &format!("LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD '{app_pw}'"),
+    )
     .await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'tally')")

@@ -175,13 +175,7 @@ async fn a_benchmark_refuses_stores_it_did_not_start_unless_each_is_named() {
 #[tokio::test]
 async fn ingest_status_says_what_holds_the_watermark() {
     let db = TestDb::new().await;
-    sqlx::query(
-        "INSERT INTO outbox (event_id, aggregate_id, aggregate_version, event_type, schema_version, occurred_at, payload)
-         VALUES (gen_random_uuid(), gen_random_uuid(), 1, 'OrderPlaced', 1, now(), '{\"nonsense\": true}')",
-    )
-    .execute(&db.pg)
-    .await
-    .unwrap();
+    tally_tests::insert_undecodable_event(&db.pg).await;
     db.ingest_worker(tally_ingest::IngestConfig::default())
         .drain()
         .await

@@ -119,13 +119,7 @@ async fn a_push_that_fails_after_commit_is_recovered_exactly() {
 async fn a_poison_event_is_parked_and_the_rest_flows() {
     let db = TestDb::new().await;
     place(&db.pg, "m1", 100).await;
-    sqlx::query(
-        "INSERT INTO outbox (event_id, aggregate_id, aggregate_version, event_type, schema_version, occurred_at, payload)
-         VALUES (gen_random_uuid(), gen_random_uuid(), 1, 'OrderPlaced', 1, now(), '{\"nonsense\": true}')",
-    )
-    .execute(&db.pg)
-    .await
-    .unwrap();
+    tally_tests::insert_undecodable_event(&db.pg).await;
     place(&db.pg, "m1", 200).await;
     let out = db.ingest_worker(config(100)).drain().await.unwrap();
     assert_eq!((out.claimed, out.projected, out.dead_lettered), (3, 2, 1));

@@ -218,24 +218,27 @@ async fn an_older_trusting_cluster_is_locked_down_on_first_start_with_its_data()
         let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
         nix::unistd::chown(&cluster, Some(pg.uid), Some(pg.gid)).unwrap();
     }
-    let out = as_owner("initdb")
-        .args([
-            "-U",
-            "tally",
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale=C",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ok = |mut cmd: Command| {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mut initdb = as_owner("initdb");
+    initdb.args([
+        "-U",
+        "tally",
+        "--auth=trust",
+        "--encoding=UTF8",
+        "--locale=C",
+    ]);
+    ok(initdb);
     let port = tally_stack::free_port().unwrap();
     let log = std::env::temp_dir().join(format!("tally-legacy-{port}.log"));
-    let out = as_owner("pg_ctl")
+    let mut start = as_owner("pg_ctl");
+    start
         .arg("-o")
         .arg(format!(
             "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
@@ -247,14 +250,8 @@ async fn an_older_trusting_cluster_is_locked_down_on_first_start_with_its_data()
         } else {
             log.clone()
         })
-        .args(["-w", "start"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .args(["-w", "start"]);
+    ok(start);
     let old = format!("postgres://tally@127.0.0.1:{port}/postgres");
     let mut c = sqlx::PgConnection::connect(&old).await.unwrap();
     sqlx::query("CREATE DATABASE tally")
@@ -269,15 +266,9 @@ async fn an_older_trusting_cluster_is_locked_down_on_first_start_with_its_data()
         .await
         .unwrap();
     drop(c);
-    let out = as_owner("pg_ctl")
-        .args(["-m", "fast", "-w", "stop"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut stop = as_owner("pg_ctl");
+    stop.args(["-m", "fast", "-w", "stop"]);
+    ok(stop);
 
     let stack = small_stack(&dir)
         .await

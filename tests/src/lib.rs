@@ -562,6 +562,18 @@ pub async fn assert_projections_exact(db: &TestDb) -> Compared {
 
 /// Writes a placed order (rows and outbox event) through the write API's
 /// store on `db`, which may be an open transaction: no HTTP in between.
+/// An outbox row whose payload is not an event: what the ingest must
+/// park as `decode` and go on.
+pub async fn insert_undecodable_event(db: &PgPool) {
+    sqlx::query(
+        "INSERT INTO outbox (event_id, aggregate_id, aggregate_version, event_type, schema_version, occurred_at, payload)
+         VALUES (gen_random_uuid(), gen_random_uuid(), 1, 'OrderPlaced', 1, now(), '{\"nonsense\": true}')",
+    )
+    .execute(db)
+    .await
+    .expect("insert an undecodable outbox row");
+}
+
 pub async fn place_direct(
     db: impl sqlx::PgExecutor<'_>,
     merchant: &str,

@@ -7,9 +7,9 @@
 //! recorded zone after taking the seam lock (`batch.rs`), so that a change
 //! made under the exclusive lock, together with the running totals, takes
 //! effect between two batches: a batch counts wholly in one calendar.
-//! The operator command for that change (a rebuild in the new zone whose
-//! swap records it) is not there yet; until then the zone is the one the
-//! deployment was created with.
+//! The change is a rebuild in the new zone whose swap records it
+//! (`tally rebuild --reporting-tz <zone> --change-reporting-zone`,
+//! `rebuild::run`).
 
 use sqlx::PgExecutor;
 
@@ -28,8 +28,8 @@ pub enum ZoneError {
         "this deployment reports in {recorded} (recorded in the write store when it was created), \
          but this process was given {given} (--reporting-tz or TALLY_REPORTING_TZ). Unset it to use \
          {recorded}: a process counting days in another calendar would mix two calendars in the \
-         same figures. (Changing a deployment's zone means rebuilding both projections in the new \
-         one; the command for it does not exist yet.)"
+         same figures. To change the deployment's zone, rebuild both projections in the new one: \
+         `tally rebuild --reporting-tz {given} --change-reporting-zone`."
     )]
     Mismatch { recorded: String, given: String },
 }

@@ -23,6 +23,22 @@
 //! versions drawn after registration, so a push that was still in flight
 //! from before loses to them; a push from after registration is for a cell
 //! the journal replay rewrote with a still newer version.
+//!
+//! *Changing the reporting zone* ([`RunOptions::change_zone`]) is a rebuild
+//! in the new zone whose swap also records the zone. Until the swap the
+//! ingest counts in the old calendar and journals as usual; the replay
+//! counts the journal in the new one. At the swap, with the ingest at rest,
+//! the running totals are aligned with every rebuilt cell (not only the
+//! drifted ones), the zone is recorded in the same transaction, and the
+//! next batch reads it at the seam, so every event is counted in exactly
+//! one calendar. One gap is the calendar's own: a push of old-calendar
+//! cells can still be on its way to ClickHouse (a batch pushes after its
+//! commit), and its key may not exist in the new calendar, so no rebuilt
+//! row outranks it. Every such push is still listed in
+//! `ingest_pending_pushes`, so the shadow gets a row for each listed key,
+//! the rebuilt cell or zeros, with a version newer than any push's, and the
+//! list is cleared. The change ends the rollback window: a rollback would
+//! bring back tables counted in the old calendar.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -37,7 +53,7 @@ use tally_domain::DailyMeasures;
 use tally_ingest::rows::{CellKey, DailyRow, FactRow, Projected, ReportingZone, project};
 use tally_ingest::{
     OUTBOX_COLUMNS, OutboxRow, SEAM_LOCK, TOTALS_COLUMNS, TOTALS_TABLE, TotalsRow, add_to_totals,
-    insert_rows, recover_pending,
+    deployment, insert_rows, recover_pending,
 };
 use time::{Date, OffsetDateTime};
 use tokio_util::task::AbortOnDropHandle;
@@ -90,6 +106,10 @@ pub struct RunOptions {
     pub insert_rows: usize,
     /// Every differing row, as CSV.
     pub report_file: Option<PathBuf>,
+    /// `zone` is to become the deployment's reporting zone: the swap
+    /// records it (see [`ZoneChange`]). Without it, a run in another zone
+    /// than the recorded one is refused at the swap.
+    pub change_zone: bool,
 }
 
 impl RunOptions {
@@ -110,6 +130,7 @@ impl Default for RunOptions {
             chunk_rows: 200_000,
             insert_rows: BLOCK_ROWS,
             report_file: None,
+            change_zone: false,
         }
     }
 }
@@ -143,6 +164,8 @@ pub struct RunOutcome {
     pub ingest_paused_ms: u64,
     pub seconds: f64,
     pub notes: Vec<String>,
+    /// The deployment's reporting zone before this run changed it.
+    pub zone_changed_from: Option<String>,
 }
 
 impl RunOutcome {
@@ -364,6 +387,7 @@ pub async fn run(
     let mut locks = Locks::connect(pool).await?;
     lock_or_skip(pool, &mut locks, kind, &opts.trigger).await?;
     finish_interrupted(pool, ch).await?;
+    let installing = what_to_install(pool, mode, opts).await?;
     let started = Instant::now();
     let reg = register(pool, ch, &mut locks, kind, opts).await?;
     let run_id = reg.run_id;
@@ -372,13 +396,48 @@ pub async fn run(
         kind,
         "run registered; building from the write store"
     );
-    match build_compare_swap(pool, ch, &mut locks, mode, opts, reg, started).await {
+    match build_compare_swap(pool, ch, &mut locks, mode, opts, reg, installing, started).await {
         Ok(o) => Ok(o),
         Err(e) => {
             mark_failed(pool, run_id, &e).await;
             Err(e)
         }
     }
+}
+
+/// What a swap installs, which decides how much of the ingest's state it
+/// realigns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Installing {
+    /// Tables rebuilt in the deployment's zone.
+    Rebuild,
+    /// The tables from before the last swap.
+    Rollback,
+    /// Tables rebuilt in a new zone, which the swap records.
+    ZoneChange { from: String },
+}
+
+async fn what_to_install(
+    pool: &PgPool,
+    mode: Mode,
+    opts: &RunOptions,
+) -> Result<Installing, RebuildError> {
+    if !opts.change_zone {
+        return Ok(Installing::Rebuild);
+    }
+    if mode != Mode::Rebuild {
+        return Err(RebuildError::Refused(
+            "changing the reporting zone rebuilds and swaps both projections: use `tally rebuild`, \
+             not a verification"
+                .into(),
+        ));
+    }
+    Ok(match deployment::recorded(pool).await? {
+        Some(from) if !from.eq_ignore_ascii_case(opts.zone.name()) => {
+            Installing::ZoneChange { from }
+        }
+        _ => Installing::Rebuild,
+    })
 }
 
 struct Registered {
@@ -667,6 +726,7 @@ fn merge_cells(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn build_compare_swap(
     pool: &PgPool,
     ch: &clickhouse::Client,
@@ -674,6 +734,7 @@ async fn build_compare_swap(
     mode: Mode,
     opts: &RunOptions,
     reg: Registered,
+    installing: Installing,
     started: Instant,
 ) -> Result<RunOutcome, RebuildError> {
     let Registered {
@@ -805,6 +866,7 @@ async fn build_compare_swap(
         ingest_paused_ms: 0,
         seconds: 0.0,
         notes: Vec::new(),
+        zone_changed_from: None,
     };
     if backlog.dead_letters > 0 {
         outcome.notes.push(format!(
@@ -853,7 +915,30 @@ async fn build_compare_swap(
                     .into(),
             ));
         }
-        let installed = install(pool, ch, locks, run_id, journal_from, &opts.zone, false).await?;
+        let from = match &installing {
+            Installing::ZoneChange { from } => Some(from.clone()),
+            _ => None,
+        };
+        let installed = install(
+            pool,
+            ch,
+            locks,
+            run_id,
+            journal_from,
+            &opts.zone,
+            installing,
+        )
+        .await?;
+        if let Some(from) = from {
+            outcome.notes.push(format!(
+                "the deployment's reporting zone changed from {from} to {}: the drift above is \
+                 the old calendar's days against the new one's, and the running ingest counts \
+                 in {} from now on",
+                opts.zone.name(),
+                opts.zone.name()
+            ));
+            outcome.zone_changed_from = Some(from);
+        }
         outcome.swapped = true;
         outcome.replayed_events = installed.replayed;
         outcome.ingest_paused_ms = installed.paused_ms;
@@ -1102,8 +1187,11 @@ async fn install(
     run_id: i64,
     journal_from: i64,
     zone: &ReportingZone,
-    is_rollback: bool,
+    installing: Installing,
 ) -> Result<Installed, RebuildError> {
+    let is_rollback = installing == Installing::Rollback;
+    // Both end the rollback window and realign every cell.
+    let realign_all = installing != Installing::Rebuild;
     let t = Instant::now();
     let (applied, before) = catch_up(pool, ch, journal_from, zone).await?;
     tracing::info!(
@@ -1120,11 +1208,17 @@ async fn install(
         // would count it now and again when it is retried.
         // The calendar is the deployment's: a run in another zone would
         // swap in cells of other days under the ingest's feet.
-        let recorded = tally_ingest::deployment::recorded(pool).await?;
-        if let Some(recorded) = recorded.filter(|r| !r.eq_ignore_ascii_case(zone.name())) {
+        let recorded = deployment::recorded(pool).await?;
+        let expected = match &installing {
+            Installing::ZoneChange { from } => from.as_str(),
+            _ => zone.name(),
+        };
+        if let Some(recorded) = recorded.filter(|r| !r.eq_ignore_ascii_case(expected)) {
             return Err(RebuildError::Refused(format!(
                 "not swapping: this run counted days in {} but the deployment reports in \
-                 {recorded}; run it again without --reporting-tz (or with {recorded})",
+                 {recorded}; run it again without --reporting-tz (or with {recorded}), or change \
+                 the deployment's zone with `tally rebuild --reporting-tz {} --change-reporting-zone`",
+                zone.name(),
                 zone.name()
             )));
         }
@@ -1137,10 +1231,14 @@ async fn install(
                  retry them first (`tally ingest dead-letters`, `tally ingest retry <id>`), then run again"
             )));
         }
+        if let Installing::ZoneChange { .. } = &installing {
+            outrank_pending_pushes(pool, ch).await?;
+        }
         let mut tx = pool.begin().await?;
         // A rebuild rewrites the cells found to differ at its snapshot; a
-        // rollback, whose base is older, compares every cell.
-        let (only, join) = if is_rollback {
+        // rollback, whose base is older, and a zone change, whose cells are
+        // other days, compare every cell.
+        let (only, join) = if realign_all {
             ("", "")
         } else {
             (
@@ -1176,15 +1274,29 @@ async fn install(
              WHERE run_id = $1",
         )
         .bind(run_id)
-        .bind(is_rollback)
+        .bind(realign_all)
         .execute(&mut *tx)
         .await?;
+        if let Installing::ZoneChange { from } = &installing {
+            sqlx::query("DELETE FROM ingest_pending_pushes")
+                .execute(&mut *tx)
+                .await?;
+            deployment::change(&mut *tx, zone, "tally rebuild --change-reporting-zone").await?;
+            sqlx::query("UPDATE rebuild_runs SET message = $2 WHERE run_id = $1")
+                .bind(run_id)
+                .bind(format!(
+                    "reporting zone changed from {from} to {}",
+                    zone.name()
+                ))
+                .execute(&mut *tx)
+                .await?;
+        }
         // The previous rollback window ends here.
         sqlx::query("UPDATE rebuild_runs SET journaling = false WHERE journaling AND run_id <> $1")
             .bind(run_id)
             .execute(&mut *tx)
             .await?;
-        let keep_after = if is_rollback { i64::MAX } else { journal_from };
+        let keep_after = if realign_all { i64::MAX } else { journal_from };
         sqlx::query("DELETE FROM rebuild_journal WHERE seq <= $1")
             .bind(keep_after)
             .execute(&mut *tx)
@@ -1212,6 +1324,41 @@ async fn install(
 struct Installed {
     replayed: u64,
     paused_ms: u64,
+}
+
+/// Gives the shadow a row, newer than any push, for every cell key an
+/// ingest push may still be carrying to ClickHouse (the module doc's
+/// "zone change"): the rebuilt cell, or zeros where the new calendar has
+/// none. Called with the ingest at rest, so the list cannot grow.
+async fn outrank_pending_pushes(
+    pool: &PgPool,
+    ch: &clickhouse::Client,
+) -> Result<(), RebuildError> {
+    let version: i64 = sqlx::query_scalar("SELECT nextval('ingest_version_seq')")
+        .fetch_one(pool)
+        .await?;
+    let rows: Vec<TotalsRow> = sqlx::query_as(&format!(
+        "SELECT p.day, p.merchant_id, p.currency,
+                coalesce(r.orders_placed, 0) AS orders_placed, coalesce(r.gross_minor, 0) AS gross_minor,
+                coalesce(r.captured_minor, 0) AS captured_minor,
+                coalesce(r.refunded_minor, 0) AS refunded_minor,
+                coalesce(r.orders_cancelled, 0) AS orders_cancelled,
+                coalesce(r.items_sold, 0) AS items_sold, $1::int8 AS version
+         FROM (SELECT DISTINCT unnest(days) AS day, unnest(merchant_ids) AS merchant_id,
+                      unnest(currencies) AS currency
+               FROM ingest_pending_pushes) p
+         LEFT JOIN {CELLS_TABLE} r USING (day, merchant_id, currency)"
+    ))
+    .bind(version)
+    .fetch_all(pool)
+    .await?;
+    let rows: Vec<DailyRow> = rows.into_iter().map(DailyRow::from).collect();
+    tracing::info!(
+        cells = rows.len(),
+        "shadow cells outranking pushes still in flight in the old calendar"
+    );
+    insert_rows(ch, &Copy::Shadow.of("daily_revenue"), &rows).await?;
+    Ok(())
 }
 
 /// The ClickHouse half of a swap; safe to repeat until it has finished.
@@ -1334,7 +1481,16 @@ pub async fn rollback(
                 break;
             }
         }
-        install(pool, ch, &mut locks, run_id, journal_from, &opts.zone, true).await?;
+        install(
+            pool,
+            ch,
+            &mut locks,
+            run_id,
+            journal_from,
+            &opts.zone,
+            Installing::Rollback,
+        )
+        .await?;
         sqlx::query("UPDATE rebuild_runs SET state = 'rolled_back' WHERE run_id = $1")
             .bind(target)
             .execute(pool)

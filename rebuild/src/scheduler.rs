@@ -3,7 +3,9 @@
 //! nightly) and a cheap reconciliation every few minutes.
 //!
 //! Every replica may run the scheduler: the rebuild's run lock lets one
-//! through and records the others as skipped.
+//! through and records the others as skipped. Each run reads the
+//! deployment's reporting zone afresh, so a scheduler started before
+//! `tally rebuild --change-reporting-zone` follows the change.
 
 use std::sync::Arc;
 
@@ -24,7 +26,19 @@ pub struct SchedulerConfig {
     pub reconcile_cron: String,
     /// How many recent days reconciliation checks.
     pub reconcile_days: i64,
+    /// The zone used while the deployment has none recorded.
     pub reporting_zone: ReportingZone,
+}
+
+/// The deployment's zone now (`tally_ingest::deployment`).
+async fn current_zone(
+    pool: &PgPool,
+    fallback: &ReportingZone,
+) -> Result<ReportingZone, RebuildError> {
+    match tally_ingest::deployment::recorded(pool).await? {
+        Some(z) => ReportingZone::parse(&z).map_err(RebuildError::Refused),
+        None => Ok(fallback.clone()),
+    }
 }
 
 impl Default for SchedulerConfig {
@@ -67,9 +81,16 @@ impl RebuildScheduler {
         };
         let (p, c) = (pool.clone(), ch.clone());
         let rebuild = Job::new_async(config.rebuild_cron.as_str(), move |_id, _l| {
-            let (pool, ch, opts) = (p.clone(), c.clone(), opts.clone());
+            let (pool, ch, mut opts) = (p.clone(), c.clone(), opts.clone());
             Box::pin(async move {
-                match run(&pool, &ch, Mode::Rebuild, &opts).await {
+                let outcome = match current_zone(&pool, &opts.zone).await {
+                    Ok(zone) => {
+                        opts.zone = zone;
+                        run(&pool, &ch, Mode::Rebuild, &opts).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match outcome {
                     Ok(o) => tracing::info!(
                         run_id = o.run_id,
                         orders = o.orders,
@@ -93,7 +114,11 @@ impl RebuildScheduler {
             let (pool, ch, zone, metrics) =
                 (pool.clone(), ch.clone(), zone.clone(), metrics.clone());
             Box::pin(async move {
-                if let Err(e) = reconcile_recent(&pool, &ch, &zone, days, &metrics).await {
+                let r = match current_zone(&pool, &zone).await {
+                    Ok(zone) => reconcile_recent(&pool, &ch, &zone, days, &metrics).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = r {
                     tracing::error!(error = %e, "reconciliation could not run");
                 }
             })

@@ -48,6 +48,12 @@ pub struct Output {
 pub struct RebuildCommand {
     #[command(subcommand)]
     pub action: Option<RebuildAction>,
+    /// Make `--reporting-tz` the deployment's reporting zone: rebuild both
+    /// projections in it and record it in the same step as the swap. The
+    /// running ingest and schedulers follow; nothing is counted in two
+    /// calendars. Ends the rollback window.
+    #[arg(long)]
+    pub change_reporting_zone: bool,
     #[command(flatten)]
     pub output: Output,
 }
@@ -135,9 +141,15 @@ async fn stores(g: &Global, app: &str) -> anyhow::Result<Stores> {
 }
 
 async fn options(g: &Global, pool: &sqlx::PgPool, output: &Output) -> anyhow::Result<RunOptions> {
-    let interactive = std::io::stderr().is_terminal() && output.format == Format::Human;
     Ok(RunOptions {
         zone: g.reporting_zone(pool, "tally rebuild").await?,
+        ..options_unzoned(output)
+    })
+}
+
+fn options_unzoned(output: &Output) -> RunOptions {
+    let interactive = std::io::stderr().is_terminal() && output.format == Format::Human;
+    RunOptions {
         trigger: "cli".into(),
         progress: if interactive {
             ProgressMode::Bar
@@ -147,6 +159,38 @@ async fn options(g: &Global, pool: &sqlx::PgPool, output: &Output) -> anyhow::Re
         report_file: output.report.clone(),
         chunk_rows: output.chunk_rows as usize,
         ..RunOptions::default()
+    }
+}
+
+/// `tally rebuild --reporting-tz Z --change-reporting-zone`: the run counts
+/// in `Z` whatever the deployment records, and records it at the swap.
+async fn zone_change_options(
+    g: &Global,
+    pool: &sqlx::PgPool,
+    output: &Output,
+) -> anyhow::Result<RunOptions> {
+    let given = g
+        .reporting_tz
+        .as_deref()
+        .context("--change-reporting-zone needs the new zone: add --reporting-tz <IANA name>")?;
+    let zone = tally_ingest::ReportingZone::parse(given).map_err(anyhow::Error::msg)?;
+    let recorded = tally_ingest::deployment::recorded(pool).await?;
+    match recorded {
+        Some(r) if r.eq_ignore_ascii_case(zone.name()) => {
+            eprintln!("the deployment already reports in {r}: this is an ordinary rebuild")
+        }
+        Some(r) => eprintln!(
+            "changing the deployment's reporting zone from {r} to {}: rebuilding both projections \
+             in {}; the ingest keeps counting in {r} until the swap",
+            zone.name(),
+            zone.name()
+        ),
+        None => {}
+    }
+    Ok(RunOptions {
+        zone,
+        change_zone: true,
+        ..options_unzoned(output)
     })
 }
 
@@ -165,7 +209,11 @@ pub async fn rebuild(g: &Global, cmd: RebuildCommand) -> anyhow::Result<u8> {
     let s = stores(g, "tally-rebuild").await?;
     match cmd.action {
         None => {
-            let opts = options(g, &s.pool, &cmd.output).await?;
+            let opts = if cmd.change_reporting_zone {
+                zone_change_options(g, &s.pool, &cmd.output).await?
+            } else {
+                options(g, &s.pool, &cmd.output).await?
+            };
             let o = tally_rebuild::run::run(&s.pool, &s.ch, Mode::Rebuild, &opts).await?;
             print_outcome(&o, &cmd.output)?;
             // The rebuild swapped: drift was repaired, which is success.

@@ -339,7 +339,9 @@ async fn the_reporting_zone_is_the_deployments_and_other_zones_are_refused() {
         );
         let err = String::from_utf8_lossy(&refused.stderr);
         assert!(
-            err.contains("reports in Asia/Kathmandu") && err.contains("given UTC"),
+            err.contains("reports in Asia/Kathmandu")
+                && err.contains("given UTC")
+                && err.contains("--change-reporting-zone"),
             "{args:?}: {err}"
         );
     }
@@ -354,6 +356,38 @@ async fn the_reporting_zone_is_the_deployments_and_other_zones_are_refused() {
     assert_eq!(clean.status.code(), Some(0), "{}", text(&clean));
     let history = tally_in(&db, None, &["rebuild", "history"]);
     assert!(String::from_utf8_lossy(&history.stdout).contains("Asia/Kathmandu"));
+
+    // Changed deliberately: one command, then every process follows.
+    let no_zone = tally_in(&db, None, &["rebuild", "--change-reporting-zone"]);
+    assert_eq!(no_zone.status.code(), Some(2), "{}", text(&no_zone));
+    assert!(
+        String::from_utf8_lossy(&no_zone.stderr).contains("add --reporting-tz"),
+        "{}",
+        text(&no_zone)
+    );
+    let changed = tally_in(
+        &db,
+        Some("Europe/Berlin"),
+        &["rebuild", "--change-reporting-zone"],
+    );
+    assert_eq!(changed.status.code(), Some(0), "{}", text(&changed));
+    assert!(
+        String::from_utf8_lossy(&changed.stdout)
+            .contains("reporting zone changed from Asia/Kathmandu to Europe/Berlin"),
+        "{}",
+        text(&changed)
+    );
+    let clean = tally_in(&db, None, &["verify"]);
+    assert_eq!(clean.status.code(), Some(0), "{}", text(&clean));
+    let old = tally_in(&db, Some("Asia/Kathmandu"), &["verify"]);
+    assert_ne!(old.status.code(), Some(0), "{}", text(&old));
+    let history = tally_in(&db, None, &["rebuild", "history"]);
+    assert!(
+        String::from_utf8_lossy(&history.stdout)
+            .contains("reporting zone changed from Asia/Kathmandu to Europe/Berlin"),
+        "{}",
+        text(&history)
+    );
 }
 
 /// Rolling upgrades: a binary that knows fewer migrations than the database

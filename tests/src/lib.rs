@@ -503,7 +503,12 @@ pub struct Compared {
 }
 
 pub async fn assert_projections_exact(db: &TestDb) -> Compared {
-    let report = tally_rebuild::verify_daily(&db.pg, &db.ch.client(), "UTC")
+    assert_projections_exact_in(db, "UTC").await
+}
+
+/// [`assert_projections_exact`] with the days counted in `zone`.
+pub async fn assert_projections_exact_in(db: &TestDb, zone: &str) -> Compared {
+    let report = tally_rebuild::verify_daily(&db.pg, &db.ch.client(), zone)
         .await
         .expect("verify");
     assert!(

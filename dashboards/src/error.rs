@@ -33,7 +33,12 @@ impl IntoResponse for DashError {
             }
             DashError::ClickHouse(e) => {
                 tracing::error!(error = %e, "ClickHouse query failed");
-                Problem::unavailable("the analytics database").into_response()
+                let mut res = Problem::unavailable("the analytics database").into_response();
+                res.extensions_mut()
+                    .insert(tally_ops::telemetry::ClickHouseFailure(
+                        tally_ops::telemetry::kind_of(&e),
+                    ));
+                res
             }
             DashError::Data(what) => {
                 tracing::error!(%what, "unexpected data in the aggregates");

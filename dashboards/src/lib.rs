@@ -31,11 +31,11 @@ use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 use tally_ops::Shutdown;
 use tally_ops::auth::{self, AuthState, KeyCache, Role};
-use tally_ops::http::{HttpMetrics, ReadinessCheck, ops_routes, serve, track};
+use tally_ops::http::{HttpMetrics, ReadinessCheck, ops_routes, serve};
 use tally_ops::problem::InvalidParam;
+use tally_ops::telemetry::{ClickHouseErrors, count_clickhouse_failures};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
 
 pub use crate::error::DashError;
 use crate::params::{Filter, Format, Needs, RawQuery};
@@ -78,6 +78,7 @@ pub struct Metrics {
     http: HttpMetrics,
     reads: store::ReadStats,
     cache: CacheMetrics,
+    clickhouse_errors: ClickHouseErrors,
 }
 
 impl Metrics {
@@ -122,7 +123,13 @@ impl Metrics {
             "Days of reads read live from daily_revenue",
             cache.days_live.clone(),
         );
-        Metrics { http, reads, cache }
+        let clickhouse_errors = ClickHouseErrors::register(r);
+        Metrics {
+            http,
+            reads,
+            cache,
+            clickhouse_errors,
+        }
     }
 }
 
@@ -345,16 +352,26 @@ pub fn router(
         .route("/v1/revenue/summary", get(summary))
         .route("/v1/merchants/top", get(top_merchants))
         .route_layer(middleware::from_fn_with_state(readers, auth::require_role))
+        .layer(middleware::from_fn_with_state(
+            metrics.clickhouse_errors.clone(),
+            count_clickhouse_failures,
+        ))
         .with_state(state);
     let doc = Arc::new(openapi::document(config.max_span_days));
     let public = page::routes().route(
         "/openapi.json",
         get(move || async move { Json(doc.as_ref().clone()) }),
     );
-    tally_ops::http::guard(public.merge(api), config.limits)
-        .layer(middleware::from_fn(page::security_headers))
-        .layer(middleware::from_fn_with_state(metrics.http.clone(), track))
-        .layer(TraceLayer::new_for_http())
+    // Compressed: the page's script and the CSV downloads shrink several
+    // times; event streams and tiny bodies are left alone.
+    tally_ops::http::edge(
+        public
+            .merge(api)
+            .layer(middleware::from_fn(page::security_headers)),
+        config.limits,
+        &metrics.http,
+    )
+    .layer(tower_http::compression::CompressionLayer::new())
 }
 
 pub struct Application {

@@ -366,9 +366,7 @@ pub(crate) async fn run_batch(
     if !facts.is_empty() {
         insert_rows(ch, "order_facts", &facts)
             .await
-            .inspect_err(|_| {
-                metrics.insert_errors.inc();
-            })?;
+            .inspect_err(|e| metrics.clickhouse_failed(e))?;
     }
     let t_facts = started.elapsed();
     let pending = if cells.is_empty() {
@@ -401,9 +399,7 @@ pub(crate) async fn run_batch(
     if let Some((batch_id, rows)) = pending {
         insert_rows(ch, "daily_revenue", &rows)
             .await
-            .inspect_err(|_| {
-                metrics.insert_errors.inc();
-            })?;
+            .inspect_err(|e| metrics.clickhouse_failed(e))?;
         settled.push(batch_id);
     }
     if (rows.len() as i64) < batch_size {

@@ -9,6 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use tally_ops::telemetry::ClickHouseErrors;
+
 use crate::dead_letters::Reason;
 use crate::watermark::Holder;
 
@@ -32,7 +34,7 @@ pub struct Metrics {
     pub events: Family<EventTypeLabel, Counter>,
     pub batch_size: Histogram,
     pub batch_duration: Histogram,
-    pub insert_errors: Counter,
+    pub clickhouse_errors: ClickHouseErrors,
     pub dead_letters: Family<ReasonLabel, Counter>,
     pub backlog_rows: Gauge,
     pub backlog_oldest_seconds: Gauge<f64, AtomicU64>,
@@ -45,11 +47,12 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
+        let r = registry.sub_registry_with_prefix("tally_ingest");
         let m = Metrics {
+            clickhouse_errors: ClickHouseErrors::register(r),
             events: Family::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             batch_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
-            insert_errors: Counter::default(),
             dead_letters: Family::default(),
             backlog_rows: Gauge::default(),
             backlog_oldest_seconds: Gauge::default(),
@@ -70,7 +73,6 @@ impl Metrics {
                 cause: cause.as_str(),
             });
         }
-        let r = registry.sub_registry_with_prefix("tally_ingest");
         r.register(
             "events_projected",
             "Events projected into ClickHouse, by type",
@@ -86,11 +88,7 @@ impl Metrics {
             "Time to claim, project and commit one batch",
             m.batch_duration.clone(),
         );
-        r.register(
-            "clickhouse_insert_errors",
-            "Failed or timed-out ClickHouse inserts",
-            m.insert_errors.clone(),
-        );
+
         r.register(
             "dead_lettered",
             "Events moved to the dead-letter table, by reason (decode, overflow, data, constraint)",
@@ -128,6 +126,16 @@ impl Metrics {
             m.watermark_held_by.clone(),
         );
         m
+    }
+
+    /// Counts a failed ClickHouse request by kind.
+    pub fn clickhouse_failed(&self, e: &crate::IngestError) {
+        use crate::IngestError as E;
+        match e {
+            E::Timeout(_) => self.clickhouse_errors.record_kind("timeout"),
+            E::ClickHouse(_, e) | E::ClickHouseQuery(e) => self.clickhouse_errors.record(e),
+            _ => self.clickhouse_errors.record_kind("other"),
+        }
     }
 
     pub fn dead_lettered(&self, reason: Reason) {

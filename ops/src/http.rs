@@ -9,6 +9,11 @@
 //! refused at once with a `503` problem rather than queued behind the
 //! database pool (load shedding). Metric labels take only bounded values:
 //! a route template, a known method or `other`, a status.
+//!
+//! Every request carries an id ([`edge`]): the caller's `x-request-id` if it
+//! sent one, else a new UUID. It is echoed in the response, recorded on the
+//! request's log span, and becomes a problem's `instance`, so a client's
+//! error report leads straight to the server's log lines.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +30,7 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -162,6 +168,83 @@ struct Guard {
     timeout: Duration,
 }
 
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being handled on this task, if any.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// Longest caller-chosen request id kept; a longer one is replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+#[derive(Clone, Copy, Default)]
+struct NewRequestId;
+
+impl tower_http::request_id::MakeRequestId for NewRequestId {
+    fn make_request_id<B>(
+        &mut self,
+        _: &axum::http::Request<B>,
+    ) -> Option<tower_http::request_id::RequestId> {
+        let id = uuid::Uuid::now_v7().to_string();
+        Some(tower_http::request_id::RequestId::new(
+            header::HeaderValue::from_str(&id).ok()?,
+        ))
+    }
+}
+
+/// A caller's id is kept if it is short printable ASCII; anything else is
+/// replaced, so ids are safe in logs and in a problem's `instance`.
+async fn sanitize_request_id(mut req: Request, next: Next) -> Response {
+    let ok = req.headers().get("x-request-id").is_none_or(|v| {
+        let b = v.as_bytes();
+        !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic())
+    });
+    if !ok {
+        req.headers_mut().remove("x-request-id");
+    }
+    next.run(req).await
+}
+
+/// Runs the rest of the request with its id in [`current_request_id`].
+async fn scope_request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .extensions()
+        .get::<tower_http::request_id::RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    REQUEST_ID.scope(id, next.run(req)).await
+}
+
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = req
+        .extensions()
+        .get::<tower_http::request_id::RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or_default();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| req.uri().path(), MatchedPath::as_str);
+    tracing::info_span!("request", request_id = %id, method = %req.method(), route = %route)
+}
+
+/// A service's public router as every service serves it: [`guard`]ed,
+/// counted and timed ([`track`]), traced, and with a request id.
+pub fn edge(router: Router, limits: Limits, metrics: &HttpMetrics) -> Router {
+    use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+    guard(router, limits)
+        .layer(axum::middleware::from_fn_with_state(metrics.clone(), track))
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(axum::middleware::from_fn(scope_request_id))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(NewRequestId))
+        .layer(axum::middleware::from_fn(sanitize_request_id))
+}
+
 /// Wraps `router` in [`Limits`]: load shedding past `max_in_flight`, and a
 /// `503` problem when a request outlives `request_timeout` (its handler is
 /// dropped, which rolls back any transaction it held).
@@ -235,11 +318,13 @@ pub struct RouteLabels {
 pub struct HttpMetrics {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<RouteLabels, Histogram>,
+    pub in_flight: Gauge,
 }
 
 impl Default for HttpMetrics {
     fn default() -> Self {
         HttpMetrics {
+            in_flight: Gauge::default(),
             requests: Family::default(),
             latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -260,6 +345,21 @@ impl HttpMetrics {
             "HTTP request latency by route",
             self.latency.clone(),
         );
+        r.register(
+            "requests_in_flight",
+            "HTTP requests being handled now",
+            self.in_flight.clone(),
+        );
+    }
+}
+
+/// Counts a request in flight until dropped (also when the request is
+/// abandoned midway).
+struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -271,7 +371,10 @@ pub async fn track(State(m): State<HttpMetrics>, req: Request, next: Next) -> Re
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = method_label(req.method());
     let start = Instant::now();
+    m.in_flight.inc();
+    let in_flight = InFlight(m.in_flight.clone());
     let res = next.run(req).await;
+    drop(in_flight);
     m.latency
         .get_or_create(&RouteLabels {
             method,

@@ -11,6 +11,7 @@ pub mod http;
 pub mod problem;
 pub mod shutdown;
 pub mod stores;
+pub mod telemetry;
 
 pub use problem::Problem;
 pub use shutdown::Shutdown;

@@ -27,6 +27,10 @@ pub struct Problem {
     pub detail: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub invalid_params: Vec<InvalidParam>,
+    /// This occurrence: the request's id as a URN (`urn:tally:request:<id>`,
+    /// the `x-request-id` the response carries), filled in when sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     /// Extension members (e.g. `current_version` on a conflict).
     #[serde(flatten, skip_serializing_if = "serde_json::Map::is_empty")]
     pub extensions: serde_json::Map<String, serde_json::Value>,
@@ -45,6 +49,7 @@ impl Problem {
             status: status.as_u16(),
             detail: None,
             invalid_params: Vec::new(),
+            instance: None,
             extensions: serde_json::Map::new(),
             retry_after_secs: None,
         }
@@ -109,6 +114,7 @@ pub fn schema() -> serde_json::Value {
             "title": {"type": "string"},
             "status": {"type": "integer", "minimum": 400, "maximum": 599},
             "detail": {"type": "string"},
+            "instance": {"type": "string", "format": "uri", "description": "This occurrence: `urn:tally:request:<id>`, where `<id>` is the response's `x-request-id` (quote it when reporting a problem)"},
             "invalid_params": {
                 "type": "array",
                 "description": "For validation errors: each offending field (`items[2].quantity`) and why",
@@ -125,7 +131,12 @@ pub fn schema() -> serde_json::Value {
 }
 
 impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
+    fn into_response(mut self) -> Response {
+        if self.instance.is_none() {
+            self.instance = crate::http::current_request_id()
+                .filter(|id| !id.is_empty())
+                .map(|id| format!("urn:tally:request:{}", urn_safe(&id)));
+        }
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry = self.retry_after_secs;
         let body = serde_json::to_vec(&self).unwrap_or_default();
@@ -142,9 +153,29 @@ impl IntoResponse for Problem {
     }
 }
 
+/// A request id as URN text: printable ASCII kept, except what a URI may
+/// not hold unescaped, which is percent-encoded.
+fn urn_safe(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:@!$&'()*+,;=".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_escaped_into_a_valid_urn() {
+        assert_eq!(urn_safe("0190-abc_X.~"), "0190-abc_X.~");
+        assert_eq!(urn_safe("a b/c?d#e%"), "a%20b%2Fc%3Fd%23e%25");
+    }
 
     #[test]
     fn the_schema_names_every_member_a_problem_can_carry() {
@@ -155,6 +186,10 @@ mod tests {
                 reason: "r".into(),
             }])
             .extension("current_version", 3.into());
+        let p = Problem {
+            instance: Some("urn:tally:request:1".into()),
+            ..p
+        };
         let v = serde_json::to_value(&p).unwrap();
         let schema = schema();
         let props = schema["properties"].as_object().unwrap();

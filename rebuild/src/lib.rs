@@ -26,7 +26,7 @@ pub mod verify;
 pub mod writer;
 
 pub use oracle::daily_from_write_store;
-pub use scheduler::{RebuildScheduler, SchedulerConfig};
+pub use scheduler::{RebuildScheduler, SchedulerConfig, SchedulerMetrics};
 pub use verify::{DriftReport, verify_daily};
 
 #[derive(Debug, thiserror::Error)]

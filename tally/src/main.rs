@@ -11,6 +11,7 @@ mod config;
 mod load;
 mod rebuild_cli;
 mod roles;
+mod telemetry;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -20,7 +21,7 @@ use crate::config::Global;
 #[derive(Parser)]
 #[command(
     name = "tally",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("TALLY_GIT_SHA"), ")"),
     about = "Tally: order events in, finance numbers out"
 )]
 struct Cli {
@@ -60,6 +61,12 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(roles::KeysCommand),
+    /// List the metric families a role's /metrics exports (`name type`),
+    /// e.g. to check dashboards and alert rules against a release.
+    Metrics {
+        #[arg(long, value_enum, default_value = "up")]
+        role: telemetry::Role,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -106,5 +113,11 @@ async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
         Command::Scheduler(args) => rebuild_cli::scheduler(g, args).await,
         Command::Rebuild(cmd) => rebuild_cli::rebuild(g, cmd).await.map(drop),
         Command::Verify(args) => rebuild_cli::verify(g, args).await.map(drop),
+        Command::Metrics { role } => {
+            for (name, kind) in telemetry::families(role)? {
+                println!("{name} {kind}");
+            }
+            Ok(())
+        }
     }
 }

@@ -11,16 +11,16 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use prometheus_client::registry::Registry;
 use tally_rebuild::compare::Sink;
 use tally_rebuild::progress::ProgressMode;
-use tally_rebuild::reconcile::{ReconcileMetrics, reconcile};
+use tally_rebuild::reconcile::reconcile;
 use tally_rebuild::report::{CsvReport, summary};
 use tally_rebuild::run::{Mode, RunOptions, RunOutcome};
 use time::Date;
 
 use crate::config::Global;
 use crate::roles::{pg_for_cli, shutdown_on_signal};
+use crate::telemetry::{self, Role};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -355,9 +355,9 @@ pub async fn verify(g: &Global, args: VerifyArgs) -> anyhow::Result<u8> {
 
 pub async fn scheduler(g: &Global, args: SchedulerArgs) -> anyhow::Result<()> {
     let s = stores(g, "tally-scheduler").await?;
-    let mut registry = Registry::default();
-    let metrics = Arc::new(ReconcileMetrics::default());
-    metrics.register(&mut registry);
+    let m = telemetry::for_role(Role::Scheduler, s.pool.clone());
+    let metrics = m.scheduler.context("the scheduler role's metrics")?;
+    let registry = m.registry;
     let sched = tally_rebuild::RebuildScheduler::start(
         &tally_rebuild::SchedulerConfig {
             rebuild_cron: args.rebuild_cron,

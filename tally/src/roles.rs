@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::telemetry::{self, Role as Service};
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use prometheus_client::registry::Registry;
 use tally_ops::Shutdown;
 use tally_ops::auth::{Role, create_key};
 
@@ -140,13 +140,13 @@ pub async fn api(g: &Global, args: ApiArgs) -> anyhow::Result<()> {
     tally_migrations::migrate(&pool, &g.ch()?)
         .await
         .context("migrating")?;
-    let mut registry = Registry::default();
-    let metrics = tally_write_api::metrics::Metrics::register(&mut registry);
+    let m = telemetry::for_role(Service::Api, pool.clone());
+    let metrics = m.api.context("the api role's metrics")?;
     let config = tally_write_api::ApiConfig {
         listen: args.listen,
         ..Default::default()
     };
-    let app = tally_write_api::Application::build(&config, pool, metrics, Arc::new(registry))
+    let app = tally_write_api::Application::build(&config, pool, metrics, Arc::new(m.registry))
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(addr = %app.local_addr(), "write API listening");
@@ -266,8 +266,9 @@ async fn run_ingest(g: &Global, args: IngestArgs) -> anyhow::Result<()> {
     tally_migrations::migrate(&pool, &ch)
         .await
         .context("migrating")?;
-    let mut registry = Registry::default();
-    let metrics = tally_ingest::Metrics::register(&mut registry);
+    let m = telemetry::for_role(Service::Ingest, pool.clone());
+    let metrics = m.ingest.context("the ingest role's metrics")?;
+    let registry = m.registry;
     let config = tally_ingest::IngestConfig {
         claim_from: args.claim_from,
         ..g.ingest_config(&pool, args.batch_size).await?
@@ -299,14 +300,14 @@ pub async fn dashboards(g: &Global, args: DashboardsArgs) -> anyhow::Result<()> 
         cache_rows: args.cache_rows,
         ..Default::default()
     };
-    let mut registry = Registry::default();
-    let metrics = tally_dashboards::Metrics::register(&mut registry);
+    let m = telemetry::for_role(Service::Dashboards, pool.clone());
+    let metrics = m.dashboards.context("the dashboards role's metrics")?;
     let app = tally_dashboards::Application::build(
         &config,
         ch.client(),
         pool,
         &metrics,
-        Arc::new(registry),
+        Arc::new(m.registry),
     )
     .await
     .with_context(|| format!("binding {}", args.listen))?;

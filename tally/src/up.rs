@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use prometheus_client::registry::Registry;
 use tally_ops::auth::{Role, create_key, key_has_role};
 use tally_ops::{ChSettings, PgSettings};
 use tally_stack::{DataDirLock, LocalStack, StackConfig, StackFile};
@@ -116,13 +115,13 @@ async fn serve(
     )
     .await?;
 
-    let mut registry = Registry::default();
-    let api_metrics = tally_write_api::metrics::Metrics::register(&mut registry);
-    let ingest_metrics = tally_ingest::Metrics::register(&mut registry);
-    let dash_metrics = tally_dashboards::Metrics::register(&mut registry);
-    let reconcile_metrics = Arc::new(tally_rebuild::reconcile::ReconcileMetrics::default());
-    reconcile_metrics.register(&mut registry);
-    let registry = Arc::new(registry);
+    let m = crate::telemetry::for_role(crate::telemetry::Role::Up, pool.clone());
+    let (Some(api_metrics), Some(ingest_metrics), Some(dash_metrics), Some(reconcile_metrics)) =
+        (m.api, m.ingest, m.dashboards, m.scheduler)
+    else {
+        anyhow::bail!("tally up registers every service's metrics");
+    };
+    let registry = Arc::new(m.registry);
 
     let api_config = tally_write_api::ApiConfig {
         listen: args.api_listen,

@@ -2,6 +2,8 @@
 //! its exit codes (0 no drift, 1 drift, 2 could not verify), JSON output and
 //! the CSV report.
 
+mod operations;
+
 use std::process::Output;
 
 use tally_ingest::DailyRow;

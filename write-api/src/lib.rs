@@ -31,7 +31,6 @@ use tally_ops::Shutdown;
 use tally_ops::auth::{self, AuthState, KeyCache, Role};
 use tally_ops::http::{ReadinessCheck, ops_routes, serve};
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 
@@ -155,12 +154,7 @@ pub fn router(
         "/openapi.json",
         get(move || async move { axum::Json(doc.as_ref().clone()) }),
     );
-    tally_ops::http::guard(routes, config.limits)
-        .layer(middleware::from_fn_with_state(
-            metrics.http.clone(),
-            tally_ops::http::track,
-        ))
-        .layer(TraceLayer::new_for_http())
+    tally_ops::http::edge(routes, config.limits, &metrics.http)
 }
 
 async fn refuse_while_draining(
@@ -197,7 +191,6 @@ pub struct Application {
     draining: Shutdown,
     pool: PgPool,
     config: ApiConfig,
-    metrics: metrics::Metrics,
 }
 
 impl Application {
@@ -211,7 +204,7 @@ impl Application {
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
         let draining = Shutdown::new();
-        let router = router(config, pool.clone(), metrics.clone(), draining.clone())
+        let router = router(config, pool.clone(), metrics, draining.clone())
             .merge(ops_routes(registry, readiness(pool.clone())));
         Ok(Application {
             listener,
@@ -219,7 +212,6 @@ impl Application {
             draining,
             pool,
             config: config.clone(),
-            metrics,
         })
     }
 
@@ -230,12 +222,11 @@ impl Application {
     }
 
     /// Serves until `shutdown`; then new commands get `503` and in-flight
-    /// ones finish. Also expires old Idempotency-Keys and samples the pool.
+    /// ones finish. Also expires old Idempotency-Keys.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> std::io::Result<()> {
         let housekeeping = tokio::spawn(housekeeping(
             self.pool.clone(),
             self.config.clone(),
-            self.metrics.clone(),
             shutdown.clone(),
         ));
         let draining = self.draining.clone();
@@ -250,22 +241,12 @@ impl Application {
     }
 }
 
-async fn housekeeping(
-    pool: PgPool,
-    config: ApiConfig,
-    metrics: metrics::Metrics,
-    shutdown: Shutdown,
-) {
+async fn housekeeping(pool: PgPool, config: ApiConfig, shutdown: Shutdown) {
     let every = config.idempotency_cleanup_interval;
     let mut cleanup = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let mut sample = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = sample.tick() => {
-                metrics.pool_size.set(i64::from(pool.size()));
-                metrics.pool_idle.set(pool.num_idle() as i64);
-            }
             _ = cleanup.tick() => match idempotency::expire(&pool, config.idempotency_retention).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "expired idempotency keys"),

@@ -4,7 +4,6 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tally_ops::http::HttpMetrics;
 
@@ -19,8 +18,6 @@ pub struct Metrics {
     pub events_appended: Family<EventLabels, Counter>,
     pub replays: Counter,
     pub conflicts: Counter,
-    pub pool_size: Gauge,
-    pub pool_idle: Gauge,
 }
 
 impl Metrics {
@@ -30,8 +27,6 @@ impl Metrics {
             events_appended: Family::default(),
             replays: Counter::default(),
             conflicts: Counter::default(),
-            pool_size: Gauge::default(),
-            pool_idle: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("tally_api");
         m.http.register(r);
@@ -49,16 +44,6 @@ impl Metrics {
             "version_conflicts",
             "Commands refused because another command changed the order first (409)",
             m.conflicts.clone(),
-        );
-        r.register(
-            "pg_pool_connections",
-            "Connections the write API's PostgreSQL pool holds",
-            m.pool_size.clone(),
-        );
-        r.register(
-            "pg_pool_idle_connections",
-            "Idle connections in the write API's PostgreSQL pool",
-            m.pool_idle.clone(),
         );
         m
     }

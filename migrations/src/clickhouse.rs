@@ -149,6 +149,40 @@ pub async fn applied_version(settings: &ChSettings) -> Result<u32, ChMigrateErro
         .await?)
 }
 
+/// What the server is and what Tally does differently for it.
+#[derive(Clone, Debug)]
+pub struct ServerInfo {
+    pub version: String,
+    /// `Atomic` (the default since 20.10) or `Ordinary` (18.16).
+    pub database_engine: String,
+}
+
+impl ServerInfo {
+    /// The choices the rebuild makes for this server (`rebuild::tables`).
+    pub fn choices(&self) -> Vec<&'static str> {
+        let mut c =
+            vec!["months a rebuild lacks are dropped (DROP PARTITION), never replaced from empty"];
+        if self.database_engine == "Atomic" {
+            c.push(
+                "run copies dropped SYNC (Atomic databases keep dropped data 8 minutes otherwise)",
+            );
+        }
+        c
+    }
+}
+
+pub async fn server_info(settings: &ChSettings) -> Result<ServerInfo, ChMigrateError> {
+    let (version, database_engine): (String, String) = settings
+        .client()
+        .query("SELECT version(), (SELECT engine FROM system.databases WHERE name = currentDatabase())")
+        .fetch_one()
+        .await?;
+    Ok(ServerInfo {
+        version,
+        database_engine,
+    })
+}
+
 /// Creates the database if needed and applies pending migrations.
 pub async fn run(settings: &ChSettings) -> Result<(), ChMigrateError> {
     let server = settings.server_client();

@@ -7,6 +7,14 @@
 //! partition on every version since 18.x and costs no copy (parts are hard
 //! links), so a reader sees either the old or the new month, each complete.
 //! The same statement freezes the live tables into a run's own copy.
+//!
+//! A month the target holds and the source lacks is dropped (`DROP
+//! PARTITION`, atomic too), never replaced from nothing: 18.16 emptied it
+//! that way, but ClickHouse 26.6 and later refuse a `REPLACE PARTITION`
+//! whose source has no parts there. In an Atomic database (the default
+//! since 20.10) a dropped table's data stays on disk for 8 minutes unless
+//! dropped `SYNC`, and a run drops and recreates its copies every time, so
+//! copies are dropped `SYNC` there.
 
 use std::collections::BTreeSet;
 
@@ -40,9 +48,10 @@ impl Copy {
 /// Drops `copy` of every projection and creates it empty, with the live
 /// table's structure.
 pub async fn recreate(ch: &clickhouse::Client, copy: Copy) -> Result<(), RebuildError> {
+    let sync = drop_sync(ch).await?;
     for live in PROJECTIONS {
         let name = copy.of(live);
-        ch.query(&format!("DROP TABLE IF EXISTS {name}"))
+        ch.query(&format!("DROP TABLE IF EXISTS {name}{sync}"))
             .execute()
             .await?;
         ch.query(&format!("CREATE TABLE {name} AS {live}"))
@@ -53,12 +62,23 @@ pub async fn recreate(ch: &clickhouse::Client, copy: Copy) -> Result<(), Rebuild
 }
 
 pub async fn drop_copy(ch: &clickhouse::Client, copy: Copy) -> Result<(), RebuildError> {
+    let sync = drop_sync(ch).await?;
     for live in PROJECTIONS {
-        ch.query(&format!("DROP TABLE IF EXISTS {}", copy.of(live)))
+        ch.query(&format!("DROP TABLE IF EXISTS {}{sync}", copy.of(live)))
             .execute()
             .await?;
     }
     Ok(())
+}
+
+/// ` SYNC` in an Atomic database (whose drops are otherwise deferred), else
+/// nothing (18.16 knows no such clause).
+async fn drop_sync(ch: &clickhouse::Client) -> Result<&'static str, RebuildError> {
+    let engine: String = ch
+        .query("SELECT engine FROM system.databases WHERE name = currentDatabase()")
+        .fetch_one()
+        .await?;
+    Ok(if engine == "Atomic" { " SYNC" } else { "" })
 }
 
 pub async fn exists(ch: &clickhouse::Client, table: &str) -> Result<bool, RebuildError> {
@@ -89,23 +109,28 @@ pub async fn partitions(
     Ok(ids.into_iter().collect())
 }
 
-/// Makes `to` hold exactly `from`'s rows, one atomic partition replace at a
-/// time (a partition `from` lacks is replaced by nothing, i.e. emptied).
+/// Makes `to` hold exactly `from`'s rows, one atomic partition at a time:
+/// replaced from `from`, or dropped where `from` has none.
 pub async fn replace_all_partitions(
     ch: &clickhouse::Client,
     from: &str,
     to: &str,
 ) -> Result<usize, RebuildError> {
-    let mut ids = partitions(ch, from).await?;
-    ids.extend(partitions(ch, to).await?);
-    for id in &ids {
+    let source = partitions(ch, from).await?;
+    let target = partitions(ch, to).await?;
+    for id in &source {
         ch.query(&format!(
             "ALTER TABLE {to} REPLACE PARTITION ID '{id}' FROM {from}"
         ))
         .execute()
         .await?;
     }
-    Ok(ids.len())
+    for id in target.difference(&source) {
+        ch.query(&format!("ALTER TABLE {to} DROP PARTITION ID '{id}'"))
+            .execute()
+            .await?;
+    }
+    Ok(source.union(&target).count())
 }
 
 /// Copies every projection's live table into `copy` (recreated first).

@@ -246,11 +246,19 @@ fn write_config(
 
 /// Polls `GET /ping` until the server answers `Ok.`.
 async fn wait_ready(server: &ChildServer, port: u16) -> Result<(), StackError> {
+    wait_ready_named(server, port, "ClickHouse").await
+}
+
+pub(crate) async fn wait_ready_named(
+    server: &ChildServer,
+    port: u16,
+    name: &'static str,
+) -> Result<(), StackError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = server.exited() {
             return Err(StackError::Start {
-                server: "ClickHouse",
+                server: name,
                 reason: format!("exited with {status}"),
                 log: server.log.clone(),
                 tail: server.log_tail(20),
@@ -261,7 +269,7 @@ async fn wait_ready(server: &ChildServer, port: u16) -> Result<(), StackError> {
         }
         if Instant::now() > deadline {
             return Err(StackError::Start {
-                server: "ClickHouse",
+                server: name,
                 reason: "did not answer /ping within 60 s".into(),
                 log: server.log.clone(),
                 tail: server.log_tail(20),

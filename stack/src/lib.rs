@@ -11,6 +11,7 @@
 //! reaches only `tally`, which then stops them in order) and with a
 //! parent-death signal, so they cannot outlive a `tally` that was killed.
 
+mod chdb_harness;
 mod child;
 mod clickhouse_server;
 mod lock;
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tally_ops::ChSettings;
 
+pub use chdb_harness::start_chdb;
 pub use child::ChildServer;
 pub use clickhouse_server::{READER_USER, native_port as clickhouse_native_port, start_clickhouse};
 pub use lock::DataDirLock;

@@ -121,6 +121,13 @@ pub async fn migrate(g: &Global) -> anyhow::Result<()> {
         tally_migrations::clickhouse::applied_version(&ch).await?,
     );
     println!("reporting zone: {} (the deployment's)", zone.name());
+    let server = tally_migrations::clickhouse::server_info(&ch).await?;
+    println!(
+        "ClickHouse {} (database engine {}): {}",
+        server.version,
+        server.database_engine,
+        server.choices().join("; ")
+    );
     Ok(())
 }
 

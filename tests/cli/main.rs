@@ -322,6 +322,10 @@ async fn the_reporting_zone_is_the_deployments_and_other_zones_are_refused() {
     let out = String::from_utf8_lossy(&made.stdout);
     assert!(out.contains("reporting zone: Asia/Kathmandu"), "{out}");
     assert!(out.contains("PostgreSQL at version"), "{out}");
+    assert!(
+        out.contains("ClickHouse ") && out.contains("(DROP PARTITION)"),
+        "the server version and the choices made for it: {out}"
+    );
     for i in 0..3 {
         tally_tests::place_direct(&db.pg, &format!("m-{i}"), 1000 + i).await;
     }

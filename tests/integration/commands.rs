@@ -202,7 +202,10 @@ async fn idempotency_keys_replay_refuse_reuse_and_are_scoped_per_api_key() {
         metrics.contains("tally_api_idempotent_replays_total 1"),
         "replays are exported: {metrics}"
     );
-    assert!(metrics.contains("tally_api_pg_pool_connections "));
+    assert!(
+        metrics.contains("tally_pg_pool_connections{pool=\"test\"} "),
+        "{metrics}"
+    );
 
     let other = order_body("acme", "EUR", &[("a", 2, 100)]);
     let (s, p) = status_and_body(app.command("/v1/orders", &other, "key-1").await).await;

@@ -34,6 +34,7 @@ struct Servers {
     clickhouse_reader: ChSettings,
     /// Keeps the local servers' handles; they stop when the test process exits.
     _stack: Option<LocalStack>,
+    _chdb: Option<tally_stack::ChildServer>,
 }
 
 const TEMPLATE_DB: &str = "tally_template";
@@ -83,6 +84,24 @@ async fn start_servers() -> Servers {
             )
         }
     };
+    let (clickhouse, clickhouse_reader, chdb) = match engine() {
+        Engine::Server => (clickhouse, clickhouse_reader, None),
+        Engine::Chdb => {
+            let dir = run_dir();
+            let (server, admin, reader) = tally_stack::start_chdb(
+                &dir,
+                &chdb_python(),
+                &chdb_script(),
+            )
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start the chdb harness (install it with ./scripts/setup --chdb): {e}"
+                )
+            });
+            (admin, reader, Some(server))
+        }
+    };
     // The template every test database is cloned from.
     let mut admin = sqlx::PgConnection::connect(&postgres_admin_url)
         .await
@@ -113,7 +132,50 @@ async fn start_servers() -> Servers {
         clickhouse,
         clickhouse_reader,
         _stack: stack,
+        _chdb: chdb,
     }
+}
+
+/// Which ClickHouse the tests run against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// A ClickHouse server: the local 18.16 (or `TALLY_TEST_CLICKHOUSE_URL`).
+    Server,
+    /// The current engine through the chdb harness
+    /// (`TALLY_TEST_CLICKHOUSE_ENGINE=chdb`; `tests/chdb/serve.py`).
+    Chdb,
+}
+
+pub fn engine() -> Engine {
+    match std::env::var("TALLY_TEST_CLICKHOUSE_ENGINE").as_deref() {
+        Ok("chdb") => Engine::Chdb,
+        _ => Engine::Server,
+    }
+}
+
+fn chdb_python() -> PathBuf {
+    std::env::var_os("TALLY_CHDB_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home =
+                std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+            home.join(".cache/tally/chdb-venv/bin/python")
+        })
+}
+
+fn chdb_script() -> PathBuf {
+    // At run time (a test binary may be reused from another checkout): the
+    // package is `tests/` or `tally/`.
+    let dir = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    );
+    [
+        dir.join("chdb/serve.py"),
+        dir.join("../tests/chdb/serve.py"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .unwrap_or_else(|| dir.join("chdb/serve.py"))
 }
 
 fn owned_by(owner: Option<&str>) -> String {
@@ -282,6 +344,7 @@ pub async fn spawn_app_on(db: TestDb, ingest: Ingest) -> TestApp {
     let api_metrics = tally_write_api::metrics::Metrics::register(&mut registry);
     let ingest_metrics = tally_ingest::Metrics::register(&mut registry);
     let dash_metrics = tally_dashboards::Metrics::register(&mut registry);
+    tally_ops::telemetry::PgPools::register(&mut registry, vec![("test", db.pg.clone())]);
     let registry = Arc::new(registry);
     let shutdown = Shutdown::new();
 

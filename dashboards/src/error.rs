@@ -32,7 +32,7 @@ impl IntoResponse for DashError {
                     .into_response()
             }
             DashError::ClickHouse(e) => {
-                tracing::error!(error = %e, "ClickHouse query failed");
+                tracing::error!(error = %tally_ops::error_chain(&e), "ClickHouse query failed");
                 let mut res = Problem::unavailable("the analytics database").into_response();
                 res.extensions_mut()
                     .insert(tally_ops::telemetry::ClickHouseFailure(

@@ -318,7 +318,7 @@ pub fn readiness(ch: clickhouse::Client, pg: PgPool) -> ReadinessCheck {
             ch.query("SELECT count() FROM daily_revenue WHERE 0")
                 .fetch_one::<u64>()
                 .await
-                .map_err(|e| format!("ClickHouse: {e}"))?;
+                .map_err(|e| format!("ClickHouse: {}", tally_ops::error_chain(&e)))?;
             sqlx::query("SELECT 1")
                 .execute(&pg)
                 .await

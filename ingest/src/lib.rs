@@ -209,7 +209,7 @@ impl Worker {
                     backoff =
                         (backoff * 2).clamp(Duration::from_millis(100), self.config.max_backoff);
                     let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
-                    tracing::warn!(error = %e, retry_in_ms = jittered.as_millis() as u64, "ingest cycle failed; backing off");
+                    tracing::warn!(error = %tally_ops::error_chain(&e), retry_in_ms = jittered.as_millis() as u64, "ingest cycle failed; backing off");
                     tokio::select! {
                         () = shutdown.cancelled() => break,
                         () = tokio::time::sleep(jittered) => {}

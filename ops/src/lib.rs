@@ -16,3 +16,20 @@ pub mod telemetry;
 pub use problem::Problem;
 pub use shutdown::Shutdown;
 pub use stores::{ChSettings, PgSettings};
+
+/// An error with its causes, `outer: inner: root`: what a log line or a
+/// readiness answer needs when the top level alone says only "network
+/// error" and the cause is an untrusted certificate.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}

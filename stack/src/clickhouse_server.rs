@@ -61,9 +61,20 @@ pub(crate) async fn start(
 /// The native-protocol (`clickhouse-client`) port of the server last
 /// started under `data_dir`, read back from the config it was given.
 pub fn native_port(data_dir: &Path) -> Option<u16> {
+    config_port(data_dir, "tcp_port")
+}
+
+/// The HTTPS port of the server last started under `data_dir`; its
+/// certificate is signed by `crate::tls::ensure(data_dir).ca_cert`.
+pub fn https_port(data_dir: &Path) -> Option<u16> {
+    config_port(data_dir, "https_port")
+}
+
+fn config_port(data_dir: &Path, tag: &str) -> Option<u16> {
     let config = std::fs::read_to_string(data_dir.join("clickhouse/config.xml")).ok()?;
-    let start = config.find("<tcp_port>")? + "<tcp_port>".len();
-    let end = start + config[start..].find("</tcp_port>")?;
+    let open = format!("<{tag}>");
+    let start = config.find(&open)? + open.len();
+    let end = start + config[start..].find(&format!("</{tag}>"))?;
     config[start..end].trim().parse().ok()
 }
 
@@ -83,6 +94,7 @@ pub async fn start_clickhouse(
     }
     let admin_password = secrets::password(data_dir, "clickhouse-admin.password")?;
     let reader_password = reader_password(data_dir)?;
+    let tls = crate::tls::ensure(data_dir)?;
     let log = data_dir.join("clickhouse.log");
 
     let mut attempt = 0;
@@ -93,7 +105,18 @@ pub async fn start_clickhouse(
             None => free_port()?,
         };
         let tcp_port = free_port()?;
-        write_config(&dir, http_port, tcp_port, &admin_password, &reader_password)?;
+        let https_port = free_port()?;
+        write_config(
+            &dir,
+            Ports {
+                http: http_port,
+                tcp: tcp_port,
+                https: https_port,
+            },
+            &tls,
+            &admin_password,
+            &reader_password,
+        )?;
         let mut cmd = Command::new(&bin);
         if let Some(s) = subcommand {
             cmd.arg(s);
@@ -153,14 +176,26 @@ fn sha256_hex(password: &str) -> String {
     hex::encode(sha2::Sha256::digest(password.as_bytes()))
 }
 
+struct Ports {
+    http: u16,
+    tcp: u16,
+    https: u16,
+}
+
 fn write_config(
     dir: &Path,
-    http_port: u16,
-    tcp_port: u16,
+    ports: Ports,
+    tls: &crate::tls::TlsFiles,
     admin_password: &str,
     reader_password: &str,
 ) -> Result<(), StackError> {
     let d = dir.display();
+    let Ports {
+        http: http_port,
+        tcp: tcp_port,
+        https: https_port,
+    } = ports;
+    let (cert, key) = (tls.cert.display(), tls.key.display());
     let (admin_sha, reader_sha) = (sha256_hex(admin_password), sha256_hex(reader_password));
     let config = format!(
         r#"<?xml version="1.0"?>
@@ -174,7 +209,19 @@ fn write_config(
         <count>3</count>
     </logger>
     <http_port>{http_port}</http_port>
+    <https_port>{https_port}</https_port>
     <tcp_port>{tcp_port}</tcp_port>
+    <openSSL>
+        <server>
+            <certificateFile>{cert}</certificateFile>
+            <privateKeyFile>{key}</privateKeyFile>
+            <verificationMode>none</verificationMode>
+            <loadDefaultCAFile>false</loadDefaultCAFile>
+            <cacheSessions>true</cacheSessions>
+            <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>
+            <preferServerCiphers>true</preferServerCiphers>
+        </server>
+    </openSSL>
     <listen_host>127.0.0.1</listen_host>
     <max_connections>1024</max_connections>
     <keep_alive_timeout>10</keep_alive_timeout>

@@ -17,6 +17,7 @@ mod clickhouse_server;
 mod lock;
 mod postgres_server;
 pub mod secrets;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +26,10 @@ use tally_ops::ChSettings;
 
 pub use chdb_harness::start_chdb;
 pub use child::ChildServer;
-pub use clickhouse_server::{READER_USER, native_port as clickhouse_native_port, start_clickhouse};
+pub use clickhouse_server::{
+    READER_USER, https_port as clickhouse_https_port, native_port as clickhouse_native_port,
+    start_clickhouse,
+};
 pub use lock::DataDirLock;
 pub use postgres_server::find_bin_dir as find_postgres_bin_dir;
 pub use postgres_server::start_on as start_postgres;
@@ -98,6 +102,11 @@ pub struct LocalStack {
     pub clickhouse: ChSettings,
     /// The read-only ClickHouse user the dashboards use.
     pub clickhouse_reader: ChSettings,
+    /// The servers' TLS files: PostgreSQL takes TLS on its port,
+    /// ClickHouse serves HTTPS on [`LocalStack::clickhouse_https`].
+    pub tls: tls::TlsFiles,
+    /// `https://localhost:<port>`, ClickHouse's HTTPS interface.
+    pub clickhouse_https: String,
     postgres: ChildServer,
     clickhouse_server: ChildServer,
 }
@@ -130,7 +139,12 @@ impl LocalStack {
                 return Err(e);
             }
         };
+        let tls = tls::ensure(&data_dir)?;
+        let https = clickhouse_server::https_port(&data_dir)
+            .ok_or_else(|| StackError::Setup("ClickHouse's config has no https_port".into()))?;
         Ok(LocalStack {
+            tls,
+            clickhouse_https: format!("https://localhost:{https}"),
             postgres_url: started.app_url,
             postgres_admin_url: started.admin_url,
             postgres: started.server,

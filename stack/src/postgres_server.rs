@@ -151,6 +151,7 @@ async fn start_server(
     if !legacy {
         write_hba(&pgdata, &owner)?;
     }
+    let tls = install_tls(data_dir, &pgdata, &owner)?;
 
     // A previous server in this directory may still be shutting down after
     // its parent died; PostgreSQL refuses to start until it has.
@@ -169,6 +170,13 @@ async fn start_server(
         cmd.arg("-c")
             .arg(format!("max_connections={max_connections}"));
         cmd.args(["-c", "shared_buffers=256MB", "-c", "max_wal_size=2GB"]);
+        // TLS on the same port, for clients that ask (`sslmode`); the
+        // stack's own URLs do not, on loopback.
+        cmd.args(["-c", "ssl=on"]);
+        cmd.arg("-c")
+            .arg(format!("ssl_cert_file={}", tls.0.display()));
+        cmd.arg("-c")
+            .arg(format!("ssl_key_file={}", tls.1.display()));
         if !durable {
             // Test servers: a killed *process* loses nothing with these,
             // only a crashed machine would.
@@ -306,6 +314,27 @@ fn hba_trusts(pgdata: &Path) -> bool {
             .filter(|l| !l.starts_with('#'))
             .any(|l| l.split_whitespace().any(|w| w == "trust"))
     })
+}
+
+/// The stack's certificate and key, copied into the cluster directory:
+/// PostgreSQL reads them as its own user and wants the key `0600` and its.
+fn install_tls(
+    data_dir: &Path,
+    pgdata: &Path,
+    owner: &RunAs,
+) -> Result<(PathBuf, PathBuf), StackError> {
+    let files = crate::tls::ensure(data_dir)?;
+    let (cert, key) = (pgdata.join("server.crt"), pgdata.join("server.key"));
+    for (from, to) in [(&files.cert, &cert), (&files.key, &key)] {
+        let bytes =
+            std::fs::read(from).map_err(StackError::io(format!("reading {}", from.display())))?;
+        secrets::write_private(to, &bytes)?;
+        if owner.switch {
+            nix::unistd::chown(to, Some(owner.uid), Some(owner.gid))
+                .map_err(|e| StackError::Setup(format!("chown {}: {e}", to.display())))?;
+        }
+    }
+    Ok((cert, key))
 }
 
 fn write_hba(pgdata: &Path, owner: &RunAs) -> Result<(), StackError> {

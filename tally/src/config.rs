@@ -11,10 +11,14 @@ pub struct Global {
     /// PostgreSQL write store. Unset: `tally up` starts its own.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
-    /// ClickHouse read store, `http://user:password@host:port/database`.
-    /// Unset: `tally up` starts its own.
+    /// ClickHouse read store, `http[s]://user:password@host:port/database`
+    /// (user and password percent-encoded). Unset: `tally up` starts its own.
     #[arg(long, env = "CLICKHOUSE_URL", global = true, hide_env_values = true)]
     pub clickhouse_url: Option<String>,
+    /// PEM file of the CA that signed ClickHouse's certificate, when it is
+    /// not a public one (same as `?ca_cert=` in the URL).
+    #[arg(long, env = "CLICKHOUSE_CA_CERT", global = true)]
+    pub clickhouse_ca_cert: Option<PathBuf>,
     /// Read-only ClickHouse user for the dashboards (defaults to CLICKHOUSE_URL).
     #[arg(
         long,
@@ -62,14 +66,27 @@ impl Global {
             "CLICKHOUSE_URL is not set: point it at ClickHouse (e.g. http://127.0.0.1:8123/tally), \
              or use `tally up`, which starts one",
         )?;
-        ChSettings::from_url(url).map_err(anyhow::Error::msg)
+        self.with_ca(ChSettings::from_url(url).map_err(anyhow::Error::msg)?)
     }
 
     pub fn ch_reader(&self) -> anyhow::Result<ChSettings> {
         match self.clickhouse_reader_url.as_deref() {
-            Some(url) => ChSettings::from_url(url).map_err(anyhow::Error::msg),
+            Some(url) => self.with_ca(ChSettings::from_url(url).map_err(anyhow::Error::msg)?),
             None => self.ch(),
         }
+    }
+
+    /// `CLICKHOUSE_CA_CERT` applied, and the CA file checked now rather
+    /// than at the first query.
+    pub fn with_ca(&self, mut ch: ChSettings) -> anyhow::Result<ChSettings> {
+        if ch.ca_cert.is_none() {
+            ch.ca_cert.clone_from(&self.clickhouse_ca_cert);
+        }
+        if ch.ca_cert.is_some() && !ch.url.starts_with("https://") {
+            anyhow::bail!("CLICKHOUSE_CA_CERT is set but CLICKHOUSE_URL is not https://");
+        }
+        ch.check_tls().map_err(anyhow::Error::msg)?;
+        Ok(ch)
     }
 }
 

@@ -11,4 +11,5 @@ mod migrations;
 mod rebuild;
 mod stack;
 mod tidy;
+mod tls;
 mod write_api;

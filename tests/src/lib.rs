@@ -35,6 +35,16 @@ struct Servers {
     /// Keeps the local servers' handles; they stop when the test process exits.
     _stack: Option<LocalStack>,
     _chdb: Option<tally_stack::ChildServer>,
+    /// The local servers' TLS side, when the servers are the local stack.
+    tls: Option<TlsServers>,
+}
+
+/// The local stack over TLS: its CA, and its ClickHouse server's users on
+/// the HTTPS port (the server's, whichever engine the other tests use).
+struct TlsServers {
+    ca_cert: PathBuf,
+    clickhouse: ChSettings,
+    clickhouse_reader: ChSettings,
 }
 
 const TEMPLATE_DB: &str = "tally_template";
@@ -84,6 +94,18 @@ async fn start_servers() -> Servers {
             )
         }
     };
+    let tls = stack.as_ref().map(|st| {
+        let https = |c: &ChSettings| ChSettings {
+            url: st.clickhouse_https.clone(),
+            ca_cert: Some(st.tls.ca_cert.clone()),
+            ..c.clone()
+        };
+        TlsServers {
+            ca_cert: st.tls.ca_cert.clone(),
+            clickhouse: https(&st.clickhouse),
+            clickhouse_reader: https(&st.clickhouse_reader),
+        }
+    });
     let (clickhouse, clickhouse_reader, chdb) = match engine() {
         Engine::Server => (clickhouse, clickhouse_reader, None),
         Engine::Chdb => {
@@ -133,6 +155,7 @@ async fn start_servers() -> Servers {
         clickhouse_reader,
         _stack: stack,
         _chdb: chdb,
+        tls,
     }
 }
 
@@ -274,6 +297,41 @@ impl TestDb {
             ch,
             ch_reader,
         }
+    }
+
+    /// This PostgreSQL database over TLS (`sslmode=verify-full`, the local
+    /// stack's CA as the root), and a ClickHouse database of its own on
+    /// the local server's HTTPS port, migrated over it. `None` unless the
+    /// servers are the local stack.
+    pub async fn over_tls(&self) -> Option<TestDb> {
+        let s = servers();
+        let tls = s.tls.as_ref()?;
+        let sep = if self.pg_settings.url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let mut pg_settings = PgSettings::new(
+            format!(
+                "{}{sep}sslmode=verify-full&sslrootcert={}",
+                self.pg_settings.url,
+                tls.ca_cert.display()
+            ),
+            "tally-tests-tls",
+        );
+        pg_settings.max_connections = 10;
+        let pg = pg_settings.connect().await.expect("PostgreSQL over TLS");
+        let name = unique_name("tls");
+        let ch = tls.clickhouse.with_database(&name);
+        tally_migrations::clickhouse::run(&ch)
+            .await
+            .expect("migrate ClickHouse over HTTPS");
+        Some(TestDb {
+            pg,
+            pg_settings,
+            ch,
+            ch_reader: tls.clickhouse_reader.with_database(&name),
+        })
     }
 
     /// A PostgreSQL database that is empty (not migrated).

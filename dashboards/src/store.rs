@@ -354,7 +354,11 @@ impl Part {
 /// The days of `range` that `parts` may hold several rows of a cell for.
 fn days_needing_final(parts: &[Part], range: DayRange) -> Vec<DayRange> {
     // A sweep over part boundaries: +1 where a part starts, -1 after it
-    // ends; a never-merged part counts twice (it may hold duplicates alone).
+    // ends; a level-0 part counts twice (it may hold duplicates alone).
+    // Only "level > 0 holds no key twice" is relied on, which is true of a
+    // merge's output on every version and of an insert collapsed by
+    // `optimize_on_insert` (21.1+); a level-0 part that happens to hold no
+    // duplicates is merely read with FINAL when it need not be.
     let mut edges: Vec<(Date, i32)> = Vec::new();
     for p in parts {
         let (from, to) = (p.min_date.max(range.from), p.max_date.min(range.to));

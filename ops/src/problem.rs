@@ -156,15 +156,7 @@ impl IntoResponse for Problem {
 /// A request id as URN text: printable ASCII kept, except what a URI may
 /// not hold unescaped, which is percent-encoded.
 fn urn_safe(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:@!$&'()*+,;=".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::percent_encode(id, b":@!$&'()*+,;=")
 }
 
 #[cfg(test)]

@@ -189,7 +189,7 @@ impl ChSettings {
     /// The URL form accepted by [`ChSettings::from_url`].
     pub fn to_url(&self) -> String {
         let (scheme, host) = self.url.split_once("://").unwrap_or(("http", &self.url));
-        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let enc = |s: &str| crate::percent_encode(s, b"");
         let auth = if self.password.is_empty() {
             enc(&self.user)
         } else {
@@ -374,13 +374,13 @@ mod tests {
     #[test]
     fn clickhouse_urls_take_https_a_ca_and_percent_encoded_credentials() {
         let s = ChSettings::from_url(
-            "https://tally%40acme:p%40ss%3Aw%2Frd@abc.clickhouse.cloud:8443/finance?ca_cert=/etc/ca.pem",
+            "https://tally%40acme:p%40ss%3Aw%2Frd%20x+y@abc.clickhouse.cloud:8443/finance?ca_cert=/etc/ca.pem",
         )
         .unwrap();
         assert_eq!(s.url, "https://abc.clickhouse.cloud:8443");
         assert_eq!(
             (s.user.as_str(), s.password.as_str()),
-            ("tally@acme", "p@ss:w/rd")
+            ("tally@acme", "p@ss:w/rd x+y")
         );
         assert_eq!(s.database, "finance");
         assert_eq!(s.ca_cert.as_deref(), Some(Path::new("/etc/ca.pem")));

@@ -196,55 +196,11 @@ async fn ingest_status_says_what_holds_the_watermark() {
 /// and its secrets closed to everyone else.
 #[tokio::test]
 async fn tally_up_prints_no_password_and_links_a_read_only_key() {
-    use std::io::{BufRead, BufReader};
     use std::os::unix::fs::PermissionsExt;
 
-    let dir = std::env::temp_dir().join(format!("tally-up-{}", uuid::Uuid::now_v7()));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["--data-dir", dir.to_str().unwrap(), "up"])
-        .args([
-            "--api-listen",
-            "127.0.0.1:0",
-            "--dashboards-listen",
-            "127.0.0.1:0",
-        ])
-        .env_remove("DATABASE_URL")
-        .env_remove("CLICKHOUSE_URL")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start tally up");
-    // Read on a thread of its own until the end: `tally up` goes on
-    // writing after the banner, and a closed pipe would fail it.
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut printed = String::new();
-    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(120)) {
-        printed.push_str(&line);
-        printed.push('\n');
-        if line.contains("Press Ctrl-C") {
-            break;
-        }
-    }
-    assert!(
-        printed.contains("Press Ctrl-C"),
-        "tally up did not come up:\n{printed}"
-    );
-    let stack = tally_stack::StackFile::read(&dir).expect("stack.json");
-    let pg_password = stack
-        .database_url
-        .split(':')
-        .nth(2)
-        .unwrap()
-        .split('@')
-        .next()
-        .unwrap();
+    let up = start_up(None);
+    let (printed, stack, dir) = (&up.printed, &up.stack, up.dir.clone());
+    let pg_password = tally_tests::url_password(&stack.database_url);
     assert!(!pg_password.is_empty());
     assert!(
         !printed.contains(pg_password),
@@ -283,17 +239,87 @@ async fn tally_up_prints_no_password_and_links_a_read_only_key() {
     for f in ["stack.json", "dev-api-key", "dev-reader-key"] {
         assert_eq!(mode(dir.join(f)), 0o600, "{f}");
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    up.stop();
+}
+
+/// A running `tally up` and what it printed up to its banner.
+struct Up {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<()>,
+    dir: std::path::PathBuf,
+    stack: tally_stack::StackFile,
+    printed: String,
+}
+
+/// Starts `tally up` in a fresh data directory: against `stores` if given,
+/// else on servers of its own, as a new user would.
+fn start_up(stores: Option<&TestDb>) -> Up {
+    use std::io::{BufRead, BufReader};
+    let dir = std::env::temp_dir().join(format!("tally-up-{}", uuid::Uuid::now_v7()));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tally"));
+    cmd.args(["--data-dir", dir.to_str().unwrap(), "up"])
+        .args([
+            "--api-listen",
+            "127.0.0.1:0",
+            "--dashboards-listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    match stores {
+        Some(db) => cmd
+            .env("DATABASE_URL", &db.pg_settings.url)
+            .env("CLICKHOUSE_URL", db.ch.to_url()),
+        None => cmd.env_remove("DATABASE_URL").env_remove("CLICKHOUSE_URL"),
+    };
+    let mut child = cmd.spawn().expect("start tally up");
+    // Read on a thread of its own until the end: `tally up` goes on
+    // writing after the banner, and a closed pipe would fail it.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = String::new();
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(120)) {
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.contains("Press Ctrl-C") {
+            break;
+        }
+    }
     assert!(
-        child.wait().unwrap().success(),
-        "tally up stops cleanly on Ctrl-C"
+        printed.contains("Press Ctrl-C"),
+        "tally up did not come up:\n{printed}"
     );
-    reader.join().unwrap();
-    tally_stack::remove_data_dir(&dir);
+    let stack = tally_stack::StackFile::read(&dir).expect("stack.json");
+    Up {
+        child,
+        reader,
+        dir,
+        stack,
+        printed,
+    }
+}
+
+impl Up {
+    /// Ctrl-C, which must stop it cleanly; then its data directory goes.
+    fn stop(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        assert!(
+            self.child.wait().unwrap().success(),
+            "tally up stops cleanly on Ctrl-C"
+        );
+        self.reader.join().unwrap();
+        tally_stack::remove_data_dir(&self.dir);
+    }
 }
 
 fn tally_in(db: &TestDb, zone: Option<&str>, args: &[&str]) -> Output {

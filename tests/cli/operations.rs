@@ -6,9 +6,8 @@
 //! quote them, and the page and CSV downloads are compressed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use tally_tests::TestDb;
 
@@ -130,74 +129,6 @@ fn panel_expressions(dashboard: &serde_json::Value) -> Vec<String> {
     out
 }
 
-struct Up {
-    child: Child,
-    reader: std::thread::JoinHandle<()>,
-    dir: PathBuf,
-    stack: tally_stack::StackFile,
-}
-
-fn start_up(db: &TestDb) -> Up {
-    let dir = std::env::temp_dir().join(format!("tally-ops-{}", uuid::Uuid::now_v7()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["--data-dir", dir.to_str().unwrap(), "up"])
-        .args([
-            "--api-listen",
-            "127.0.0.1:0",
-            "--dashboards-listen",
-            "127.0.0.1:0",
-        ])
-        .env("DATABASE_URL", &db.pg_settings.url)
-        .env("CLICKHOUSE_URL", db.ch.to_url())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tally up");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut printed = String::new();
-    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(120)) {
-        printed.push_str(&line);
-        printed.push('\n');
-        if line.contains("Press Ctrl-C") {
-            break;
-        }
-    }
-    assert!(
-        printed.contains("Press Ctrl-C"),
-        "tally up did not come up:\n{printed}"
-    );
-    let stack = tally_stack::StackFile::read(&dir).expect("stack.json");
-    Up {
-        child,
-        reader,
-        dir,
-        stack,
-    }
-}
-
-impl Up {
-    fn stop(mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        )
-        .unwrap();
-        assert!(
-            self.child.wait().unwrap().success(),
-            "tally up stops on Ctrl-C"
-        );
-        self.reader.join().unwrap();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn promtool_check(rules: &Path) {
     let out = Command::new("promtool")
         .args(["check", "rules"])
@@ -215,7 +146,7 @@ fn promtool_check(rules: &Path) {
 #[tokio::test]
 async fn a_live_stack_exports_every_defined_metric_and_the_rules_and_dashboard_use_only_those() {
     let db = TestDb::new().await;
-    let up = start_up(&db);
+    let up = crate::start_up(Some(&db));
     let http = reqwest::Client::new();
     let (api, dash) = (&up.stack.api_url, &up.stack.dashboards_url);
 

@@ -159,6 +159,14 @@ async fn start_servers() -> Servers {
     }
 }
 
+/// The password in a `scheme://user:password@host/…` URL (empty if none).
+pub fn url_password(url: &str) -> &str {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map_or("", |(_, password)| password)
+}
+
 /// Which ClickHouse the tests run against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {

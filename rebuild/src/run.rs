@@ -930,10 +930,14 @@ async fn build_compare_swap(
         )
         .await?;
         if let Some(from) = from {
+            let drift = if outcome.has_drift() {
+                " (the drift above is the old calendar's days against the new one's)"
+            } else {
+                ""
+            };
             outcome.notes.push(format!(
-                "the deployment's reporting zone changed from {from} to {}: the drift above is \
-                 the old calendar's days against the new one's, and the running ingest counts \
-                 in {} from now on",
+                "the deployment's reporting zone changed from {from} to {}; the running ingest \
+                 counts in {} from now on{drift}",
                 opts.zone.name(),
                 opts.zone.name()
             ));

@@ -158,7 +158,7 @@ impl AppState {
     }
 
     async fn freshness(&self) -> Result<Freshness, clickhouse::error::Error> {
-        let wm = tally_ingest::watermark::published(&self.ch).await?;
+        let wm = tally_projection::watermark::published(&self.ch).await?;
         Ok(Freshness::at(wm, OffsetDateTime::now_utc()))
     }
 }

@@ -14,9 +14,7 @@
 
 mod batch;
 pub mod dead_letters;
-pub mod deployment;
 pub mod metrics;
-pub mod rows;
 pub mod watermark;
 
 use std::time::{Duration, Instant};
@@ -32,7 +30,7 @@ pub use batch::{
     TOTALS_TABLE, TotalsRow, add_to_totals, insert_rows, recover_pending,
 };
 pub use metrics::Metrics;
-pub use rows::{DailyRow, FactRow, ReportingZone, WatermarkRow};
+pub use tally_projection::{DailyRow, FactRow, ReportingZone, WatermarkRow, deployment, rows};
 
 /// The NOTIFY channel the outbox trigger signals.
 pub const CHANNEL: &str = "tally_outbox";

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use sqlx::PgConnection;
 use tally_domain::DailyMeasures;
-use tally_ingest::rows::{CellKey, DailyRow};
+use tally_projection::rows::{CellKey, DailyRow};
 use time::Date;
 
 use crate::RebuildError;
@@ -68,7 +68,7 @@ impl CellSums {
                 id
             }
         };
-        Column(id, tally_ingest::rows::currency_bytes(currency))
+        Column(id, tally_projection::rows::currency_bytes(currency))
     }
 
     pub fn add_at(&mut self, day: Date, at: Column, m: &DailyMeasures) {

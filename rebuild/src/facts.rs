@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use tally_ingest::rows::FactRow;
+use tally_projection::rows::FactRow;
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use futures_util::TryStreamExt;
 use sqlx::PgPool;
 use tally_domain::DailyMeasures;
-use tally_ingest::rows::CellKey;
+use tally_projection::rows::CellKey;
 use time::Date;
 
 /// (day, merchant, currency) → measures.

@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use sqlx::PgPool;
-use tally_ingest::rows::{DailyRow, ReportingZone, currency_bytes};
+use tally_projection::rows::{DailyRow, ReportingZone, currency_bytes};
 use time::{Date, Duration, OffsetDateTime};
 
 use crate::RebuildError;
@@ -85,7 +85,7 @@ pub async fn reconcile(
     since: Date,
     sink: &mut Sink<'_>,
 ) -> Result<ReconcileOutcome, RebuildError> {
-    let wm = tally_ingest::watermark::published(ch).await?;
+    let wm = tally_projection::watermark::published(ch).await?;
     let until = match wm {
         Some(w) => zone.day(w - COMPLETENESS_MARGIN),
         None => since, // nothing projected yet: nothing is complete

@@ -50,11 +50,12 @@ use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::{Connection, PgConnection, PgPool};
 use tally_domain::DailyMeasures;
-use tally_ingest::rows::{CellKey, DailyRow, FactRow, Projected, ReportingZone, project};
 use tally_ingest::{
     OUTBOX_COLUMNS, OutboxRow, SEAM_LOCK, TOTALS_COLUMNS, TOTALS_TABLE, TotalsRow, add_to_totals,
-    deployment, insert_rows, recover_pending,
+    insert_rows, recover_pending,
 };
+use tally_projection::deployment;
+use tally_projection::rows::{CellKey, DailyRow, FactRow, Projected, ReportingZone, project};
 use time::{Date, OffsetDateTime};
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;

@@ -22,7 +22,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
-use tally_ingest::rows::ReportingZone;
+use tally_projection::rows::ReportingZone;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::RebuildError;
@@ -42,12 +42,12 @@ pub struct SchedulerConfig {
     pub reporting_zone: ReportingZone,
 }
 
-/// The deployment's zone now (`tally_ingest::deployment`).
+/// The deployment's zone now (`tally_projection::deployment`).
 async fn current_zone(
     pool: &PgPool,
     fallback: &ReportingZone,
 ) -> Result<ReportingZone, RebuildError> {
-    match tally_ingest::deployment::recorded(pool).await? {
+    match tally_projection::deployment::recorded(pool).await? {
         Some(z) => ReportingZone::parse(&z).map_err(RebuildError::Refused),
         None => Ok(fallback.clone()),
     }

@@ -16,8 +16,8 @@
 use futures_util::Stream;
 use sqlx::{PgConnection, Postgres};
 use tally_domain::DailyMeasures;
-use tally_ingest::FactRow;
-use tally_ingest::rows::currency_bytes;
+use tally_projection::FactRow;
+use tally_projection::rows::currency_bytes;
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 

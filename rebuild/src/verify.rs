@@ -2,8 +2,8 @@
 //! cell, exactly.
 
 use sqlx::PgPool;
-use tally_ingest::DailyRow;
-use tally_ingest::rows::CellKey;
+use tally_projection::DailyRow;
+use tally_projection::rows::CellKey;
 
 use crate::RebuildError;
 use crate::oracle::{Cells, daily_from_write_store};

@@ -91,7 +91,7 @@ impl Global {
 }
 
 impl Global {
-    /// The deployment's reporting zone (`tally_ingest::deployment`): the
+    /// The deployment's reporting zone (`tally_projection::deployment`): the
     /// recorded one, which `--reporting-tz` must agree with; recorded from
     /// it (or UTC) if the deployment has none yet. `by` names the process
     /// in the record.
@@ -99,8 +99,8 @@ impl Global {
         &self,
         pool: &sqlx::PgPool,
         by: &str,
-    ) -> anyhow::Result<tally_ingest::ReportingZone> {
-        Ok(tally_ingest::deployment::resolve(pool, self.reporting_tz.as_deref(), by).await?)
+    ) -> anyhow::Result<tally_projection::ReportingZone> {
+        Ok(tally_projection::deployment::resolve(pool, self.reporting_tz.as_deref(), by).await?)
     }
 
     pub async fn ingest_config(

@@ -173,8 +173,8 @@ async fn zone_change_options(
         .reporting_tz
         .as_deref()
         .context("--change-reporting-zone needs the new zone: add --reporting-tz <IANA name>")?;
-    let zone = tally_ingest::ReportingZone::parse(given).map_err(anyhow::Error::msg)?;
-    let recorded = tally_ingest::deployment::recorded(pool).await?;
+    let zone = tally_projection::ReportingZone::parse(given).map_err(anyhow::Error::msg)?;
+    let recorded = tally_projection::deployment::recorded(pool).await?;
     match recorded {
         Some(r) if r.eq_ignore_ascii_case(zone.name()) => {
             eprintln!("the deployment already reports in {r}: this is an ordinary rebuild")

@@ -6,7 +6,7 @@ mod operations;
 
 use std::process::Output;
 
-use tally_ingest::DailyRow;
+use tally_projection::DailyRow;
 use tally_tests::{TestDb, init_logs};
 
 fn tally(db: &TestDb, args: &[&str]) -> Output {
@@ -356,7 +356,7 @@ async fn the_reporting_zone_is_the_deployments_and_other_zones_are_refused() {
         tally_tests::place_direct(&db.pg, &format!("m-{i}"), 1000 + i).await;
     }
     let mut w = db.ingest_worker(tally_ingest::IngestConfig {
-        reporting_zone: tally_ingest::ReportingZone::parse("Asia/Kathmandu").unwrap(),
+        reporting_zone: tally_projection::ReportingZone::parse("Asia/Kathmandu").unwrap(),
         ..Default::default()
     });
     w.drain().await.unwrap();

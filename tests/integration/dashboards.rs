@@ -5,8 +5,8 @@
 
 use serde_json::Value;
 use tally_dashboards::views::{DailyResponse, SummaryResponse, TopResponse};
-use tally_ingest::DailyRow;
 use tally_ops::auth::{Role, create_key};
+use tally_projection::DailyRow;
 use tally_tests::{Ingest, TestApp, spawn_app};
 use time::macros::date;
 

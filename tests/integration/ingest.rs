@@ -428,7 +428,7 @@ async fn reporting_days_follow_the_configured_time_zone() {
         time::macros::datetime!(2026-11-23 23:30 UTC),
     )
     .await;
-    let zone = tally_ingest::ReportingZone::parse("Europe/Berlin").unwrap();
+    let zone = tally_projection::ReportingZone::parse("Europe/Berlin").unwrap();
     let mut w = db.ingest_worker(IngestConfig {
         reporting_zone: zone,
         ..config(10)

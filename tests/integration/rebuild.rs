@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tally_ingest::{DailyRow, FactRow};
+use tally_projection::{DailyRow, FactRow};
 use tally_rebuild::RebuildError;
 use tally_rebuild::compare::Kind;
 use tally_rebuild::run::{Mode, RunOptions, RunOutcome, history, rollback, run};
@@ -515,7 +515,7 @@ async fn reconciliation_checks_complete_days_and_reports_drift_per_currency() {
     init_logs();
     let db = TestDb::new().await;
     let ch = db.ch.client();
-    let zone = tally_ingest::ReportingZone::utc();
+    let zone = tally_projection::ReportingZone::utc();
     // Orders three days ago, projected by a worker.
     let past = time::OffsetDateTime::now_utc() - time::Duration::days(3);
     for i in 0..5 {
@@ -624,8 +624,8 @@ async fn bulk_seeded_orders_reach_clickhouse_only_through_a_rebuild() {
 #[tokio::test]
 async fn a_rebuild_in_another_zone_than_the_deployments_is_not_swapped_in() {
     let db = TestDb::new().await;
-    let kathmandu = tally_ingest::ReportingZone::parse("Asia/Kathmandu").unwrap();
-    tally_ingest::deployment::resolve(&db.pg, Some("Asia/Kathmandu"), "test")
+    let kathmandu = tally_projection::ReportingZone::parse("Asia/Kathmandu").unwrap();
+    tally_projection::deployment::resolve(&db.pg, Some("Asia/Kathmandu"), "test")
         .await
         .unwrap();
     for i in 0..5 {
@@ -675,7 +675,7 @@ async fn a_rebuild_in_another_zone_than_the_deployments_is_not_swapped_in() {
 /// does not have, is outranked rather than left live.
 #[tokio::test]
 async fn the_reporting_zone_changes_under_load_and_every_event_counts_once_in_the_new_calendar() {
-    use tally_ingest::deployment;
+    use tally_projection::deployment;
     use time::{Duration as Span, OffsetDateTime};
     init_logs();
     let app = spawn_app(Ingest::Running).await;
@@ -726,7 +726,7 @@ async fn the_reporting_zone_changes_under_load_and_every_event_counts_once_in_th
         tokio::spawn(async move { drive(&app, 400, 6, 12).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let kathmandu = tally_ingest::ReportingZone::parse("Asia/Kathmandu").unwrap();
+    let kathmandu = tally_projection::ReportingZone::parse("Asia/Kathmandu").unwrap();
     let change = RunOptions {
         zone: kathmandu.clone(),
         change_zone: true,

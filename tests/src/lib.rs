@@ -660,7 +660,7 @@ pub async fn assert_projections_exact_in(db: &TestDb, zone: &str) -> Compared {
         .ch
         .client()
         .query("SELECT ?fields FROM order_facts FINAL")
-        .fetch_all::<tally_ingest::FactRow>()
+        .fetch_all::<tally_projection::FactRow>()
         .await
         .expect("facts")
         .into_iter()

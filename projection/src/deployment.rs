@@ -13,7 +13,7 @@
 
 use sqlx::PgExecutor;
 
-use crate::ReportingZone;
+use crate::rows::ReportingZone;
 
 /// The key of the reporting zone in `deployment_settings`.
 pub const REPORTING_ZONE: &str = "reporting_zone";

@@ -6,6 +6,12 @@ use anyhow::Context;
 use clap::Args;
 use tally_ops::{ChSettings, PgSettings};
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct Global {
     /// PostgreSQL write store. Unset: `tally up` starts its own.
@@ -31,8 +37,14 @@ pub struct Global {
     #[arg(long, env = "TALLY_DATA_DIR", default_value = ".tally", global = true)]
     pub data_dir: PathBuf,
     /// Log format: `text` for terminals, `json` for collectors.
-    #[arg(long, env = "TALLY_LOG_FORMAT", default_value = "text", global = true)]
-    pub log_format: String,
+    #[arg(
+        long,
+        env = "TALLY_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
     /// The IANA time zone whose midnight separates reporting days. Per
     /// deployment: recorded in the write store when the deployment is
     /// created (default UTC); a later process given another zone refuses
@@ -124,7 +136,7 @@ pub fn init_tracing(g: &Global) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if g.log_format == "json" {
+    if g.log_format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

@@ -457,3 +457,16 @@ async fn an_older_binary_refuses_a_newer_schema() {
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("migration 999"));
 }
+
+/// A typo in a flag with a fixed set of values is refused with the set,
+/// not taken for the default.
+#[test]
+fn a_log_format_other_than_text_or_json_is_refused_with_the_choices() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["--log-format", "yaml", "migrate"])
+        .output()
+        .expect("run tally");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("possible values: text, json"), "{err}");
+}

@@ -208,23 +208,22 @@ async fn sanitize_request_id(mut req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// Runs the rest of the request with its id in [`current_request_id`].
-async fn scope_request_id(req: Request, next: Next) -> Response {
-    let id = req
-        .extensions()
+/// The id `SetRequestIdLayer` gave the request (empty before it ran).
+fn request_id_of<B>(req: &axum::http::Request<B>) -> &str {
+    req.extensions()
         .get::<tower_http::request_id::RequestId>()
         .and_then(|id| id.header_value().to_str().ok())
         .unwrap_or_default()
-        .to_owned();
+}
+
+/// Runs the rest of the request with its id in [`current_request_id`].
+async fn scope_request_id(req: Request, next: Next) -> Response {
+    let id = request_id_of(&req).to_owned();
     REQUEST_ID.scope(id, next.run(req)).await
 }
 
 fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
-    let id = req
-        .extensions()
-        .get::<tower_http::request_id::RequestId>()
-        .and_then(|id| id.header_value().to_str().ok())
-        .unwrap_or_default();
+    let id = request_id_of(req);
     let route = req
         .extensions()
         .get::<MatchedPath>()

@@ -704,6 +704,15 @@ pub fn currency(code: [u8; 3]) -> Result<Currency, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summed_columns_are_the_domains_measures() {
+        let mut ours = SUM_COLUMNS.to_vec();
+        let mut domain = tally_domain::DailyMeasures::NAMES.to_vec();
+        ours.sort_unstable();
+        domain.sort_unstable();
+        assert_eq!(ours, domain);
+    }
     use crate::params::{Format, RawQuery};
     use time::macros::date;
 

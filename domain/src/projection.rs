@@ -22,6 +22,18 @@ pub struct DailyMeasures {
 }
 
 impl DailyMeasures {
+    /// The measures' names, in field order: the one list the column lists
+    /// elsewhere (SQL, ClickHouse rows, comparisons, the dashboards' sums)
+    /// are checked against by tests.
+    pub const NAMES: [&'static str; 6] = [
+        "orders_placed",
+        "gross_minor",
+        "captured_minor",
+        "refunded_minor",
+        "orders_cancelled",
+        "items_sold",
+    ];
+
     /// The contribution of one event to the cell of its own day.
     pub fn of_event(event: &OrderEvent) -> DailyMeasures {
         let zero = DailyMeasures::default();
@@ -84,5 +96,35 @@ impl DailyMeasures {
 
     pub fn is_zero(&self) -> bool {
         *self == DailyMeasures::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_names_are_the_fields_in_order() {
+        // A field added to the struct breaks this pattern until it is
+        // named here and in NAMES.
+        let DailyMeasures {
+            orders_placed: _,
+            gross_minor: _,
+            captured_minor: _,
+            refunded_minor: _,
+            orders_cancelled: _,
+            items_sold: _,
+        } = DailyMeasures::default();
+        assert_eq!(
+            DailyMeasures::NAMES,
+            [
+                "orders_placed",
+                "gross_minor",
+                "captured_minor",
+                "refunded_minor",
+                "orders_cancelled",
+                "items_sold"
+            ]
+        );
     }
 }

@@ -1555,6 +1555,37 @@ mod tests {
     use super::*;
     use time::macros::date;
 
+    /// Adding a measure means adding it everywhere a cell's columns are
+    /// listed; this names the lists that must agree with the domain's.
+    #[test]
+    fn every_list_of_the_daily_measures_agrees_with_the_domain() {
+        let names = DailyMeasures::NAMES;
+        assert_eq!(
+            DAILY_SPECS.map(|s| s.name),
+            names,
+            "the comparison's columns"
+        );
+        let cell = |n: &[&'static str]| -> Vec<&'static str> {
+            let mut c = vec!["day", "merchant_id", "currency"];
+            c.extend_from_slice(n);
+            c.push("version");
+            c
+        };
+        assert_eq!(
+            TOTALS_COLUMNS
+                .split(", ")
+                .map(str::trim)
+                .collect::<Vec<_>>(),
+            cell(&names),
+            "the running totals' SQL columns"
+        );
+        assert_eq!(
+            <DailyRow as clickhouse::Row>::COLUMN_NAMES.to_vec(),
+            cell(&names),
+            "the ClickHouse row"
+        );
+    }
+
     #[test]
     fn day_ranges_respect_the_limit_and_cover_every_day() {
         let counts: BTreeMap<Date, u64> = [

@@ -58,7 +58,7 @@ impl Collector for PgPools {
             (
                 "tally_pg_pool_idle_connections",
                 "Idle connections in the PostgreSQL pool",
-                |p| p.num_idle() as i64,
+                |p| i64::try_from(p.num_idle()).unwrap_or(i64::MAX),
             ),
             (
                 "tally_pg_pool_max_connections",
@@ -82,6 +82,8 @@ impl Collector for PgPools {
     }
 }
 
+/// A `kind` label: of a ClickHouse error here, of a run in the rebuild's
+/// metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: &'static str,

@@ -22,6 +22,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
+use tally_ops::telemetry::KindLabel;
 use tally_projection::rows::ReportingZone;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
@@ -68,11 +69,6 @@ impl Default for SchedulerConfig {
 pub struct JobLabels {
     pub job: &'static str,
     pub result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

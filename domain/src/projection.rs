@@ -8,32 +8,72 @@
 
 use crate::order::OrderEvent;
 
-/// Additive measures of one (day, merchant, currency) cell. Amounts are
-/// minor units of that cell's currency; they are never added across cells
-/// of different currencies.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
-pub struct DailyMeasures {
-    pub orders_placed: i64,
-    pub gross_minor: i64,
-    pub captured_minor: i64,
-    pub refunded_minor: i64,
-    pub orders_cancelled: i64,
-    pub items_sold: i64,
+/// Declares the measures once: the struct, its names in field order, and
+/// the whole-cell arithmetic. A measure added here is added to every
+/// column list that tests hold to [`DailyMeasures::NAMES`].
+macro_rules! measures {
+    ($($(#[$doc:meta])* $name:ident),+ $(,)?) => {
+        /// Additive measures of one (day, merchant, currency) cell. Amounts
+        /// are minor units of that cell's currency; they are never added
+        /// across cells of different currencies.
+        #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+        pub struct DailyMeasures {
+            $($(#[$doc])* pub $name: i64,)+
+        }
+
+        impl DailyMeasures {
+            /// How many measures a cell has.
+            pub const COUNT: usize = [$(stringify!($name)),+].len();
+
+            /// The measures' names, in field order: the one list the column
+            /// lists elsewhere (SQL, ClickHouse rows, comparisons, the
+            /// dashboards' sums) are derived from or checked against.
+            pub const NAMES: [&'static str; DailyMeasures::COUNT] = [$(stringify!($name)),+];
+
+            /// The values, in the order of [`NAMES`](Self::NAMES).
+            pub fn values(&self) -> [i64; DailyMeasures::COUNT] {
+                [$(self.$name),+]
+            }
+
+            /// The measures from values in the order of [`NAMES`](Self::NAMES).
+            pub fn from_values(v: [i64; DailyMeasures::COUNT]) -> DailyMeasures {
+                let [$($name),+] = v;
+                DailyMeasures { $($name),+ }
+            }
+
+            /// The sum of two cells' measures, or `None` if any of them
+            /// leaves 64 bits. Never saturates or wraps: a wrong figure is
+            /// worse than none, and the caller decides who is told (the
+            /// ingest parks the event that tipped the cell over, the
+            /// rebuild refuses to swap).
+            pub fn checked_add(&self, o: &DailyMeasures) -> Option<DailyMeasures> {
+                Some(DailyMeasures { $($name: self.$name.checked_add(o.$name)?),+ })
+            }
+
+            /// The measures that cancel these: adding them subtracts a cell.
+            pub fn negated(&self) -> DailyMeasures {
+                DailyMeasures { $($name: -self.$name),+ }
+            }
+        }
+    };
+}
+
+measures! {
+    /// Orders placed that day.
+    orders_placed,
+    /// Sum of the placed orders' totals.
+    gross_minor,
+    /// Payments captured that day.
+    captured_minor,
+    /// Refunds made that day (including a cancellation's).
+    refunded_minor,
+    /// Orders cancelled that day.
+    orders_cancelled,
+    /// Units sold in the orders placed that day.
+    items_sold,
 }
 
 impl DailyMeasures {
-    /// The measures' names, in field order: the one list the column lists
-    /// elsewhere (SQL, ClickHouse rows, comparisons, the dashboards' sums)
-    /// are checked against by tests.
-    pub const NAMES: [&'static str; 6] = [
-        "orders_placed",
-        "gross_minor",
-        "captured_minor",
-        "refunded_minor",
-        "orders_cancelled",
-        "items_sold",
-    ];
-
     /// The contribution of one event to the cell of its own day.
     pub fn of_event(event: &OrderEvent) -> DailyMeasures {
         let zero = DailyMeasures::default();
@@ -67,33 +107,6 @@ impl DailyMeasures {
         i128::from(self.captured_minor) - i128::from(self.refunded_minor)
     }
 
-    /// The sum of two cells' measures, or `None` if any of them leaves 64
-    /// bits. Never saturates or wraps: a wrong figure is worse than none,
-    /// and the caller decides who is told (the ingest parks the event that
-    /// tipped the cell over, the rebuild refuses to swap).
-    pub fn checked_add(&self, o: &DailyMeasures) -> Option<DailyMeasures> {
-        Some(DailyMeasures {
-            orders_placed: self.orders_placed.checked_add(o.orders_placed)?,
-            gross_minor: self.gross_minor.checked_add(o.gross_minor)?,
-            captured_minor: self.captured_minor.checked_add(o.captured_minor)?,
-            refunded_minor: self.refunded_minor.checked_add(o.refunded_minor)?,
-            orders_cancelled: self.orders_cancelled.checked_add(o.orders_cancelled)?,
-            items_sold: self.items_sold.checked_add(o.items_sold)?,
-        })
-    }
-
-    /// The measures that cancel these: adding them subtracts a cell.
-    pub fn negated(&self) -> DailyMeasures {
-        DailyMeasures {
-            orders_placed: -self.orders_placed,
-            gross_minor: -self.gross_minor,
-            captured_minor: -self.captured_minor,
-            refunded_minor: -self.refunded_minor,
-            orders_cancelled: -self.orders_cancelled,
-            items_sold: -self.items_sold,
-        }
-    }
-
     pub fn is_zero(&self) -> bool {
         *self == DailyMeasures::default()
     }
@@ -102,6 +115,30 @@ impl DailyMeasures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_round_trip_in_name_order() {
+        let m = DailyMeasures {
+            orders_placed: 1,
+            gross_minor: 2,
+            captured_minor: 3,
+            refunded_minor: 4,
+            orders_cancelled: 5,
+            items_sold: 6,
+        };
+        assert_eq!(m.values(), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(DailyMeasures::from_values(m.values()), m);
+        assert_eq!(m.negated().values(), [-1, -2, -3, -4, -5, -6]);
+        assert_eq!(
+            m.checked_add(&m).map(|s| s.values()),
+            Some([2, 4, 6, 8, 10, 12])
+        );
+        let max = DailyMeasures {
+            items_sold: i64::MAX,
+            ..DailyMeasures::default()
+        };
+        assert_eq!(max.checked_add(&m), None);
+    }
 
     #[test]
     fn the_names_are_the_fields_in_order() {

@@ -5,8 +5,9 @@
 //! Exactly-once comes from where the state lives, not from ClickHouse:
 //! running totals are kept in PostgreSQL and changed in the same
 //! transaction that consumes the outbox rows, and ClickHouse only ever
-//! receives whole rows tagged with a version (`batch.rs` has the protocol,
-//! ARCHITECTURE.md the argument). Any number of workers may run at once.
+//! receives whole rows tagged with a version (`batch.rs` has the steps,
+//! `tally_projection::totals` the argument). Any number of workers may run
+//! at once.
 //!
 //! The worker sleeps on `LISTEN tally_outbox` (the outbox's insert trigger
 //! notifies), never polls an idle database faster than `idle_poll`, and
@@ -23,14 +24,13 @@ use rand::Rng;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tally_ops::Shutdown;
+use tally_projection::totals::{self, TotalsError};
 use time::OffsetDateTime;
 
-pub use batch::{
-    BatchOutcome, CLAIM_SQL, ClaimFrom, OUTBOX_COLUMNS, OutboxRow, SEAM_LOCK, TOTALS_COLUMNS,
-    TOTALS_TABLE, TotalsRow, add_to_totals, insert_rows, recover_pending,
-};
+pub use batch::BatchOutcome;
 pub use metrics::Metrics;
-pub use tally_projection::{DailyRow, FactRow, ReportingZone, WatermarkRow, deployment, rows};
+pub use tally_projection::seam::ClaimFrom;
+pub use tally_projection::{ReportingZone, WatermarkRow};
 
 /// The NOTIFY channel the outbox trigger signals.
 pub const CHANNEL: &str = "tally_outbox";
@@ -75,10 +75,8 @@ impl Default for IngestConfig {
 pub enum IngestError {
     #[error("PostgreSQL: {0}")]
     Postgres(#[from] sqlx::Error),
-    #[error("ClickHouse insert into {0} failed: {1}")]
-    ClickHouse(String, #[source] clickhouse::error::Error),
-    #[error("ClickHouse insert into {0} timed out")]
-    Timeout(String),
+    #[error(transparent)]
+    Insert(#[from] tally_projection::InsertError),
     #[error("ClickHouse: {0}")]
     ClickHouseQuery(#[from] clickhouse::error::Error),
     /// The batch of these outbox rows failed in a way that would recur for
@@ -101,6 +99,15 @@ pub enum IngestError {
     /// The recorded reporting zone is not one this build knows.
     #[error("the deployment's reporting zone: {0}")]
     Zone(String),
+}
+
+impl From<TotalsError> for IngestError {
+    fn from(e: TotalsError) -> Self {
+        match e {
+            TotalsError::Postgres(e) => IngestError::Postgres(e),
+            TotalsError::Insert(e) => IngestError::Insert(e),
+        }
+    }
 }
 
 /// One ingest worker.
@@ -167,7 +174,7 @@ impl Worker {
     /// then publishes the watermark. Tests call this instead of sleeping.
     pub async fn drain(&mut self) -> Result<DrainOutcome, IngestError> {
         let mut total = DrainOutcome::default();
-        batch::recover_pending(&self.pool, &self.ch, Duration::ZERO).await?;
+        totals::recover_pending(&self.pool, &self.ch, Duration::ZERO).await?;
         loop {
             let b = self.one_batch().await?;
             if b.claimed == 0 {
@@ -348,7 +355,7 @@ impl Worker {
             .last_recovery
             .is_none_or(|t| t.elapsed() >= self.config.pending_grace / 4)
         {
-            batch::recover_pending(&self.pool, &self.ch, self.config.pending_grace).await?;
+            totals::recover_pending(&self.pool, &self.ch, self.config.pending_grace).await?;
             self.last_recovery = Some(Instant::now());
         }
         let b = self.one_batch().await?;
@@ -393,7 +400,8 @@ impl Worker {
                 watermark_us: us,
                 recorded_at: f.now,
             };
-            batch::insert_rows(&self.ch, "ingest_watermark", std::slice::from_ref(&row)).await?;
+            tally_projection::insert_rows(&self.ch, "ingest_watermark", std::slice::from_ref(&row))
+                .await?;
             self.published_watermark_us = us;
         }
         // Only once it is published: a failed insert is retried.

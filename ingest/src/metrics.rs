@@ -129,12 +129,11 @@ impl Metrics {
     }
 
     /// Counts a failed ClickHouse request by kind.
-    pub fn clickhouse_failed(&self, e: &crate::IngestError) {
-        use crate::IngestError as E;
+    pub fn clickhouse_failed(&self, e: &tally_projection::InsertError) {
+        use tally_projection::InsertError;
         match e {
-            E::Timeout(_) => self.clickhouse_errors.record_kind("timeout"),
-            E::ClickHouse(_, e) | E::ClickHouseQuery(e) => self.clickhouse_errors.record(e),
-            _ => self.clickhouse_errors.record_kind("other"),
+            InsertError::Timeout(_) => self.clickhouse_errors.record_kind("timeout"),
+            InsertError::Failed { source, .. } => self.clickhouse_errors.record(source),
         }
     }
 

@@ -47,14 +47,10 @@ pub async fn recorded(db: impl PgExecutor<'_>) -> Result<Option<String>, sqlx::E
 /// a recorded zone.
 pub async fn resolve(
     db: &sqlx::PgPool,
-    given: Option<&str>,
+    given: Option<&ReportingZone>,
     by: &str,
 ) -> Result<ReportingZone, ZoneError> {
-    let given = given
-        .map(ReportingZone::parse)
-        .transpose()
-        .map_err(ZoneError::Invalid)?;
-    let first = given.clone().unwrap_or_else(ReportingZone::utc);
+    let first = given.cloned().unwrap_or_else(ReportingZone::utc);
     sqlx::query(
         "INSERT INTO deployment_settings (key, value, changed_by) VALUES ($1, $2, $3)
          ON CONFLICT (key) DO NOTHING",

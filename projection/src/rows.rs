@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
-use tally_domain::{DailyMeasures, EventEnvelope};
+use tally_domain::{Currency, DailyMeasures, EventEnvelope, MerchantId, ParseError};
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
@@ -74,12 +74,24 @@ impl DailyRow {
         }
     }
 
-    /// The cell this row is about: (day, merchant, currency code).
-    pub fn key(&self) -> CellKey {
-        (
+    /// The row of one cell with these measures.
+    pub fn of_cell(key: &CellKey, m: &DailyMeasures, version: u64) -> Self {
+        DailyRow::new(
+            key.day,
+            key.merchant.to_string(),
+            key.currency.code_bytes(),
+            m,
+            version,
+        )
+    }
+
+    /// The cell this row is about. Fails only for a row no Tally process
+    /// wrote (its merchant or currency would not have been accepted).
+    pub fn key(&self) -> Result<CellKey, ParseError> {
+        CellKey::parse(
             self.day,
-            self.merchant_id.clone(),
-            String::from_utf8_lossy(&self.currency).into_owned(),
+            &self.merchant_id,
+            &String::from_utf8_lossy(&self.currency),
         )
     }
 
@@ -188,8 +200,34 @@ impl FactRow {
     }
 }
 
-/// A daily cell key: (reporting day, merchant, currency code).
-pub type CellKey = (Date, String, String);
+/// A daily cell: one merchant's figures in one currency on one reporting
+/// day. Orders as (day, merchant, currency code), the order in which the
+/// running totals lock their rows.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CellKey {
+    pub day: Date,
+    pub merchant: MerchantId,
+    pub currency: Currency,
+}
+
+impl CellKey {
+    /// A key from stored text (PostgreSQL `text`/`char(3)`, ClickHouse
+    /// `String`/`FixedString(3)`): trailing blanks of a `char(3)` are
+    /// ignored, anything the domain would not accept is refused.
+    pub fn parse(day: Date, merchant: &str, currency: &str) -> Result<CellKey, ParseError> {
+        Ok(CellKey {
+            day,
+            merchant: MerchantId::parse(merchant)?,
+            currency: Currency::parse(currency.trim_end())?,
+        })
+    }
+}
+
+impl std::fmt::Display for CellKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "({}, {}, {})", self.day, self.merchant, self.currency)
+    }
+}
 
 /// What a batch of events becomes.
 #[derive(Debug, Default)]
@@ -212,11 +250,11 @@ pub fn project(events: &[EventEnvelope], zone: &ReportingZone) -> Projected {
     for (i, e) in events.iter().enumerate() {
         let delta = DailyMeasures::of_event(&e.event);
         if !delta.is_zero() {
-            let key = (
-                zone.day(e.occurred_at),
-                e.order.merchant_id.to_string(),
-                e.order.currency.code().to_owned(),
-            );
+            let key = CellKey {
+                day: zone.day(e.occurred_at),
+                merchant: e.order.merchant_id.clone(),
+                currency: e.order.currency,
+            };
             let cell = out.cells.entry(key).or_default();
             match cell.checked_add(&delta) {
                 Some(sum) => *cell = sum,

@@ -184,8 +184,8 @@ impl CellSums {
         if self.spilled_rows > 0 {
             return Err(Box::new(self));
         }
-        for ((day, merchant, currency), m) in backlog {
-            self.add(*day, merchant, currency, &m.negated());
+        for (k, m) in backlog {
+            self.add(k.day, k.merchant.as_str(), k.currency.code(), &m.negated());
         }
         self.sums.retain(|_, m| !m.is_zero());
         let cells = self.drain_sorted();

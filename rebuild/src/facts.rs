@@ -20,10 +20,11 @@ use uuid::Uuid;
 
 use crate::RebuildError;
 use crate::compare::{
-    ColumnKind, ColumnSpec, Frame, FrameBuilder, Sink, TableDrift, compare_chunk, unequal_keys,
+    ColumnKind, ColumnSpec, Frame, FrameBuilder, Pipelined, Sink, TableDrift, compare_chunk,
+    unequal_keys,
 };
 use crate::progress::Progress;
-use crate::run::{RunOptions, prefetched};
+use crate::run::RunOptions;
 use crate::tables::Copy;
 
 pub(crate) const FACT_SPECS: [ColumnSpec; 11] = [
@@ -300,11 +301,9 @@ pub(crate) async fn compare(
             Ok((slice, rows, skipped, matching, unequal))
         }))
     };
-    let mut next = slices.first().map(fetch);
-    for i in 0..slices.len() {
-        let Some(chunk) = next.take() else { break };
-        let (slice, rows, skipped, matching, unequal) = prefetched(chunk).await?;
-        next = slices.get(i + 1).map(fetch);
+    let mut chunks = Pipelined::new(&slices, fetch);
+    while let Some(chunk) = chunks.next().await {
+        let (slice, rows, skipped, matching, unequal) = chunk?;
         progress.inc(rows);
         not_compared.extend(skipped);
         totals.compared += matching;

@@ -13,6 +13,7 @@
 
 pub mod cells;
 pub mod compare;
+mod daily;
 mod facts;
 pub mod oracle;
 pub mod progress;
@@ -29,14 +30,24 @@ pub use oracle::daily_from_write_store;
 pub use scheduler::{RebuildScheduler, SchedulerConfig, SchedulerMetrics};
 pub use verify::{DriftReport, verify_daily};
 
+impl From<tally_projection::totals::TotalsError> for RebuildError {
+    fn from(e: tally_projection::totals::TotalsError) -> Self {
+        use tally_projection::totals::TotalsError as E;
+        match e {
+            E::Postgres(e) => RebuildError::Postgres(e),
+            E::Insert(e) => RebuildError::Insert(e),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
     #[error("PostgreSQL: {0}")]
     Postgres(#[from] sqlx::Error),
     #[error("ClickHouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
-    #[error("ingest: {0}")]
-    Ingest(#[from] tally_ingest::IngestError),
+    #[error(transparent)]
+    Insert(#[from] tally_projection::InsertError),
     #[error("comparison: {0}")]
     Polars(#[from] polars::error::PolarsError),
     #[error("report file: {0}")]

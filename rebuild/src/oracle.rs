@@ -43,20 +43,16 @@ GROUP BY day, merchant_id, currency";
 /// One row of [`ORACLE_SQL`]: day, merchant, currency, then the measures.
 pub type OracleRow = (Date, String, String, i64, i64, i64, i64, i64, i64);
 
-/// A cell's key and measures, from an oracle row.
-pub fn cell(row: OracleRow) -> (CellKey, DailyMeasures) {
+/// A cell's key and measures, from an oracle row. Fails only for a
+/// merchant or currency the write API would not have accepted.
+pub fn cell(row: OracleRow) -> Result<(CellKey, DailyMeasures), sqlx::Error> {
     let (day, merchant, currency, op, gross, cap, refd, canc, items) = row;
-    (
-        (day, merchant, currency.trim_end().to_owned()),
-        DailyMeasures {
-            orders_placed: op,
-            gross_minor: gross,
-            captured_minor: cap,
-            refunded_minor: refd,
-            orders_cancelled: canc,
-            items_sold: items,
-        },
-    )
+    let key = CellKey::parse(day, &merchant, &currency)
+        .map_err(|e| sqlx::Error::Decode(format!("a write-store cell key: {e}").into()))?;
+    Ok((
+        key,
+        DailyMeasures::from_values([op, gross, cap, refd, canc, items]),
+    ))
 }
 
 /// `zone` is an IANA name (`UTC`, `Europe/Berlin`): the ingest's reporting zone.
@@ -66,7 +62,7 @@ pub async fn daily_from_write_store(pool: &PgPool, zone: &str) -> Result<Cells, 
         .bind(zone)
         .fetch(pool);
     while let Some(row) = rows.try_next().await? {
-        let (key, measures) = cell(row);
+        let (key, measures) = cell(row)?;
         out.insert(key, measures);
     }
     Ok(out)

@@ -15,13 +15,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use sqlx::PgPool;
-use tally_projection::rows::{DailyRow, ReportingZone, currency_bytes};
+use tally_projection::rows::{DailyRow, ReportingZone};
 use time::{Date, Duration, OffsetDateTime};
 
 use crate::RebuildError;
 use crate::compare::{Sink, TableDrift};
+use crate::daily::compare_daily_rows;
 use crate::oracle::{ORACLE_SQL, OracleRow, cell};
-use crate::run::compare_daily_rows;
 
 /// Events are stamped when the command runs and committed a little later:
 /// a day counts as complete once the watermark is this far past its end.
@@ -108,11 +108,8 @@ pub async fn reconcile(
     .fetch_all(pool)
     .await?
     .into_iter()
-    .map(|row| {
-        let ((day, merchant_id, cur), m) = cell(row);
-        DailyRow::new(day, merchant_id, currency_bytes(&cur), &m, 0)
-    })
-    .collect();
+    .map(|row| cell(row).map(|(key, m)| DailyRow::of_cell(&key, &m, 0)))
+    .collect::<Result<_, _>>()?;
     let live: Vec<DailyRow> = ch
         .query("SELECT ?fields FROM daily_revenue FINAL WHERE day >= toDate(?) AND day < toDate(?)")
         .bind(since.to_string())

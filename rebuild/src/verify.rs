@@ -9,12 +9,20 @@ use crate::RebuildError;
 use crate::oracle::{Cells, daily_from_write_store};
 
 /// The live projection, latest version of each cell.
-pub async fn live_daily(ch: &clickhouse::Client) -> Result<Cells, clickhouse::error::Error> {
+pub async fn live_daily(ch: &clickhouse::Client) -> Result<Cells, RebuildError> {
     let rows: Vec<DailyRow> = ch
         .query("SELECT ?fields FROM daily_revenue FINAL")
         .fetch_all()
         .await?;
-    Ok(rows.iter().map(|r| (r.key(), r.measures())).collect())
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.key()
+                    .map_err(|e| RebuildError::Invariant(format!("a live cell: {e}")))?,
+                r.measures(),
+            ))
+        })
+        .collect()
 }
 
 /// Cells that match, are missing from the live side, are extra there, or differ.

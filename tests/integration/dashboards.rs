@@ -66,7 +66,7 @@ async fn seed(app: &TestApp) {
         .await
         .unwrap();
     for r in rows {
-        tally_ingest::insert_rows(&ch, "daily_revenue", &[r])
+        tally_projection::insert_rows(&ch, "daily_revenue", &[r])
             .await
             .unwrap();
     }
@@ -164,7 +164,7 @@ async fn daily_revenue_is_exact_per_day_and_currency_and_filters_by_merchant() {
     }
     let again: DailyResponse = json(&app, &format!("/v1/revenue/daily?{JUNE}")).await;
     assert_eq!(again.rows, d.rows);
-    tally_ingest::insert_rows(
+    tally_projection::insert_rows(
         &ch,
         "daily_revenue",
         &[cell(jun1(), "m-b", "EUR", [2, 3_000, 5_000, 0, 0, 2], 5)],
@@ -841,7 +841,7 @@ async fn sums_past_64_bits_are_exact_not_wrapped() {
         cell(d3, "m-x", "EUR", [1, BIG, BIG, 0, 0, 1], 1),
     ];
     for r in rows {
-        tally_ingest::insert_rows(&ch, "daily_revenue", &[r])
+        tally_projection::insert_rows(&ch, "daily_revenue", &[r])
             .await
             .unwrap();
     }

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use tally_domain::OrderId;
-use tally_ingest::{ClaimFrom, FactRow, IngestConfig};
+use tally_ingest::{ClaimFrom, IngestConfig};
+use tally_projection::FactRow;
 use tally_tests::{Ingest, TestDb, init_logs, order_body, spawn_app};
 
 fn config(batch_size: i64) -> IngestConfig {

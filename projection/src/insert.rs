@@ -1,0 +1,46 @@
+//! Every write to a projection table is one INSERT of whole rows: one
+//! block, which ClickHouse applies atomically, bounded in time so that a
+//! hung server costs a retry from PostgreSQL, never a stuck worker.
+
+use std::time::Duration;
+
+/// Time allowed for one ClickHouse insert before it is abandoned (the
+/// caller's transaction is rolled back and its work claimed again).
+pub const INSERT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum InsertError {
+    #[error("ClickHouse insert into {table} failed: {source}")]
+    Failed {
+        table: String,
+        #[source]
+        source: clickhouse::error::Error,
+    },
+    #[error("ClickHouse insert into {0} timed out after {secs} s", secs = INSERT_TIMEOUT.as_secs())]
+    Timeout(String),
+}
+
+/// One INSERT of all `rows` into `table`.
+pub async fn insert_rows<T>(
+    ch: &clickhouse::Client,
+    table: &str,
+    rows: &[T],
+) -> Result<(), InsertError>
+where
+    T: clickhouse::RowOwned + clickhouse::RowWrite,
+{
+    let work = async {
+        let mut insert = ch.insert::<T>(table).await?;
+        for r in rows {
+            insert.write(r).await?;
+        }
+        insert.end().await
+    };
+    match tokio::time::timeout(INSERT_TIMEOUT, work).await {
+        Ok(r) => r.map_err(|source| InsertError::Failed {
+            table: table.to_owned(),
+            source,
+        }),
+        Err(_) => Err(InsertError::Timeout(table.to_owned())),
+    }
+}

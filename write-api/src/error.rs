@@ -203,3 +203,11 @@ impl IntoResponse for ApiError {
         problem.into_response()
     }
 }
+
+/// An RFC 9457 problem, as every error response carries it: the name the
+/// OpenAPI responses refer to. Its schema is `tally_ops::problem::schema()`,
+/// put in by `openapi::document`, so that it is written once, beside the
+/// real type.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ProblemDoc;

@@ -8,6 +8,7 @@
 //! [`Application::build`] binds the listener and returns the port, so tests
 //! run the real service on port 0 (zero2prod's `startup.rs` pattern).
 
+pub mod context;
 pub mod error;
 pub mod idempotency;
 pub mod metrics;

@@ -4,13 +4,6 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-/// An RFC 9457 problem, as every error response carries it: the name the
-/// responses refer to. Its schema is `tally_ops::problem::schema()`, put in
-/// by [`document`], so that it is written once, beside the real type.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct ProblemDoc;
-
 struct BearerKey;
 
 impl Modify for BearerKey {
@@ -43,7 +36,7 @@ impl Modify for BearerKey {
         crate::orders::PlaceOrderRequest, crate::orders::LineItemRequest, crate::orders::AddressRequest,
         crate::orders::OrderPlaced, crate::orders::CaptureRequest, crate::orders::ShipRequest,
         crate::orders::CancelRequest, crate::orders::RefundRequest, crate::orders::CommandAccepted,
-        ProblemDoc,
+        crate::error::ProblemDoc,
     )),
     modifiers(&BearerKey),
     tags((name = "commands", description = "Order lifecycle commands")),

@@ -3,9 +3,7 @@
 //! [`crate::store`] to be written with its rows in one transaction. They
 //! answer with an acknowledgement, never with the order itself.
 
-use axum::Extension;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, Uri, header};
+use axum::extract::Path;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use tally_domain::order;
@@ -18,11 +16,11 @@ use tally_ops::problem::InvalidParam;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::context::CommandContext;
 use crate::error::ApiError;
-use crate::idempotency::{self, Begin, CommandResponse, IdempotencyKey};
+use crate::idempotency::CommandResponse;
 use crate::metrics::EventLabels;
-use crate::{AppState, JsonBody, store};
-use tally_ops::auth::Caller;
+use crate::{JsonBody, store};
 
 /// Body of `POST /v1/orders`. Unknown fields are refused, so a typo is an
 /// error, not a silently dropped value.
@@ -280,139 +278,71 @@ pub fn now() -> OffsetDateTime {
         .unwrap_or(t)
 }
 
-fn new_event_id() -> EventId {
-    EventId::from_uuid(Uuid::now_v7())
-}
-
-/// Runs a command under its Idempotency-Key: replays a stored response, or
-/// runs `decide_and_write` in the key's transaction and stores its outcome
-/// there. Transient errors roll everything back and are not stored.
-async fn run_command(
-    state: &AppState,
-    caller: &Caller,
-    key: IdempotencyKey,
-    fingerprint: Vec<u8>,
-    decide_and_write: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<CommandResponse, ApiError>,
-) -> Result<Response, ApiError> {
-    match idempotency::begin(&state.pool, caller.key_id, &key, &fingerprint).await? {
-        Begin::Replay(stored) => {
-            state.metrics.replays.inc();
-            Ok(stored.into_response_with(true))
-        }
-        Begin::Proceed(mut tx) => {
-            let response = match decide_and_write(&mut tx).await {
-                Ok(r) => r,
-                Err(e) if e.is_final() => CommandResponse {
-                    status: e.to_problem().status,
-                    body: serde_json::to_value(e.to_problem()).unwrap_or_default(),
-                    location: None,
-                    etag: None,
-                },
-                Err(e) => {
-                    if matches!(e, ApiError::VersionConflict { .. }) {
-                        state.metrics.conflicts.inc();
-                    }
-                    // Explicitly: see `idempotency::begin` on lazy rollbacks.
-                    tx.rollback().await?;
-                    return Err(e);
-                }
-            };
-            idempotency::store(tx, caller.key_id, &key, &fingerprint, &response).await?;
-            Ok(response.into_response_with(false))
-        }
-    }
-}
-
-fn etag(version: u32) -> String {
-    format!("\"{version}\"")
-}
-
-/// `If-Match: "3"` (or `3`), if sent.
-fn if_match(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
-    match headers.get(header::IF_MATCH) {
-        // An empty header says nothing: as if it were not sent.
-        None => Ok(None),
-        Some(v) if v.as_bytes().trim_ascii().is_empty() => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
-            .and_then(|s| s.parse::<u32>().ok())
-            .map(Some)
-            .ok_or(ApiError::BadIfMatch),
-    }
-}
-
 /// `POST /v1/orders`: place an order.
 #[utoipa::path(post, path = "/v1/orders", tag = "commands",
     request_body = PlaceOrderRequest,
     params(("Idempotency-Key" = String, Header, description = "Unique per request (1 to 255 printable ASCII characters, e.g. a UUID); reuse only to retry it", min_length = 1, max_length = 255, pattern = "^[!#-~]{1,255}$")),
     responses(
         (status = 201, description = "Placed; `Location` names the order", body = OrderPlaced),
-        (status = 400, description = "Invalid body or missing Idempotency-Key", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown API key", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks `orders:write`", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 409, description = "Same Idempotency-Key still in flight", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 413, description = "Body over the limit", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 422, description = "Idempotency-Key reused for another request", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable, too many requests in flight, or the request timed out; retry after `Retry-After`", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid body or missing Idempotency-Key", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks `orders:write`", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Same Idempotency-Key still in flight", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "Idempotency-Key reused for another request", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable, too many requests in flight, or the request timed out; retry after `Retry-After`", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("api_key" = [])))]
 pub async fn place_order(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    uri: Uri,
+    mut ctx: CommandContext,
     body: JsonBody<PlaceOrderRequest>,
 ) -> Result<Response, ApiError> {
-    let key = IdempotencyKey::from_headers(&headers)?;
-    let fingerprint = idempotency::fingerprint(Method::POST.as_str(), uri.path(), &body.bytes);
+    let key = ctx.idempotency_key()?;
     let order_id = OrderId::from_uuid(Uuid::now_v7());
     let cmd = body.value.parse(order_id)?;
-    let response = run_command(&state, &caller, key, fingerprint, async |conn| {
-        let event = order::place(&cmd)?;
-        let at = now();
-        let after = Order::from_placed(order_id, &event, at)
-            .ok_or_else(|| ApiError::Internal("place did not produce OrderPlaced".into()))?;
-        let envelope = EventEnvelope::record(new_event_id(), at, event, after);
-        store::insert_placed_order(&mut *conn, &cmd, &envelope).await?;
-        state
-            .metrics
-            .events_appended
-            .get_or_create(&EventLabels {
-                event_type: envelope.event_type(),
+    let metrics = &ctx.state.metrics;
+    let response = ctx
+        .run(key, &body.bytes, async |conn| {
+            let event = order::place(&cmd)?;
+            let at = now();
+            let after = Order::from_placed(order_id, &event, at)
+                .ok_or_else(|| ApiError::Internal("place did not produce OrderPlaced".into()))?;
+            let envelope =
+                EventEnvelope::record(EventId::from_uuid(Uuid::now_v7()), at, event, after);
+            store::insert_placed_order(&mut *conn, &cmd, &envelope).await?;
+            metrics
+                .events_appended
+                .get_or_create(&EventLabels {
+                    event_type: envelope.event_type(),
+                })
+                .inc();
+            Ok(CommandResponse {
+                status: 201,
+                body: serde_json::to_value(OrderPlaced { order_id }).unwrap_or_default(),
+                location: Some(format!("/v1/orders/{order_id}")),
+                etag: Some(crate::context::etag(1)),
             })
-            .inc();
-        Ok(CommandResponse {
-            status: 201,
-            body: serde_json::to_value(OrderPlaced { order_id }).unwrap_or_default(),
-            location: Some(format!("/v1/orders/{order_id}")),
-            etag: Some(etag(1)),
         })
-    })
-    .await?;
+        .await?;
     Ok(response)
 }
 
 /// The common path of the four commands on an existing order: load,
 /// check If-Match, decide, write guarded by the version, acknowledge.
-async fn existing_order_command(
-    state: &AppState,
-    caller: &Caller,
-    headers: &HeaderMap,
-    uri: &Uri,
-    bytes: &[u8],
+async fn on_existing_order(
+    mut ctx: CommandContext,
+    body: &[u8],
     raw_id: &str,
     cmd: Result<OrderCommand, ApiError>,
 ) -> Result<Response, ApiError> {
-    let key = IdempotencyKey::from_headers(headers)?;
-    let expected = if_match(headers)?;
+    let key = ctx.idempotency_key()?;
+    let expected = ctx.expected_version()?;
     let order_id =
         OrderId::parse(raw_id).map_err(|_| ApiError::OrderNotFound(raw_id.to_owned()))?;
     let cmd = cmd?;
-    let fingerprint = idempotency::fingerprint(Method::POST.as_str(), uri.path(), bytes);
-    run_command(state, caller, key, fingerprint, async |conn| {
+    let metrics = &ctx.state.metrics;
+    ctx.run(key, body, async |conn| {
         let order = store::load_order(&mut *conn, order_id)
             .await?
             .ok_or_else(|| ApiError::OrderNotFound(order_id.to_string()))?;
@@ -427,15 +357,15 @@ async fn existing_order_command(
         let event = order.handle(&cmd)?;
         let mut after = order.clone();
         after.apply(&event);
-        let envelope = EventEnvelope::record(new_event_id(), now(), event, after);
+        let envelope =
+            EventEnvelope::record(EventId::from_uuid(Uuid::now_v7()), now(), event, after);
         if !store::apply_event(&mut *conn, &envelope).await? {
-            // Same connection: a second one from the pool while holding this
-            // one can starve the pool under contention.
+            // Same connection: a second one from the pool while holding
+            // this one can starve the pool under contention.
             let current = store::current_version(&mut *conn, order_id).await?;
             return Err(ApiError::VersionConflict { current });
         }
-        state
-            .metrics
+        metrics
             .events_appended
             .get_or_create(&EventLabels {
                 event_type: envelope.event_type(),
@@ -449,10 +379,14 @@ async fn existing_order_command(
             refund_id: None,
         };
         match &envelope.event {
-            OrderEvent::PaymentCaptured { payment_id, .. } => ack.payment_id = Some(*payment_id),
-            OrderEvent::OrderShipped { shipment_id, .. } => ack.shipment_id = Some(*shipment_id),
+            OrderEvent::PaymentCaptured { payment_id, .. } => {
+                ack.payment_id = Some(*payment_id);
+            }
+            OrderEvent::OrderShipped { shipment_id, .. } => {
+                ack.shipment_id = Some(*shipment_id);
+            }
             OrderEvent::OrderCancelled { refund, .. } => {
-                ack.refund_id = refund.map(|r| r.refund_id)
+                ack.refund_id = refund.map(|r| r.refund_id);
             }
             OrderEvent::OrderRefunded { refund_id, .. } => ack.refund_id = Some(*refund_id),
             OrderEvent::OrderPlaced { .. } => {}
@@ -461,7 +395,7 @@ async fn existing_order_command(
             status: 202,
             body: serde_json::to_value(&ack).unwrap_or_default(),
             location: None,
-            etag: Some(etag(ack.version)),
+            etag: Some(crate::context::etag(ack.version)),
         })
     })
     .await
@@ -488,16 +422,16 @@ macro_rules! command_doc {
             ),
             responses(
                 (status = 202, description = "Accepted", body = CommandAccepted),
-                (status = 400, description = "Invalid body or missing Idempotency-Key", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-                (status = 401, description = "Missing or unknown API key", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-                (status = 403, description = "Key lacks `orders:write`", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-                (status = 404, description = "No such order", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-                (status = 409, description = "Not allowed in the order's state, changed concurrently, or key in flight", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-                (status = 412, description = "If-Match is stale", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-                (status = 413, description = "Body over the limit (64 KiB)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-                (status = 415, description = "Body is not JSON", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-                (status = 422, description = "Amount rule broken, or Idempotency-Key reused", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-                (status = 503, description = "Database unavailable, too many requests in flight, or the request timed out; retry after `Retry-After`", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+                (status = 400, description = "Invalid body or missing Idempotency-Key", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
+                (status = 401, description = "Missing or unknown API key", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
+                (status = 403, description = "Key lacks `orders:write`", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
+                (status = 404, description = "No such order", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
+                (status = 409, description = "Not allowed in the order's state, changed concurrently, or key in flight", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
+                (status = 412, description = "If-Match is stale", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
+                (status = 413, description = "Body over the limit (64 KiB)", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
+                (status = 415, description = "Body is not JSON", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
+                (status = 422, description = "Amount rule broken, or Idempotency-Key reused", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
+                (status = 503, description = "Database unavailable, too many requests in flight, or the request timed out; retry after `Retry-After`", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
             ),
             security(("api_key" = [])))]
         #[allow(dead_code)]
@@ -532,11 +466,8 @@ command_doc!(
 
 /// `POST /v1/orders/{id}/payments`.
 pub async fn capture_payment(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    ctx: CommandContext,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
     body: JsonBody<CaptureRequest>,
 ) -> Result<Response, ApiError> {
     let cmd = one(
@@ -547,16 +478,13 @@ pub async fn capture_payment(
         payment_id: PaymentId::from_uuid(new_uuid()),
         amount,
     });
-    existing_order_command(&state, &caller, &headers, &uri, &body.bytes, &id, cmd).await
+    on_existing_order(ctx, &body.bytes, &id, cmd).await
 }
 
 /// `POST /v1/orders/{id}/shipments`.
 pub async fn ship_order(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    ctx: CommandContext,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
     body: JsonBody<ShipRequest>,
 ) -> Result<Response, ApiError> {
     let mut e = Errors::default();
@@ -569,32 +497,26 @@ pub async fn ship_order(
             carrier,
             tracking_number,
         });
-    existing_order_command(&state, &caller, &headers, &uri, &body.bytes, &id, cmd).await
+    on_existing_order(ctx, &body.bytes, &id, cmd).await
 }
 
 /// `POST /v1/orders/{id}/cancellation`.
 pub async fn cancel_order(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    ctx: CommandContext,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
     body: JsonBody<CancelRequest>,
 ) -> Result<Response, ApiError> {
     let cmd = one("reason", Text::parse(&body.value.reason)).map(|reason| OrderCommand::Cancel {
         reason,
         refund_id: RefundId::from_uuid(new_uuid()),
     });
-    existing_order_command(&state, &caller, &headers, &uri, &body.bytes, &id, cmd).await
+    on_existing_order(ctx, &body.bytes, &id, cmd).await
 }
 
 /// `POST /v1/orders/{id}/refunds`.
 pub async fn refund_order(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    ctx: CommandContext,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
     body: JsonBody<RefundRequest>,
 ) -> Result<Response, ApiError> {
     let mut e = Errors::default();
@@ -613,5 +535,5 @@ pub async fn refund_order(
             amount,
             reason,
         });
-    existing_order_command(&state, &caller, &headers, &uri, &body.bytes, &id, cmd).await
+    on_existing_order(ctx, &body.bytes, &id, cmd).await
 }

@@ -14,6 +14,7 @@ pub mod openapi;
 mod page;
 pub mod params;
 pub mod part_sums;
+pub mod plan;
 pub mod store;
 pub mod views;
 

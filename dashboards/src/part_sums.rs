@@ -9,7 +9,7 @@
 //! a mutation or a replaced partition writes new parts under new names. So
 //! the sums of one merged part, keyed by the part's name, stay right for as
 //! long as that name is active. A read uses a part's sums only for days its
-//! plan (see `store`) says that part is the sole cover of, never a day read
+//! plan (`plan.rs`) says that part is the sole cover of, never a day read
 //! with `FINAL`; the other days (ragged ends of a ranking's range, days
 //! read with `FINAL`, parts not cached yet) are read live, and the plan's
 //! before/after check covers the answer as a whole.
@@ -34,7 +34,7 @@ use tally_ops::Shutdown;
 use time::Date;
 
 use crate::params::DayRange;
-use crate::store::{DailyRow, MerchantRow, Plan, TopRow, Wide};
+use crate::plan::{DailyRow, MerchantRow, Plan, TopRow, Wide};
 
 /// The measures the ranking shows, of one merchant in one part and week,
 /// as cached: 64 bits keep the cache small, and a part whose weekly sums
@@ -236,7 +236,7 @@ impl Cover {
     /// The ranking: the cached weeks plus `live`, the per-merchant sums of
     /// the other days. Only merchants in `only` count, when it is given
     /// (the live rows are filtered already). Ties go to the smaller id, as
-    /// in `store::top_sql`.
+    /// in `plan::top_sql`.
     pub fn rank(&self, live: Vec<MerchantRow>, only: &[MerchantId], limit: usize) -> TopRow {
         let n = self.names.names.len();
         let mut acc = vec![WideTot::default(); n];
@@ -315,11 +315,11 @@ struct FillRow {
     #[serde(with = "clickhouse::serde::time::date")]
     monday: Date,
     merchant_id: String,
-    #[serde(deserialize_with = "crate::store::halves")]
+    #[serde(deserialize_with = "crate::plan::halves")]
     net: Wide,
-    #[serde(deserialize_with = "crate::store::halves")]
+    #[serde(deserialize_with = "crate::plan::halves")]
     orders: Wide,
-    #[serde(deserialize_with = "crate::store::halves")]
+    #[serde(deserialize_with = "crate::plan::halves")]
     gross: Wide,
 }
 
@@ -468,7 +468,7 @@ impl PartSums {
                 "SELECT currency, toMonday(day) AS monday, merchant_id, {} \
                      FROM daily_revenue WHERE _part = ? \
                      GROUP BY currency, monday, merchant_id",
-                crate::store::merchant_sums()
+                crate::plan::merchant_sums()
             ))
             .bind(part)
             .fetch_all()
@@ -477,7 +477,7 @@ impl PartSums {
             .query(&format!(
                 "SELECT day, currency, {} FROM daily_revenue WHERE _part = ? \
                  GROUP BY day, currency ORDER BY day, currency",
-                crate::store::sums(None)
+                crate::plan::sums(None)
             ))
             .bind(part)
             .fetch_all()
@@ -602,7 +602,7 @@ enum Fill {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Part;
+    use crate::plan::Part;
     use time::macros::date;
 
     fn r(from: Date, to: Date) -> DayRange {

@@ -7,6 +7,8 @@
 //! It knows nothing about orders.
 
 pub mod auth;
+#[cfg(feature = "cli")]
+pub mod flags;
 pub mod http;
 pub mod problem;
 pub mod shutdown;

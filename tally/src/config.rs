@@ -1,10 +1,18 @@
-//! The one typed configuration: flags, each with an environment variable.
+//! The one typed configuration. Every flag that an environment variable
+//! can set is declared here, once, in the group a role flattens into its
+//! arguments (`roles.rs`, `up.rs`, `rebuild_cli.rs`); closed choices are
+//! value enums and the reporting zone is parsed once, into
+//! [`ReportingZone`]. The stores' flags are `tally_ops::flags`, shared with
+//! `tally-bench`. README's table of variables is checked against these
+//! declarations by a test (`main.rs`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
+use tally_ops::flags::StoreFlags;
 use tally_ops::{ChSettings, PgSettings};
+use tally_projection::ReportingZone;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -14,25 +22,8 @@ pub enum LogFormat {
 
 #[derive(Args, Clone, Debug)]
 pub struct Global {
-    /// PostgreSQL write store. Unset: `tally up` starts its own.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// ClickHouse read store, `http[s]://user:password@host:port/database`
-    /// (user and password percent-encoded). Unset: `tally up` starts its own.
-    #[arg(long, env = "CLICKHOUSE_URL", global = true, hide_env_values = true)]
-    pub clickhouse_url: Option<String>,
-    /// PEM file of the CA that signed ClickHouse's certificate, when it is
-    /// not a public one (same as `?ca_cert=` in the URL).
-    #[arg(long, env = "CLICKHOUSE_CA_CERT", global = true)]
-    pub clickhouse_ca_cert: Option<PathBuf>,
-    /// Read-only ClickHouse user for the dashboards (defaults to CLICKHOUSE_URL).
-    #[arg(
-        long,
-        env = "CLICKHOUSE_READER_URL",
-        global = true,
-        hide_env_values = true
-    )]
-    pub clickhouse_reader_url: Option<String>,
+    #[command(flatten)]
+    pub stores: StoreFlags,
     /// Where `tally up` keeps its servers' data, logs and stack.json.
     #[arg(long, env = "TALLY_DATA_DIR", default_value = ".tally", global = true)]
     pub data_dir: PathBuf,
@@ -49,56 +40,147 @@ pub struct Global {
     /// deployment: recorded in the write store when the deployment is
     /// created (default UTC); a later process given another zone refuses
     /// to start. Unset: the recorded one.
-    #[arg(long, env = "TALLY_REPORTING_TZ", global = true)]
-    pub reporting_tz: Option<String>,
-    /// PostgreSQL connections per pool.
+    #[arg(long, env = "TALLY_REPORTING_TZ", global = true, value_parser = ReportingZone::parse)]
+    pub reporting_tz: Option<ReportingZone>,
+}
+
+/// The write API's listening address.
+#[derive(Args, Clone, Debug)]
+pub struct ApiFlags {
+    /// Address the write (command) API listens on.
+    #[arg(long, env = "TALLY_API_ADDR", default_value = "127.0.0.1:8080")]
+    pub api_listen: SocketAddr,
+}
+
+impl ApiFlags {
+    pub fn config(&self) -> tally_write_api::ApiConfig {
+        tally_write_api::ApiConfig {
+            listen: self.api_listen,
+            ..Default::default()
+        }
+    }
+}
+
+/// The dashboards' address and bounds.
+#[derive(Args, Clone, Debug)]
+pub struct DashboardsFlags {
+    /// Address the dashboards listen on.
+    #[arg(long, env = "TALLY_DASHBOARDS_ADDR", default_value = "127.0.0.1:8081")]
+    pub dashboards_listen: SocketAddr,
+    /// Longest date range (days) one dashboard request may ask for.
+    #[arg(long, alias = "dashboards-max-span-days", env = "TALLY_DASHBOARDS_MAX_SPAN_DAYS",
+          default_value_t = 366, value_parser = clap::value_parser!(i64).range(1..=3660))]
+    pub max_span_days: i64,
+    /// Most sums of merged parts cached (per merchant and week, per day;
+    /// about 32 bytes each, so at most about 128 MB by default); 0 turns
+    /// the cache off.
     #[arg(
         long,
-        env = "TALLY_PG_MAX_CONNECTIONS",
-        default_value_t = 16,
-        global = true
+        alias = "dashboards-cache-rows",
+        env = "TALLY_DASHBOARDS_CACHE_ROWS",
+        default_value_t = 4_000_000
     )]
-    pub pg_max_connections: u32,
+    pub cache_rows: usize,
+}
+
+impl DashboardsFlags {
+    pub fn config(&self) -> tally_dashboards::DashboardsConfig {
+        tally_dashboards::DashboardsConfig {
+            listen: self.dashboards_listen,
+            max_span_days: self.max_span_days,
+            cache_rows: self.cache_rows,
+            ..Default::default()
+        }
+    }
+}
+
+/// When the scheduled work runs.
+#[derive(Args, Clone, Debug)]
+pub struct ScheduleFlags {
+    /// When the projections are rebuilt from the write store (cron with
+    /// seconds, UTC).
+    #[arg(long, env = "TALLY_REBUILD_CRON", default_value = "0 0 3 * * *")]
+    pub rebuild_cron: String,
+    /// When recent days are reconciled against the write store (cron with
+    /// seconds, UTC).
+    #[arg(long, env = "TALLY_RECONCILE_CRON", default_value = "0 */10 * * * *")]
+    pub reconcile_cron: String,
+}
+
+/// Which end of the outbox a worker claims from
+/// (`tally_projection::seam::ClaimFrom`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClaimEnd {
+    Oldest,
+    Newest,
+}
+
+impl From<ClaimEnd> for tally_ingest::ClaimFrom {
+    fn from(e: ClaimEnd) -> Self {
+        match e {
+            ClaimEnd::Oldest => tally_ingest::ClaimFrom::Oldest,
+            ClaimEnd::Newest => tally_ingest::ClaimFrom::Newest,
+        }
+    }
+}
+
+/// An ingest worker's settings.
+#[derive(Args, Clone, Debug)]
+pub struct IngestFlags {
+    /// Most outbox events per batch.
+    #[arg(long, env = "TALLY_INGEST_BATCH_SIZE", default_value_t = 10_000,
+          value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub batch_size: i64,
+    /// Which end of the outbox to claim from. Running two workers? Give
+    /// one of them `newest`, so they never queue behind each other's locks.
+    #[arg(
+        long,
+        env = "TALLY_INGEST_CLAIM_FROM",
+        value_enum,
+        default_value = "oldest"
+    )]
+    pub claim_from: ClaimEnd,
+    /// Address for /livez, /readyz and /metrics.
+    #[arg(long, env = "TALLY_INGEST_OPS_ADDR", default_value = "127.0.0.1:9091")]
+    pub ops_listen: SocketAddr,
+}
+
+/// The scheduler's own endpoints.
+#[derive(Args, Clone, Debug)]
+pub struct SchedulerFlags {
+    #[command(flatten)]
+    pub schedule: ScheduleFlags,
+    /// Address for /livez, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "TALLY_SCHEDULER_OPS_ADDR",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub ops_listen: SocketAddr,
+}
+
+/// Where `tally load` sends its traffic.
+#[derive(Args, Clone, Debug)]
+pub struct LoadTargetFlags {
+    /// Write API base URL (default: the running `tally up`).
+    #[arg(long, env = "TALLY_LOAD_API_URL")]
+    pub api_url: Option<String>,
+    /// API key with `orders:write` (default: the running `tally up`'s).
+    #[arg(long, env = "TALLY_LOAD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 impl Global {
     pub fn pg(&self, app: &str) -> anyhow::Result<PgSettings> {
-        let url = self.database_url.clone().context(
-            "DATABASE_URL is not set: point it at the write database \
-             (e.g. postgres://tally@127.0.0.1:5432/tally), or use `tally up`, which starts one",
-        )?;
-        Ok(PgSettings {
-            max_connections: self.pg_max_connections,
-            ..PgSettings::new(url, app)
-        })
+        Ok(self.stores.pg(app)?)
     }
 
     pub fn ch(&self) -> anyhow::Result<ChSettings> {
-        let url = self.clickhouse_url.as_deref().context(
-            "CLICKHOUSE_URL is not set: point it at ClickHouse (e.g. http://127.0.0.1:8123/tally), \
-             or use `tally up`, which starts one",
-        )?;
-        self.with_ca(ChSettings::from_url(url).map_err(anyhow::Error::msg)?)
+        Ok(self.stores.ch()?)
     }
 
     pub fn ch_reader(&self) -> anyhow::Result<ChSettings> {
-        match self.clickhouse_reader_url.as_deref() {
-            Some(url) => self.with_ca(ChSettings::from_url(url).map_err(anyhow::Error::msg)?),
-            None => self.ch(),
-        }
-    }
-
-    /// `CLICKHOUSE_CA_CERT` applied, and the CA file checked now rather
-    /// than at the first query.
-    pub fn with_ca(&self, mut ch: ChSettings) -> anyhow::Result<ChSettings> {
-        if ch.ca_cert.is_none() {
-            ch.ca_cert.clone_from(&self.clickhouse_ca_cert);
-        }
-        if ch.ca_cert.is_some() && !ch.url.starts_with("https://") {
-            anyhow::bail!("CLICKHOUSE_CA_CERT is set but CLICKHOUSE_URL is not https://");
-        }
-        ch.check_tls().map_err(anyhow::Error::msg)?;
-        Ok(ch)
+        Ok(self.stores.ch_reader()?)
     }
 }
 
@@ -112,16 +194,18 @@ impl Global {
         pool: &sqlx::PgPool,
         by: &str,
     ) -> anyhow::Result<tally_projection::ReportingZone> {
-        Ok(tally_projection::deployment::resolve(pool, self.reporting_tz.as_deref(), by).await?)
+        Ok(tally_projection::deployment::resolve(pool, self.reporting_tz.as_ref(), by).await?)
     }
 
+    /// An ingest worker's configuration, in the deployment's zone.
     pub async fn ingest_config(
         &self,
         pool: &sqlx::PgPool,
-        batch_size: i64,
+        flags: &IngestFlags,
     ) -> anyhow::Result<tally_ingest::IngestConfig> {
         Ok(tally_ingest::IngestConfig {
-            batch_size,
+            batch_size: flags.batch_size,
+            claim_from: flags.claim_from.into(),
             reporting_zone: self.reporting_zone(pool, "tally ingest").await?,
             ..Default::default()
         })

@@ -8,16 +8,12 @@ use anyhow::Context;
 use clap::Args;
 use tally_loadgen::LoadConfig;
 
-use crate::config::Global;
+use crate::config::{Global, LoadTargetFlags};
 
 #[derive(Args, Clone, Debug)]
 pub struct LoadArgs {
-    /// Write API base URL (default: the running `tally up`).
-    #[arg(long, env = "TALLY_LOAD_API_URL")]
-    pub api_url: Option<String>,
-    /// API key with `orders:write` (default: the running `tally up`'s).
-    #[arg(long, env = "TALLY_LOAD_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    #[command(flatten)]
+    pub target: LoadTargetFlags,
     /// Target orders per second across clients (default: as fast as possible).
     #[arg(long)]
     pub rate: Option<f64>,
@@ -57,7 +53,7 @@ pub async fn run(g: &Global, a: LoadArgs) -> anyhow::Result<()> {
     for c in &a.currencies {
         tally_domain::Currency::parse(c).map_err(|e| anyhow::anyhow!("--currencies: {e}"))?;
     }
-    let (api_url, api_key) = match (a.api_url, a.api_key) {
+    let (api_url, api_key) = match (a.target.api_url, a.target.api_key) {
         (Some(u), Some(k)) => (u, k),
         (u, k) => {
             let stack = tally_stack::StackFile::read(&g.data_dir).context(

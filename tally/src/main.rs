@@ -2,11 +2,6 @@
 //! (crates.io's `Server | BackgroundWorker | Admin` shape). `anyhow` lives
 //! here, at the edge, and nowhere else.
 
-mod bench;
-mod bench_dashboards;
-mod bench_freshness;
-mod bench_place;
-mod bench_rebuild;
 mod config;
 mod load;
 mod rebuild_cli;
@@ -48,8 +43,6 @@ enum Command {
     Dashboards(roles::DashboardsArgs),
     /// Drive the command API with seeded, realistic order traffic.
     Load(load::LoadArgs),
-    /// Measure performance against raw PostgreSQL/ClickHouse baselines.
-    Bench(bench::BenchArgs),
     /// Regenerate the projections from the write store, verify and swap
     /// them in; or show the `history`, or `rollback` the last swap.
     Rebuild(rebuild_cli::RebuildCommand),
@@ -108,7 +101,6 @@ async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
         Command::Ingest(args) => roles::ingest(g, args).await,
         Command::Dashboards(args) => roles::dashboards(g, args).await,
         Command::Keys(cmd) => roles::keys(g, cmd).await,
-        Command::Bench(args) => bench::run(g, args).await,
         Command::Load(args) => load::run(g, args).await,
         Command::Scheduler(args) => rebuild_cli::scheduler(g, args).await,
         Command::Rebuild(cmd) => rebuild_cli::rebuild(g, cmd).await.map(drop),
@@ -119,5 +111,70 @@ async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use clap::CommandFactory;
+
+    /// Every environment variable of every subcommand, with its default.
+    fn env_flags() -> BTreeMap<String, Option<String>> {
+        fn walk(cmd: &clap::Command, out: &mut BTreeMap<String, Option<String>>) {
+            for arg in cmd.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    let default = arg
+                        .get_default_values()
+                        .first()
+                        .map(|v| v.to_string_lossy().into_owned());
+                    out.insert(env.to_string_lossy().into_owned(), default);
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, out);
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(&super::Cli::command(), &mut out);
+        out
+    }
+
+    #[test]
+    fn the_readme_lists_every_environment_variable_with_its_default() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("| variable | meaning | default |")
+            .expect("README's table of variables");
+        let mut listed: BTreeMap<String, String> = BTreeMap::new();
+        for row in readme[start..].lines().skip(2) {
+            if !row.starts_with('|') {
+                break;
+            }
+            let first = row.split('|').nth(1).unwrap_or_default();
+            for var in first.split('`').skip(1).step_by(2) {
+                listed.insert(var.to_owned(), row.replace('`', ""));
+            }
+        }
+        let flags = env_flags();
+        assert_eq!(
+            listed.keys().collect::<BTreeSet<_>>(),
+            flags.keys().collect::<BTreeSet<_>>(),
+            "README's table and the flags' env names differ"
+        );
+        for (var, default) in &flags {
+            if let Some(d) = default {
+                assert!(
+                    listed[var].contains(d.as_str()),
+                    "README's row for {var} does not give its default {d:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -5,7 +5,7 @@
 //! because another holds the lock).
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -18,7 +18,7 @@ use tally_rebuild::report::{CsvReport, summary};
 use tally_rebuild::run::{Mode, RunOptions, RunOutcome};
 use time::Date;
 
-use crate::config::Global;
+use crate::config::{Global, SchedulerFlags};
 use crate::roles::{pg_for_cli, shutdown_on_signal};
 use crate::telemetry::{self, Role};
 
@@ -87,19 +87,8 @@ pub struct VerifyArgs {
 
 #[derive(Args, Clone, Debug)]
 pub struct SchedulerArgs {
-    /// When to rebuild (cron with seconds, UTC).
-    #[arg(long, env = "TALLY_REBUILD_CRON", default_value = "0 0 3 * * *")]
-    pub rebuild_cron: String,
-    /// When to reconcile recent days (cron with seconds, UTC).
-    #[arg(long, env = "TALLY_RECONCILE_CRON", default_value = "0 */10 * * * *")]
-    pub reconcile_cron: String,
-    /// Address for /livez, /readyz and /metrics.
-    #[arg(
-        long,
-        env = "TALLY_SCHEDULER_OPS_ADDR",
-        default_value = "127.0.0.1:9092"
-    )]
-    pub ops_listen: SocketAddr,
+    #[command(flatten)]
+    pub scheduler: SchedulerFlags,
 }
 
 fn parse_day(s: &str) -> Result<Date, String> {
@@ -108,7 +97,7 @@ fn parse_day(s: &str) -> Result<Date, String> {
 }
 
 pub fn ch_for_cli(g: &Global) -> anyhow::Result<tally_ops::ChSettings> {
-    match &g.clickhouse_url {
+    match &g.stores.clickhouse_url {
         Some(_) => g.ch(),
         None => {
             let stack = tally_stack::StackFile::read(&g.data_dir).context(
@@ -169,11 +158,10 @@ async fn zone_change_options(
     pool: &sqlx::PgPool,
     output: &Output,
 ) -> anyhow::Result<RunOptions> {
-    let given = g
+    let zone = g
         .reporting_tz
-        .as_deref()
+        .clone()
         .context("--change-reporting-zone needs the new zone: add --reporting-tz <IANA name>")?;
-    let zone = tally_projection::ReportingZone::parse(given).map_err(anyhow::Error::msg)?;
     let recorded = tally_projection::deployment::recorded(pool).await?;
     match recorded {
         Some(r) if r.eq_ignore_ascii_case(zone.name()) => {
@@ -360,8 +348,8 @@ pub async fn scheduler(g: &Global, args: SchedulerArgs) -> anyhow::Result<()> {
     let registry = m.registry;
     let sched = tally_rebuild::RebuildScheduler::start(
         &tally_rebuild::SchedulerConfig {
-            rebuild_cron: args.rebuild_cron,
-            reconcile_cron: args.reconcile_cron,
+            rebuild_cron: args.scheduler.schedule.rebuild_cron,
+            reconcile_cron: args.scheduler.schedule.reconcile_cron,
             reporting_zone: g.reporting_zone(&s.pool, "tally scheduler").await?,
             ..Default::default()
         },
@@ -375,10 +363,13 @@ pub async fn scheduler(g: &Global, args: SchedulerArgs) -> anyhow::Result<()> {
         Arc::new(registry),
         tally_write_api::readiness(s.pool.clone()),
     ));
-    let listener = tokio::net::TcpListener::bind(args.ops_listen)
+    let ops_listen = args.scheduler.ops_listen;
+    let listener = tokio::net::TcpListener::bind(ops_listen)
         .await
-        .with_context(|| format!("binding {} (use --ops-listen)", args.ops_listen))?;
-    tracing::info!(addr = %args.ops_listen, "scheduler running; ops endpoints listening");
+        .with_context(|| {
+            format!("binding {ops_listen} (--ops-listen, TALLY_SCHEDULER_OPS_ADDR)")
+        })?;
+    tracing::info!(addr = %ops_listen, "scheduler running; ops endpoints listening");
     let served = tally_ops::http::serve(listener, ops, shutdown.clone()).await;
     sched.shutdown().await;
     Ok(served?)

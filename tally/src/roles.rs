@@ -1,7 +1,6 @@
 //! The single-role subcommands: what a production deployment runs, one
 //! process per role.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::telemetry::{self, Role as Service};
@@ -10,13 +9,12 @@ use clap::{Args, Subcommand};
 use tally_ops::Shutdown;
 use tally_ops::auth::{Role, create_key};
 
-use crate::config::Global;
+use crate::config::{ApiFlags, DashboardsFlags, Global, IngestFlags};
 
 #[derive(Args, Clone, Debug)]
 pub struct ApiArgs {
-    /// Address the write API listens on.
-    #[arg(long, env = "TALLY_API_ADDR", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub api: ApiFlags,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -50,32 +48,14 @@ pub enum IngestAction {
 
 #[derive(Args, Clone, Debug)]
 pub struct IngestArgs {
-    /// Most outbox events per batch.
-    #[arg(long, env = "TALLY_INGEST_BATCH_SIZE", default_value_t = 10_000)]
-    pub batch_size: i64,
-    /// Which end of the outbox to claim from: oldest or newest. Running two
-    /// workers? Give one of them `newest`, so they never queue behind each
-    /// other's locks.
-    #[arg(long, env = "TALLY_INGEST_CLAIM_FROM", default_value_t = tally_ingest::ClaimFrom::Oldest)]
-    pub claim_from: tally_ingest::ClaimFrom,
-    /// Address for /livez, /readyz and /metrics.
-    #[arg(long, env = "TALLY_INGEST_OPS_ADDR", default_value = "127.0.0.1:9091")]
-    pub ops_listen: SocketAddr,
+    #[command(flatten)]
+    pub ingest: IngestFlags,
 }
 
 #[derive(Args, Clone, Debug)]
 pub struct DashboardsArgs {
-    /// Address the dashboards listen on.
-    #[arg(long, env = "TALLY_DASHBOARDS_ADDR", default_value = "127.0.0.1:8081")]
-    pub listen: SocketAddr,
-    /// Longest date range (days) one dashboard request may ask for.
-    #[arg(long, env = "TALLY_DASHBOARDS_MAX_SPAN_DAYS", default_value_t = 366, value_parser = clap::value_parser!(i64).range(1..=3660))]
-    pub max_span_days: i64,
-    /// Most sums of merged parts cached (per merchant and week, per day;
-    /// about 32 bytes each, so at most about 128 MB by default); 0 turns
-    /// the cache off.
-    #[arg(long, env = "TALLY_DASHBOARDS_CACHE_ROWS", default_value_t = 4_000_000)]
-    pub cache_rows: usize,
+    #[command(flatten)]
+    pub dashboards: DashboardsFlags,
 }
 
 #[derive(Subcommand, Clone, Debug)]
@@ -149,13 +129,10 @@ pub async fn api(g: &Global, args: ApiArgs) -> anyhow::Result<()> {
         .context("migrating")?;
     let m = telemetry::for_role(Service::Api, pool.clone());
     let metrics = m.api.context("the api role's metrics")?;
-    let config = tally_write_api::ApiConfig {
-        listen: args.listen,
-        ..Default::default()
-    };
+    let config = args.api.config();
     let app = tally_write_api::Application::build(&config, pool, metrics, Arc::new(m.registry))
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| format!("binding {} (--api-listen, TALLY_API_ADDR)", config.listen))?;
     tracing::info!(addr = %app.local_addr(), "write API listening");
     app.run_until_stopped(shutdown_on_signal()).await?;
     Ok(())
@@ -256,13 +233,13 @@ async fn ingest_status(pool: &sqlx::PgPool) -> anyhow::Result<()> {
 /// The database for operator commands: DATABASE_URL, or the running
 /// `tally up` of the data directory.
 pub fn pg_for_cli(g: &Global, app: &str) -> anyhow::Result<tally_ops::PgSettings> {
-    match &g.database_url {
+    match &g.stores.database_url {
         Some(_) => g.pg(app),
         None => {
             let stack = tally_stack::StackFile::read(&g.data_dir).context(
                 "DATABASE_URL is not set and no `tally up` is running in the data directory",
             )?;
-            Ok(tally_ops::PgSettings::new(stack.database_url, app))
+            Ok(g.stores.pg_at(stack.database_url, app))
         }
     }
 }
@@ -276,18 +253,20 @@ async fn run_ingest(g: &Global, args: IngestArgs) -> anyhow::Result<()> {
     let m = telemetry::for_role(Service::Ingest, pool.clone());
     let metrics = m.ingest.context("the ingest role's metrics")?;
     let registry = m.registry;
-    let config = tally_ingest::IngestConfig {
-        claim_from: args.claim_from,
-        ..g.ingest_config(&pool, args.batch_size).await?
-    };
+    let config = g.ingest_config(&pool, &args.ingest).await?;
     let shutdown = shutdown_on_signal();
     let ops = axum::Router::new().merge(tally_ops::http::ops_routes(
         Arc::new(registry),
         tally_write_api::readiness(pool.clone()),
     ));
-    let listener = tokio::net::TcpListener::bind(args.ops_listen)
+    let listener = tokio::net::TcpListener::bind(args.ingest.ops_listen)
         .await
-        .with_context(|| format!("binding {}", args.ops_listen))?;
+        .with_context(|| {
+            format!(
+                "binding {} (--ops-listen, TALLY_INGEST_OPS_ADDR)",
+                args.ingest.ops_listen
+            )
+        })?;
     let ops_task = tokio::spawn(tally_ops::http::serve(listener, ops, shutdown.clone()));
     let worker = tally_ingest::Worker::new(pool, ch.client(), config, metrics);
     let result = worker.run(shutdown.clone()).await;
@@ -301,12 +280,7 @@ pub async fn dashboards(g: &Global, args: DashboardsArgs) -> anyhow::Result<()> 
     let ch = g.ch_reader()?;
     // PostgreSQL holds the API keys; the dashboards read nothing else there.
     let pool = g.pg("tally-dashboards")?.pool()?;
-    let config = tally_dashboards::DashboardsConfig {
-        listen: args.listen,
-        max_span_days: args.max_span_days,
-        cache_rows: args.cache_rows,
-        ..Default::default()
-    };
+    let config = args.dashboards.config();
     let m = telemetry::for_role(Service::Dashboards, pool.clone());
     let metrics = m.dashboards.context("the dashboards role's metrics")?;
     let app = tally_dashboards::Application::build(
@@ -317,7 +291,12 @@ pub async fn dashboards(g: &Global, args: DashboardsArgs) -> anyhow::Result<()> 
         Arc::new(m.registry),
     )
     .await
-    .with_context(|| format!("binding {}", args.listen))?;
+    .with_context(|| {
+        format!(
+            "binding {} (--dashboards-listen, TALLY_DASHBOARDS_ADDR)",
+            config.listen
+        )
+    })?;
     tracing::info!(addr = %app.local_addr(), "dashboards listening");
     app.run_until_stopped(shutdown_on_signal()).await?;
     Ok(())

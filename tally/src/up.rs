@@ -4,7 +4,6 @@
 //! let in-flight ones finish, let the ingest finish its batch, stop the
 //! scheduler, and only then stop the database servers underneath them.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -13,49 +12,34 @@ use tally_ops::auth::{Role, create_key, key_has_role};
 use tally_ops::{ChSettings, PgSettings};
 use tally_stack::{DataDirLock, LocalStack, StackConfig, StackFile};
 
-use crate::config::Global;
+use crate::config::{ApiFlags, DashboardsFlags, Global, ScheduleFlags};
 use crate::roles::shutdown_on_signal;
 
 #[derive(Args, Clone, Debug)]
 pub struct UpArgs {
-    /// Address of the write (command) API.
-    #[arg(long, env = "TALLY_API_ADDR", default_value = "127.0.0.1:8080")]
-    pub api_listen: SocketAddr,
-    /// Address of the dashboards.
-    #[arg(long, env = "TALLY_DASHBOARDS_ADDR", default_value = "127.0.0.1:8081")]
-    pub dashboards_listen: SocketAddr,
-    /// Longest date range (days) one dashboard request may ask for.
-    #[arg(long, env = "TALLY_DASHBOARDS_MAX_SPAN_DAYS", default_value_t = 366, value_parser = clap::value_parser!(i64).range(1..=3660))]
-    pub dashboards_max_span_days: i64,
-    /// Most sums of merged parts the dashboards cache (per merchant and
-    /// week, per day; about 32 bytes each, so at most about 128 MB by
-    /// default); 0 turns the cache off.
-    #[arg(long, env = "TALLY_DASHBOARDS_CACHE_ROWS", default_value_t = 4_000_000)]
-    pub dashboards_cache_rows: usize,
-    /// When the projections are rebuilt from the write store (cron, with
-    /// seconds, UTC).
-    #[arg(long, env = "TALLY_REBUILD_CRON", default_value = "0 0 3 * * *")]
-    pub rebuild_cron: String,
-    /// When recent days are reconciled against the write store (cron).
-    #[arg(long, env = "TALLY_RECONCILE_CRON", default_value = "0 */10 * * * *")]
-    pub reconcile_cron: String,
+    #[command(flatten)]
+    pub api: ApiFlags,
+    #[command(flatten)]
+    pub dashboards: DashboardsFlags,
+    #[command(flatten)]
+    pub schedule: ScheduleFlags,
 }
 
 pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
     let _lock = DataDirLock::acquire(&g.data_dir)?;
     let data_dir = std::fs::canonicalize(&g.data_dir)?;
 
-    let (stack, pg_settings, ch, ch_reader) = match (&g.database_url, &g.clickhouse_url) {
+    let (stack, pg_settings, ch, ch_reader) = match (
+        &g.stores.database_url,
+        &g.stores.clickhouse_url,
+    ) {
         (None, None) => {
             eprintln!(
                 "starting local PostgreSQL and ClickHouse in {} …",
                 data_dir.display()
             );
             let stack = LocalStack::start(&StackConfig::new(&data_dir)).await?;
-            let pg = PgSettings {
-                max_connections: g.pg_max_connections,
-                ..PgSettings::new(&stack.postgres_url, "tally-up")
-            };
+            let pg = g.stores.pg_at(stack.postgres_url.clone(), "tally-up");
             let (ch, reader) = (stack.clickhouse.clone(), stack.clickhouse_reader.clone());
             (Some(stack), pg, ch, reader)
         }
@@ -123,10 +107,7 @@ async fn serve(
     };
     let registry = Arc::new(m.registry);
 
-    let api_config = tally_write_api::ApiConfig {
-        listen: args.api_listen,
-        ..Default::default()
-    };
+    let api_config = args.api.config();
     let api = tally_write_api::Application::build(
         &api_config,
         pool.clone(),
@@ -137,15 +118,10 @@ async fn serve(
     .with_context(|| {
         format!(
             "cannot listen on {} for the write API (use --api-listen)",
-            args.api_listen
+            api_config.listen
         )
     })?;
-    let dash_config = tally_dashboards::DashboardsConfig {
-        listen: args.dashboards_listen,
-        max_span_days: args.dashboards_max_span_days,
-        cache_rows: args.dashboards_cache_rows,
-        ..Default::default()
-    };
+    let dash_config = args.dashboards.config();
     let dashboards = tally_dashboards::Application::build(
         &dash_config,
         ch_reader.client(),
@@ -157,13 +133,13 @@ async fn serve(
     .with_context(|| {
         format!(
             "cannot listen on {} for the dashboards (use --dashboards-listen)",
-            args.dashboards_listen
+            dash_config.listen
         )
     })?;
     let scheduler = tally_rebuild::RebuildScheduler::start(
         &tally_rebuild::SchedulerConfig {
-            rebuild_cron: args.rebuild_cron.clone(),
-            reconcile_cron: args.reconcile_cron.clone(),
+            rebuild_cron: args.schedule.rebuild_cron.clone(),
+            reconcile_cron: args.schedule.reconcile_cron.clone(),
             reporting_zone: zone.clone(),
             ..Default::default()
         },

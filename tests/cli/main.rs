@@ -52,7 +52,7 @@ async fn verify_exit_codes_json_and_report() {
         .unwrap();
     bad.refunded_minor += 99;
     bad.version += 1;
-    tally_ingest::insert_rows(&ch, "daily_revenue", &[bad])
+    tally_projection::insert_rows(&ch, "daily_revenue", &[bad])
         .await
         .unwrap();
 
@@ -156,22 +156,6 @@ async fn keys_are_listed_without_secrets_and_revoked_for_good() {
     let unknown = tally(&db, &["keys", "revoke", &uuid::Uuid::now_v7().to_string()]);
     assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("tally keys list"));
-}
-
-#[tokio::test]
-async fn a_benchmark_refuses_stores_it_did_not_start_unless_each_is_named() {
-    let db = TestDb::new().await;
-    tally_tests::place_direct(&db.pg, "m-1", 100).await;
-    let refused = tally(&db, &["bench", "drain", "--quick", "--no-record"]);
-    assert_ne!(refused.status.code(), Some(0), "{}", text(&refused));
-    let err = String::from_utf8_lossy(&refused.stderr);
-    let pg_db = db.pg_settings.url.rsplit('/').next().unwrap();
-    assert!(err.contains(&format!("--wipe-database {pg_db}")), "{err}");
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&db.pg)
-        .await
-        .unwrap();
-    assert_eq!(left, 1, "nothing was truncated");
 }
 
 #[tokio::test]

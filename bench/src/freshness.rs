@@ -1,0 +1,257 @@
+//! `tally-bench freshness`: end-to-end freshness, measured from outside.
+//!
+//! First the maximum PlaceOrder throughput through HTTP is measured; then
+//! orders are sent at half that rate. Every order is a probe: it has a
+//! merchant of its own, so the moment its (day, merchant) cell appears in
+//! `daily_revenue` is the moment its event became visible to readers. A
+//! poller looks for new cells every 5 ms; the latency is poll time minus
+//! the time the command was acknowledged.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+use crate::harness::{BenchApi, percentile, record_result, stat};
+use tally_ops::flags::StoreFlags;
+
+fn order(merchant: &str) -> serde_json::Value {
+    serde_json::json!({
+        "merchant_id": merchant, "customer_id": "bench", "currency": "EUR",
+        "items": [{"sku": "sku-1", "quantity": 1, "unit_price_minor": 1000}],
+        "shipping_address": {"name": "B", "line1": "1 St", "city": "C", "postal_code": "1", "country": "DE"}
+    })
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    key: String,
+}
+
+impl Client {
+    async fn place(&self, merchant: &str) -> anyhow::Result<()> {
+        let res = self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.key)
+            .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+            .json(&order(merchant))
+            .send()
+            .await?;
+        anyhow::ensure!(res.status() == 201, "place order answered {}", res.status());
+        Ok(())
+    }
+}
+
+/// Orders per second that `clients` concurrent clients achieve for `d`.
+async fn max_rate(client: &Arc<Client>, clients: usize, d: Duration) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while start.elapsed() < d {
+                    client.place(&format!("warm-{c}")).await?;
+                    n += 1;
+                }
+                Ok::<u64, anyhow::Error>(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+pub async fn run(
+    g: &StoreFlags,
+    seconds: u64,
+    clients: usize,
+    runs: usize,
+    record: Option<PathBuf>,
+) -> anyhow::Result<Vec<crate::harness::Summary>> {
+    let app = BenchApi::start(g, clients).await?;
+    let worker = tally_ingest::Worker::new(
+        app.pool.clone(),
+        app.s.ch.client(),
+        Default::default(),
+        app.ingest_metrics.clone(),
+    );
+    let worker_task = tokio::spawn(worker.run(app.shutdown.clone()));
+    let (url, key) = (app.url.clone(), app.key.clone());
+    let client = Arc::new(Client {
+        http: reqwest::Client::new(),
+        url,
+        key,
+    });
+
+    let (mut p50s, mut p99s, mut rates, mut maxes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        let max = max_rate(&client, clients, Duration::from_secs(5)).await?;
+        let target = max / 2.0;
+        let (latencies, achieved) = paced(
+            &client,
+            &app.s.ch,
+            clients,
+            target,
+            Duration::from_secs(seconds),
+            run,
+        )
+        .await?;
+        let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ms.sort_by(f64::total_cmp);
+        let pct = |q: f64| percentile(&ms, q);
+        eprintln!(
+            "run {run}/{runs}: max {max:.0} orders/s; at {achieved:.0}/s: {} probes, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            ms.len(),
+            pct(0.5),
+            pct(0.99),
+            ms[ms.len() - 1]
+        );
+        p50s.push(pct(0.5));
+        p99s.push(pct(0.99));
+        rates.push(achieved);
+        maxes.push(max);
+    }
+    app.shutdown.cancel();
+    let _ = worker_task.await;
+
+    let (p50, p99, rate, max) = (stat(p50s), stat(p99s), stat(rates), stat(maxes));
+    let mut table = String::new();
+    writeln!(table, "| figure | tally | target |")?;
+    writeln!(table, "|---|---|---|")?;
+    writeln!(
+        table,
+        "| PlaceOrder max throughput through HTTP, {clients} clients, orders/s | {} | (bench reference) |",
+        max.show(0, 1.0)
+    )?;
+    writeln!(
+        table,
+        "| load during the measurement (half of max), orders/s | {} | |",
+        rate.show(0, 1.0)
+    )?;
+    writeln!(
+        table,
+        "| freshness p50, ack → visible in daily aggregate, ms | {} | ≤ 100 |",
+        p50.show(0, 1.0)
+    )?;
+    writeln!(
+        table,
+        "| freshness p99, ms | {} | ≤ 250 |",
+        p99.show(0, 1.0)
+    )?;
+    println!("{table}");
+    record_result(
+        record.as_deref(),
+        "freshness",
+        &format!(
+            "{runs} runs; medians with min–max. Command: `tally-bench freshness --seconds {seconds} --clients {clients} --runs {runs}` (release build); one ingest worker; every order is a probe (±5 ms polling)."
+        ),
+        &table,
+    )?;
+    app.stop().await;
+    Ok(vec![crate::harness::Summary {
+        figure: format!(
+            "freshness at half the max write rate ({:.0} of {:.0} orders/s): ack → visible",
+            rate.median, max.median
+        ),
+        result: format!(
+            "p50 **{}** ms, p99 **{}** ms",
+            p50.show(0, 1.0),
+            p99.show(0, 1.0)
+        ),
+        target: "p50 ≤ 100 ms, p99 ≤ 250 ms".into(),
+    }])
+}
+
+/// Sends probes at `rate` for `d`, and measures when each becomes visible.
+async fn paced(
+    client: &Arc<Client>,
+    ch: &tally_ops::ChSettings,
+    clients: usize,
+    rate: f64,
+    d: Duration,
+    run: usize,
+) -> anyhow::Result<(Vec<Duration>, f64)> {
+    let acked: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    let interval = Duration::from_secs_f64(clients as f64 / rate);
+    let start = Instant::now();
+    let senders: Vec<_> = (0..clients)
+        .map(|c| {
+            let (client, acked) = (client.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(
+                    tokio::time::Instant::now() + interval.mul_f64(c as f64 / clients as f64),
+                    interval,
+                );
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut i = 0u64;
+                let mut sent = 0u64;
+                while start.elapsed() < d {
+                    tick.tick().await;
+                    let merchant = format!("p{run}-{c:03}-{i:08}");
+                    i += 1;
+                    client.place(&merchant).await?;
+                    acked.lock().await.insert(merchant, Instant::now());
+                    sent += 1;
+                }
+                Ok::<u64, anyhow::Error>(sent)
+            })
+        })
+        .collect();
+
+    // The poller: which probe cells exist now?
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let prefix = format!("p{run}-");
+    let mut latencies = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = start + d + Duration::from_secs(30);
+    let mut senders_done = false;
+    let mut sent_total = 0;
+    let mut senders = senders;
+    loop {
+        let visible: Vec<String> = ch
+            .client()
+            .query("SELECT merchant_id FROM daily_revenue WHERE day = toDate(?) AND startsWith(merchant_id, ?)")
+            .bind(&today)
+            .bind(&prefix)
+            .fetch_all()
+            .await?;
+        let now = Instant::now();
+        {
+            let mut acked = acked.lock().await;
+            for m in visible {
+                if seen.contains(&m) {
+                    continue;
+                }
+                if let Some(t) = acked.remove(&m) {
+                    latencies.push(now.saturating_duration_since(t));
+                    seen.insert(m);
+                }
+            }
+            if senders_done && acked.is_empty() {
+                break;
+            }
+        }
+        if !senders_done && senders.iter().all(|t| t.is_finished()) {
+            for t in senders.drain(..) {
+                sent_total += t.await??;
+            }
+            senders_done = true;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "probes still invisible 30 s after the load stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok((latencies, sent_total as f64 / d.as_secs_f64()))
+}

@@ -15,12 +15,11 @@ fn main() {
             println!("cargo:rerun-if-changed=../.git/{f}");
         }
     }
-    if let Ok(head) = std::fs::read_to_string(git.join("HEAD")) {
-        if let Some(r) = head.trim().strip_prefix("ref: ") {
-            if git.join(r).exists() {
-                println!("cargo:rerun-if-changed=../.git/{r}");
-            }
-        }
+    if let Ok(head) = std::fs::read_to_string(git.join("HEAD"))
+        && let Some(r) = head.trim().strip_prefix("ref: ")
+        && git.join(r).exists()
+    {
+        println!("cargo:rerun-if-changed=../.git/{r}");
     }
     let sha = std::env::var("TALLY_GIT_SHA").ok().or_else(|| {
         Command::new("git")

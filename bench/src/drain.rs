@@ -93,7 +93,7 @@ fn synthetic_events(n: usize, seed: u64, backlog: Backlog) -> Vec<EventEnvelope>
                 e,
                 state.clone(),
             ));
-            if i % 10 == 0 && out.len() < n {
+            if i.is_multiple_of(10) && out.len() < n {
                 let e = state
                     .handle(&OrderCommand::Refund {
                         refund_id: RefundId::from_uuid(Uuid::now_v7()),
@@ -138,7 +138,10 @@ async fn stage(pool: &PgPool, events: &[EventEnvelope]) -> anyhow::Result<()> {
             .iter()
             .map(|e| e.aggregate_version.get() as i32)
             .collect();
-        let types: Vec<&str> = chunk.iter().map(|e| e.event_type()).collect();
+        let types: Vec<&str> = chunk
+            .iter()
+            .map(tally_domain::EventEnvelope::event_type)
+            .collect();
         let at: Vec<OffsetDateTime> = chunk.iter().map(|e| e.occurred_at).collect();
         let payloads: Vec<String> = chunk.iter().map(|e| e.payload_json().to_string()).collect();
         sqlx::query(

@@ -241,7 +241,7 @@ async fn paced(
                 break;
             }
         }
-        if !senders_done && senders.iter().all(|t| t.is_finished()) {
+        if !senders_done && senders.iter().all(tokio::task::JoinHandle::is_finished) {
             for t in senders.drain(..) {
                 sent_total += t.await??;
             }

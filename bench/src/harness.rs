@@ -127,7 +127,7 @@ pub fn stat(mut xs: Vec<f64>) -> Stat {
     xs.sort_by(f64::total_cmp);
     let mid = xs.len() / 2;
     Stat {
-        median: if xs.len() % 2 == 0 {
+        median: if xs.len().is_multiple_of(2) {
             (xs[mid - 1] + xs[mid]) / 2.0
         } else {
             xs[mid]
@@ -254,7 +254,7 @@ pub fn record_result(
 
 /// Cores, memory and server versions, for the record.
 pub fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {

@@ -212,7 +212,13 @@ async fn all(
     took.push(("end", started.elapsed()));
     let sections: Vec<String> = took
         .windows(2)
-        .map(|w| format!("{} {:.0} s", w[0].0, (w[1].1 - w[0].1).as_secs_f64()))
+        .map(|w| {
+            format!(
+                "{} {:.0} s",
+                w[0].0,
+                w[1].1.checked_sub(w[0].1).unwrap().as_secs_f64()
+            )
+        })
         .collect();
     let mut table = String::new();
     writeln!(

@@ -267,8 +267,7 @@ pub async fn run(
         record.as_deref(),
         "rebuild",
         &format!(
-            "{runs} runs at {orders} orders and {} at {big}; medians with min–max. Command: `tally-bench rebuild --orders {orders} --runs {runs}` (release build). The rebuild is a `tally rebuild --chunk-rows {chunk_rows}` child process; RSS is its VmHWM.",
-            large_runs
+            "{runs} runs at {orders} orders and {large_runs} at {big}; medians with min–max. Command: `tally-bench rebuild --orders {orders} --runs {runs}` (release build). The rebuild is a `tally rebuild --chunk-rows {chunk_rows}` child process; RSS is its VmHWM."
         ),
         &table,
     )?;

@@ -195,7 +195,7 @@ impl Filter {
             },
         };
         let format = match q.format.as_deref().map(str::trim) {
-            None | Some("") | Some("json") => Format::Json,
+            None | Some("" | "json") => Format::Json,
             Some("csv") => Format::Csv,
             Some(other) => {
                 invalid(
@@ -330,7 +330,11 @@ mod tests {
     #[test]
     fn merchants_are_a_deduplicated_comma_list_with_a_cap() {
         let f = parse(&[("merchant_id", "m-1, m-2,,m-1")]).unwrap();
-        let ids: Vec<&str> = f.merchants.iter().map(|m| m.as_str()).collect();
+        let ids: Vec<&str> = f
+            .merchants
+            .iter()
+            .map(tally_domain::MerchantId::as_str)
+            .collect();
         assert_eq!(ids, ["m-1", "m-2"]);
         let many = (0..=MAX_MERCHANTS)
             .map(|i| format!("m-{i}"))

@@ -16,12 +16,12 @@ pub mod values;
 #[cfg(test)]
 mod tests;
 
-pub use error::{DomainError, ParseError};
+pub use error::ParseError;
 pub use event::{DecodeError, EventEnvelope, SCHEMA_VERSION};
 pub use money::{Amount, Currency, Money};
 pub use order::{
-    CommandKind, LineItem, LineItems, Order, OrderCommand, OrderEvent, OrderStatus, PlaceOrder,
-    Version,
+    CommandKind, DomainError, LineItem, LineItems, Order, OrderCommand, OrderEvent, OrderStatus,
+    PlaceOrder, Version,
 };
 pub use projection::DailyMeasures;
 pub use values::{

@@ -211,8 +211,7 @@ impl Currency {
         ISO_4217
             .iter()
             .find(|(c, _)| c.as_bytes() == self.0)
-            .map(|(_, e)| *e)
-            .unwrap_or(2)
+            .map_or(2, |(_, e)| *e)
     }
 
     /// Every currency Tally accepts, for documentation and input forms.
@@ -431,7 +430,7 @@ mod tests {
                 .all(|c| c.len() == 3 && c.chars().all(|ch| ch.is_ascii_uppercase()))
         );
         let n = codes.len();
-        codes.sort();
+        codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), n);
         assert_eq!(Currency::all().count(), n);

@@ -11,7 +11,7 @@ use std::num::NonZeroU32;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::error::{DomainError, ParseError};
+use crate::error::ParseError;
 use crate::money::{Amount, Currency, Money};
 use crate::values::{
     Address, CustomerId, MerchantId, OrderId, PaymentId, Quantity, RefundId, ShipmentId, Sku, Text,
@@ -99,6 +99,35 @@ impl fmt::Display for CommandKind {
         };
         f.write_str(verb)
     }
+}
+
+/// A well-formed command that the order's invariants reject.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// The command is not allowed in the order's current status, e.g. ship
+    /// before capture or cancel after shipping. HTTP: `409`.
+    #[error("cannot {command} an order that is {status}")]
+    InvalidTransition {
+        command: CommandKind,
+        status: OrderStatus,
+    },
+    /// A capture must be for exactly the order total. HTTP: `422`.
+    #[error(
+        "capture amount must equal the order total of {expected} minor units (got {requested})"
+    )]
+    CaptureAmountMismatch { expected: i64, requested: i64 },
+    /// A refund may not exceed what was captured and not yet refunded.
+    /// HTTP: `422`.
+    #[error("refund of {requested} minor units exceeds the {available} still refundable")]
+    RefundExceedsCaptured { available: i64, requested: i64 },
+    /// The order total (Σ quantity × unit price) exceeds
+    /// [`Amount::MAX`](crate::Amount::MAX). HTTP: `400`, field `items`.
+    #[error("order total must be at most {max} minor units")]
+    TotalTooLarge { max: i64 },
+    /// Every order must cost something: a zero total has nothing to capture.
+    /// HTTP: `400`.
+    #[error("order total must be greater than zero")]
+    ZeroTotal,
 }
 
 /// An aggregate version: 1 after `OrderPlaced`, +1 per event.

@@ -249,11 +249,10 @@ impl Worker {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(until_watermark.min(self.config.idle_poll)) => {
-                    if self.watermark_behind {
-                        if let Err(e) = self.publish_watermark(true).await {
+                    if self.watermark_behind
+                        && let Err(e) = self.publish_watermark(true).await {
                             tracing::warn!(error = %e, "publishing the watermark failed");
                         }
-                    }
                 }
                 ok = wait => if !ok { listener = None; },
             }

@@ -195,17 +195,16 @@ impl KeyCache {
     async fn authenticate(&self, pool: &PgPool, key: &str) -> Result<Option<Caller>, AuthError> {
         let h = hash(key);
         let now = Instant::now();
-        if let Ok(map) = self.inner.lock() {
-            if let Some((caller, expires)) = map.get(&h) {
-                if *expires > now {
-                    return Ok(Some(caller.clone()));
-                }
-            }
+        if let Ok(map) = self.inner.lock()
+            && let Some((caller, expires)) = map.get(&h)
+            && *expires > now
+        {
+            return Ok(Some(caller.clone()));
         }
-        if let Ok(refused) = self.refused.lock() {
-            if refused.get(&h).is_some_and(|until| *until > now) {
-                return Ok(None);
-            }
+        if let Ok(refused) = self.refused.lock()
+            && refused.get(&h).is_some_and(|until| *until > now)
+        {
+            return Ok(None);
         }
         let Ok(Ok(_permit)) =
             tokio::time::timeout(Duration::from_secs(1), self.lookups.acquire()).await

@@ -200,7 +200,7 @@ impl tower_http::request_id::MakeRequestId for NewRequestId {
 async fn sanitize_request_id(mut req: Request, next: Next) -> Response {
     let ok = req.headers().get("x-request-id").is_none_or(|v| {
         let b = v.as_bytes();
-        !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic())
+        !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(u8::is_ascii_graphic)
     });
     if !ok {
         req.headers_mut().remove("x-request-id");

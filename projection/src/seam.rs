@@ -137,7 +137,7 @@ impl ClaimFrom {
     /// The `i`th of several workers started together: alternate ends, the
     /// first from the oldest.
     pub fn alternating(i: usize) -> ClaimFrom {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             ClaimFrom::Oldest
         } else {
             ClaimFrom::Newest

@@ -35,6 +35,27 @@ pub const TOTALS_TABLE: &str = "ingest_daily_totals";
 pub const TOTALS_COLUMNS: &str = "day, merchant_id, currency, orders_placed, gross_minor, captured_minor, \
                               refunded_minor, orders_cancelled, items_sold, version";
 
+/// SQL over the measures, written once from [`DailyMeasures::NAMES`]: each
+/// measure through `each`, joined by `sep`. Every statement that lists the
+/// measures of a cell (sums, updates, comparisons) is built with it, so a
+/// measure added to the domain reaches them all.
+pub fn each_measure(each: impl Fn(&str) -> String, sep: &str) -> String {
+    DailyMeasures::NAMES
+        .iter()
+        .map(|m| each(m))
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// `(a.m1, a.m2, …) IS DISTINCT FROM (b.m1, b.m2, …)`: two cells differ.
+pub fn measures_differ(a: &str, b: &str) -> String {
+    format!(
+        "({}) IS DISTINCT FROM ({})",
+        each_measure(|m| format!("{a}.{m}"), ", "),
+        each_measure(|m| format!("{b}.{m}"), ", ")
+    )
+}
+
 /// One row of the running totals (or of a table of the same shape).
 #[derive(sqlx::FromRow)]
 pub struct TotalsRow {
@@ -90,7 +111,7 @@ pub async fn add_to_totals(
     let mut days = Vec::with_capacity(cells.len());
     let mut merchants = Vec::with_capacity(cells.len());
     let mut currencies = Vec::with_capacity(cells.len());
-    let mut m: [Vec<i64>; 6] = Default::default();
+    let mut m: [Vec<i64>; DailyMeasures::COUNT] = Default::default();
     for (key, d) in cells {
         days.push(key.day);
         merchants.push(key.merchant.as_str());
@@ -99,35 +120,31 @@ pub async fn add_to_totals(
             col.push(v);
         }
     }
-    let rows: Vec<TotalsRow> = sqlx::query_as(&format!(
+    let arrays = (0..DailyMeasures::COUNT)
+        .map(|i| format!("${}::int8[]", i + 4))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
         "INSERT INTO {table} AS t ({TOTALS_COLUMNS})
          SELECT u.*, nextval('ingest_version_seq')
-         FROM unnest($1::date[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
-                     $7::int8[], $8::int8[], $9::int8[])
-              AS u(day, merchant_id, currency, orders_placed, gross_minor, captured_minor,
-                   refunded_minor, orders_cancelled, items_sold)
+         FROM unnest($1::date[], $2::text[], $3::text[], {arrays})
+              AS u(day, merchant_id, currency, {names})
          ORDER BY 1, 2, 3
          ON CONFLICT (day, merchant_id, currency) DO UPDATE SET
-             orders_placed    = t.orders_placed    + excluded.orders_placed,
-             gross_minor      = t.gross_minor      + excluded.gross_minor,
-             captured_minor   = t.captured_minor   + excluded.captured_minor,
-             refunded_minor   = t.refunded_minor   + excluded.refunded_minor,
-             orders_cancelled = t.orders_cancelled + excluded.orders_cancelled,
-             items_sold       = t.items_sold       + excluded.items_sold,
-             version          = nextval('ingest_version_seq')
-         RETURNING {TOTALS_COLUMNS}"
-    ))
-    .bind(&days)
-    .bind(&merchants)
-    .bind(&currencies)
-    .bind(&m[0])
-    .bind(&m[1])
-    .bind(&m[2])
-    .bind(&m[3])
-    .bind(&m[4])
-    .bind(&m[5])
-    .fetch_all(&mut **tx)
-    .await?;
+             {add},
+             version = nextval('ingest_version_seq')
+         RETURNING {TOTALS_COLUMNS}",
+        names = each_measure(str::to_owned, ", "),
+        add = each_measure(|m| format!("{m} = t.{m} + excluded.{m}"), ", "),
+    );
+    let mut q = sqlx::query_as(&sql)
+        .bind(&days)
+        .bind(&merchants)
+        .bind(&currencies);
+    for col in &m {
+        q = q.bind(col);
+    }
+    let rows: Vec<TotalsRow> = q.fetch_all(&mut **tx).await?;
     Ok(rows.into_iter().map(DailyRow::from).collect())
 }
 

@@ -43,8 +43,7 @@ pub struct CellSums {
 }
 
 const SPILL_TABLE: &str = "rebuild_cells_spill";
-const COLUMNS: &str = "day, merchant_id, currency, orders_placed, gross_minor, captured_minor, \
-                       refunded_minor, orders_cancelled, items_sold, version";
+const COLUMNS: &str = tally_projection::totals::TOTALS_COLUMNS;
 
 impl CellSums {
     pub fn new(budget: usize) -> Self {
@@ -139,10 +138,9 @@ impl CellSums {
         self.spill(conn).await?;
         let written = sqlx::query(&format!(
             "INSERT INTO {table} ({COLUMNS})
-             SELECT day, merchant_id, currency, sum(orders_placed)::int8, sum(gross_minor)::int8,
-                    sum(captured_minor)::int8, sum(refunded_minor)::int8,
-                    sum(orders_cancelled)::int8, sum(items_sold)::int8, $1
-             FROM {SPILL_TABLE} GROUP BY day, merchant_id, currency"
+             SELECT day, merchant_id, currency, {sums}, $1
+             FROM {SPILL_TABLE} GROUP BY day, merchant_id, currency",
+            sums = tally_projection::totals::each_measure(|m| format!("sum({m})::int8"), ", ")
         ))
         .bind(version)
         .execute(&mut *conn)
@@ -262,7 +260,7 @@ async fn copy_cells(
     let mut buf = Vec::with_capacity(1 << 20);
     buf.extend_from_slice(COPY_BINARY_HEADER);
     for ((day, merchant, cur), m) in cells {
-        encode_cell(&mut buf, *day, &names[*merchant as usize], cur, m, version);
+        encode_cell(&mut buf, *day, &names[*merchant as usize], *cur, m, version);
         if buf.len() >= 1 << 20 {
             copy.send(buf.as_slice()).await?;
             buf.clear();
@@ -286,7 +284,7 @@ fn encode_cell(
     out: &mut Vec<u8>,
     day: Date,
     merchant: &str,
-    currency: &[u8; 3],
+    currency: [u8; 3],
     m: &DailyMeasures,
     version: i64,
 ) {
@@ -294,22 +292,14 @@ fn encode_cell(
         out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
         out.extend_from_slice(bytes);
     }
-    out.extend_from_slice(&10i16.to_be_bytes());
+    out.extend_from_slice(&(DailyMeasures::COUNT as i16 + 4).to_be_bytes());
     field(
         out,
         &(day.to_julian_day() - PG_EPOCH_JULIAN_DAY).to_be_bytes(),
     );
     field(out, merchant.as_bytes());
-    field(out, currency);
-    for v in [
-        m.orders_placed,
-        m.gross_minor,
-        m.captured_minor,
-        m.refunded_minor,
-        m.orders_cancelled,
-        m.items_sold,
-        version,
-    ] {
+    field(out, &currency);
+    for v in m.values().into_iter().chain([version]) {
         field(out, &v.to_be_bytes());
     }
 }
@@ -330,7 +320,7 @@ mod tests {
             items_sold: 7,
         };
         let mut out = Vec::new();
-        encode_cell(&mut out, date!(2000 - 01 - 02), "m\t1", b"EUR", &m, 9);
+        encode_cell(&mut out, date!(2000 - 01 - 02), "m\t1", *b"EUR", &m, 9);
         let mut want: Vec<u8> = vec![0, 10];
         want.extend([0, 0, 0, 4, 0, 0, 0, 1]); // one day after PostgreSQL's epoch
         want.extend([0, 0, 0, 3, b'm', b'\t', b'1']); // no escaping in binary
@@ -342,7 +332,7 @@ mod tests {
         assert_eq!(out, want);
         assert_eq!(COPY_BINARY_HEADER.len(), 19);
         out.clear();
-        encode_cell(&mut out, date!(1999 - 12 - 31), "m", b"EUR", &m, 9);
+        encode_cell(&mut out, date!(1999 - 12 - 31), "m", *b"EUR", &m, 9);
         assert_eq!(&out[2..10], &[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff]);
     }
 

@@ -254,10 +254,9 @@ impl TableDrift {
             .iter()
             .enumerate()
             .min_by_key(|(_, r)| r.abs_drift_minor)
+            && row.abs_drift_minor > least.abs_drift_minor
         {
-            if row.abs_drift_minor > least.abs_drift_minor {
-                self.worst[i] = row.clone();
-            }
+            self.worst[i] = row.clone();
         }
         self.worst
             .sort_by_key(|r| std::cmp::Reverse(r.abs_drift_minor));
@@ -518,7 +517,7 @@ fn classify(specs: &[ColumnSpec], expected: DataFrame, live: DataFrame) -> LazyF
         .iter()
         .map(|s| col(s.name).neq_missing(col(format!("{}_live", s.name))))
         .chain([col("currency").neq_missing(col("currency_live"))])
-        .reduce(|a, b| a.or(b))
+        .reduce(polars::prelude::Expr::or)
         .unwrap_or(lit(false));
     let kind = when(col("present_live").is_null())
         .then(lit("missing"))

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use sqlx::PgPool;
+use tally_domain::DailyMeasures;
 use tally_projection::insert_rows;
 use tally_projection::rows::DailyRow;
 use tally_projection::totals::{TOTALS_COLUMNS, TotalsRow};
@@ -18,23 +19,27 @@ use crate::cells::SortedCells;
 use crate::compare::{
     ColumnKind, ColumnSpec, Frame, FrameBuilder, Pipelined, Sink, TableDrift, compare_chunk,
 };
+use crate::options::RunOptions;
 use crate::progress::Progress;
-use crate::run::RunOptions;
 use crate::tables::Copy;
 
-pub(crate) const DAILY_SPECS: [ColumnSpec; 6] = [
-    ColumnSpec::new("orders_placed", ColumnKind::Count),
-    ColumnSpec::new("gross_minor", ColumnKind::Money),
-    ColumnSpec::new("captured_minor", ColumnKind::Money),
-    ColumnSpec::new("refunded_minor", ColumnKind::Money),
-    ColumnSpec::new("orders_cancelled", ColumnKind::Count),
-    ColumnSpec::new("items_sold", ColumnKind::Count),
-];
+/// The measures as compared: amounts (`*_minor`) count as money in the
+/// drift per currency, the rest as counts.
+pub(crate) static DAILY_SPECS: LazyLock<[ColumnSpec; DailyMeasures::COUNT]> = LazyLock::new(|| {
+    DailyMeasures::NAMES.map(|name| {
+        let kind = if name.ends_with("_minor") {
+            ColumnKind::Money
+        } else {
+            ColumnKind::Count
+        };
+        ColumnSpec::new(name, kind)
+    })
+});
 
 pub(crate) fn daily_frame<'a>(
     rows: impl ExactSizeIterator<Item = &'a DailyRow>,
 ) -> Result<Frame, RebuildError> {
-    let mut f = FrameBuilder::new(&DAILY_SPECS, rows.len());
+    let mut f = FrameBuilder::new(&*DAILY_SPECS, rows.len());
     let mut key = String::new();
     for r in rows {
         let m = r.measures();
@@ -44,13 +49,10 @@ pub(crate) fn daily_frame<'a>(
         let cur = std::str::from_utf8(&r.currency).unwrap_or("???");
         key.clear();
         let _ = write!(key, "{}/{}/{cur}", r.day, r.merchant_id);
-        f.row(&key, cur)
-            .int(m.orders_placed)
-            .int(m.gross_minor)
-            .int(m.captured_minor)
-            .int(m.refunded_minor)
-            .int(m.orders_cancelled)
-            .int(m.items_sold);
+        let row = f.row(&key, cur);
+        for v in m.values() {
+            row.int(v);
+        }
     }
     Ok(f.finish()?)
 }
@@ -63,7 +65,7 @@ pub(crate) async fn compare_daily_rows(
 ) -> Result<(), RebuildError> {
     compare_chunk(
         "daily_revenue",
-        &DAILY_SPECS,
+        &*DAILY_SPECS,
         daily_frame(expected.iter())?,
         daily_frame(live.iter())?,
         totals,
@@ -174,7 +176,7 @@ pub(crate) async fn compare(
         progress.inc(rows);
         compare_chunk(
             "daily_revenue",
-            &DAILY_SPECS,
+            &*DAILY_SPECS,
             expected,
             live,
             &mut totals,
@@ -189,7 +191,6 @@ pub(crate) async fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_domain::DailyMeasures;
     use time::macros::date;
 
     /// Adding a measure means adding it everywhere a cell's columns are
@@ -198,7 +199,7 @@ mod tests {
     fn every_list_of_the_daily_measures_agrees_with_the_domain() {
         let names = DailyMeasures::NAMES;
         assert_eq!(
-            DAILY_SPECS.map(|s| s.name),
+            DAILY_SPECS.each_ref().map(|s| s.name),
             names,
             "the comparison's columns"
         );

@@ -23,8 +23,8 @@ use crate::compare::{
     ColumnKind, ColumnSpec, Frame, FrameBuilder, Pipelined, Sink, TableDrift, compare_chunk,
     unequal_keys,
 };
+use crate::options::RunOptions;
 use crate::progress::Progress;
-use crate::run::RunOptions;
 use crate::tables::Copy;
 
 pub(crate) const FACT_SPECS: [ColumnSpec; 11] = [

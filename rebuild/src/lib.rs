@@ -15,6 +15,7 @@ pub mod cells;
 pub mod compare;
 mod daily;
 mod facts;
+pub mod options;
 pub mod oracle;
 pub mod progress;
 pub mod reconcile;

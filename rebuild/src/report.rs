@@ -1,14 +1,70 @@
-//! How a run's findings reach people and machines: a summary table for a
-//! terminal, JSON, and a CSV file with every differing field.
+//! What a run found ([`RunOutcome`]) and how it reaches people and
+//! machines: a summary table for a terminal, JSON, and a CSV file with
+//! every differing field.
 
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
+use serde::Serialize;
+use time::OffsetDateTime;
+
 use crate::RebuildError;
 use crate::compare::{DriftRow, TableDrift};
-use crate::run::RunOutcome;
+
+/// What a run found and did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunOutcome {
+    pub run_id: i64,
+    pub kind: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    pub snapshot_at: OffsetDateTime,
+    pub orders: u64,
+    pub cells: u64,
+    pub daily: TableDrift,
+    pub facts: TableDrift,
+    /// Orders with events still in the outbox (or dead-lettered) at the
+    /// snapshot: their facts are not compared this time.
+    pub orders_not_compared: u64,
+    /// Cells where the ingest's running totals (`ingest_daily_totals`)
+    /// disagreed with the write store at the snapshot: drift that the next
+    /// push of those cells would carry into ClickHouse.
+    pub ingest_totals_drift: u64,
+    pub dead_letters: i64,
+    pub swapped: bool,
+    /// Events consumed by the ingest during the run and replayed onto the
+    /// shadow before the swap.
+    pub replayed_events: u64,
+    /// How long the ingest was held to freeze the live tables.
+    pub register_paused_ms: u64,
+    /// How long the ingest was held for the swap.
+    pub ingest_paused_ms: u64,
+    pub seconds: f64,
+    pub notes: Vec<String>,
+    /// The deployment's reporting zone before this run changed it.
+    pub zone_changed_from: Option<String>,
+}
+
+impl RunOutcome {
+    pub fn has_drift(&self) -> bool {
+        self.daily.differing() > 0 || self.facts.differing() > 0 || self.ingest_totals_drift > 0
+    }
+
+    /// Drift with the shape of a calendar mismatch rather than of lost or
+    /// doubled events: every order is there on both sides, and every fact
+    /// shown differs in its reporting day alone.
+    pub fn calendar_shaped(&self) -> bool {
+        let f = &self.facts;
+        f.different > 0
+            && f.missing == 0
+            && f.extra == 0
+            && !f.worst.is_empty()
+            && f.worst
+                .iter()
+                .all(|r| !r.fields.is_empty() && r.fields.iter().all(|d| d.field == "placed_day"))
+    }
+}
 
 /// Every differing field of every differing row, one CSV line each
 /// (long format, so facts and cells share one file).
@@ -76,7 +132,7 @@ fn n(v: u64) -> String {
     let s = v.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(' ');
         }
         out.push(c);

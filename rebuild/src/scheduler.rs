@@ -267,7 +267,7 @@ impl RebuildScheduler {
                         "scheduled rebuild swapped in"
                     ),
                     Err(RebuildError::Busy(who)) => {
-                        tracing::info!(%who, "scheduled rebuild skipped: another run holds the lock")
+                        tracing::info!(%who, "scheduled rebuild skipped: another run holds the lock");
                     }
                     Err(e) => tracing::error!(error = %e, "scheduled rebuild failed"),
                 }

@@ -97,7 +97,7 @@ impl ChildServer {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.lock().map(|c| c.id()).unwrap_or(0)
+        self.child.lock().map_or(0, |c| c.id())
     }
 
     /// `Some(status)` once the process has exited.

@@ -170,10 +170,10 @@ impl LocalStack {
 /// where that lives outside it (run as root, the cluster cannot live in a
 /// `0700` directory: `postgres_server.rs`).
 pub fn remove_data_dir(data_dir: &Path) {
-    if let Ok(note) = std::fs::read_to_string(data_dir.join("postgres.location")) {
-        if let Some(cluster) = note.lines().next().filter(|l| l.starts_with('/')) {
-            let _ = std::fs::remove_dir_all(cluster);
-        }
+    if let Ok(note) = std::fs::read_to_string(data_dir.join("postgres.location"))
+        && let Some(cluster) = note.lines().next().filter(|l| l.starts_with('/'))
+    {
+        let _ = std::fs::remove_dir_all(cluster);
     }
     let _ = std::fs::remove_dir_all(data_dir);
 }

@@ -53,13 +53,13 @@ pub fn password(data_dir: &Path, name: &str) -> Result<String, StackError> {
     let dir = data_dir.join("secrets");
     private_dir(&dir)?;
     let path = dir.join(name);
-    if let Ok(p) = std::fs::read_to_string(&path) {
-        if !p.trim().is_empty() {
-            // Files from before the stack was locked down may be 0644.
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(FILE_MODE))
-                .map_err(StackError::io(format!("chmod 600 {}", path.display())))?;
-            return Ok(p.trim().to_owned());
-        }
+    if let Ok(p) = std::fs::read_to_string(&path)
+        && !p.trim().is_empty()
+    {
+        // Files from before the stack was locked down may be 0644.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(FILE_MODE))
+            .map_err(StackError::io(format!("chmod 600 {}", path.display())))?;
+        return Ok(p.trim().to_owned());
     }
     let pw = random_hex()?;
     write_private(&path, pw.as_bytes())?;

@@ -165,7 +165,7 @@ async fn zone_change_options(
     let recorded = tally_projection::deployment::recorded(pool).await?;
     match recorded {
         Some(r) if r.eq_ignore_ascii_case(zone.name()) => {
-            eprintln!("the deployment already reports in {r}: this is an ordinary rebuild")
+            eprintln!("the deployment already reports in {r}: this is an ordinary rebuild");
         }
         Some(r) => eprintln!(
             "changing the deployment's reporting zone from {r} to {}: rebuilding both projections \
@@ -231,17 +231,17 @@ pub async fn rebuild(g: &Global, cmd: RebuildCommand) -> anyhow::Result<u8> {
                 "zone"
             );
             for r in rows {
-                let secs = r
-                    .finished_at
-                    .map(|f| format!("{:.1}", (f - r.started_at).as_seconds_f64()))
-                    .unwrap_or_else(|| "…".into());
+                let secs = r.finished_at.map_or_else(
+                    || "…".into(),
+                    |f| format!("{:.1}", (f - r.started_at).as_seconds_f64()),
+                );
                 let started = r
                     .started_at
                     .format(time::macros::format_description!(
                         "[year]-[month]-[day] [hour]:[minute]:[second]"
                     ))
                     .unwrap_or_default();
-                let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+                let opt = |v: Option<i64>| v.map_or_else(|| "-".into(), |v| v.to_string());
                 println!(
                     "{:>5}  {:<8} {:<8} {:<11} {:<20} {:>8} {:>10} {:>9} {:>6} {:<7}  {:<16} {}",
                     r.run_id,
@@ -303,8 +303,7 @@ pub async fn verify(g: &Global, args: VerifyArgs) -> anyhow::Result<u8> {
                     out.from,
                     out.until,
                     out.watermark
-                        .map(tally_rebuild::report::utc)
-                        .unwrap_or_else(|| "nothing yet".into())
+                        .map_or_else(|| "nothing yet".into(), tally_rebuild::report::utc)
                 );
                 println!(
                     "  compared {}, matching {}, missing {}, extra {}, different {}",

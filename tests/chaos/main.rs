@@ -301,7 +301,11 @@ async fn clickhouse_stopped_under_load_then_restarted_loses_and_doubles_nothing(
         "chaos: ClickHouse down {:.1} s with {backlog} events waiting; {} commands; recovered {:.1} s after restart",
         down_for.as_secs_f64(),
         outcome.commands,
-        (stopped_at.elapsed() - down_for).as_secs_f64()
+        stopped_at
+            .elapsed()
+            .checked_sub(down_for)
+            .unwrap()
+            .as_secs_f64()
     );
     shutdown.cancel();
     worker_task.await.unwrap().unwrap();
@@ -368,7 +372,7 @@ async fn postgres_restarted_under_load_loses_and_doubles_nothing() {
     })
     .await;
     assert!(back.is_some(), "the API recovers by itself");
-    let recovered_in = stopped_at.elapsed() - down_for;
+    let recovered_in = stopped_at.elapsed().checked_sub(down_for).unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     keep_loading.cancel();
     let outcome = load.await.unwrap();

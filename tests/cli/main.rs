@@ -10,22 +10,11 @@ use tally_projection::DailyRow;
 use tally_tests::{TestDb, init_logs};
 
 fn tally(db: &TestDb, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(args)
-        .env("DATABASE_URL", &db.pg_settings.url)
-        .env("CLICKHOUSE_URL", db.ch.to_url())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run tally")
+    tally_tests::run_binary(env!("CARGO_BIN_EXE_tally"), db, args)
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    tally_tests::output_text(o)
 }
 
 #[tokio::test]

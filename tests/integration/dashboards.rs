@@ -571,7 +571,11 @@ async fn ranking_oracle(
     ch: &clickhouse::Client,
     f: &tally_dashboards::params::Filter,
 ) -> tally_dashboards::store::TopRow {
-    let only: Vec<&str> = f.merchants.iter().map(|m| m.as_str()).collect();
+    let only: Vec<&str> = f
+        .merchants
+        .iter()
+        .map(tally_domain::MerchantId::as_str)
+        .collect();
     // Plain 64-bit sums, read as the test's own rows: independent of the
     // halves the service reads (test figures are far from 64 bits).
     let rows: Vec<(String, i64, i64, i64)> = ch
@@ -621,7 +625,11 @@ async fn daily_oracle(
     f: &tally_dashboards::params::Filter,
     range: tally_dashboards::params::DayRange,
 ) -> Vec<tally_dashboards::store::DailyRow> {
-    let only: Vec<&str> = f.merchants.iter().map(|m| m.as_str()).collect();
+    let only: Vec<&str> = f
+        .merchants
+        .iter()
+        .map(tally_domain::MerchantId::as_str)
+        .collect();
     let currency = f.currency.as_ref().map_or("", |c| c.code());
     #[derive(clickhouse::Row, serde::Deserialize)]
     struct Plain {

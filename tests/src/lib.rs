@@ -70,9 +70,10 @@ async fn start_servers() -> Servers {
     ) {
         (Ok(pg), Ok(ch)) => {
             let ch = ChSettings::from_url(&ch).expect("TALLY_TEST_CLICKHOUSE_URL");
-            let reader = std::env::var("TALLY_TEST_CLICKHOUSE_READER_URL")
-                .map(|u| ChSettings::from_url(&u).expect("TALLY_TEST_CLICKHOUSE_READER_URL"))
-                .unwrap_or_else(|_| ch.clone());
+            let reader = std::env::var("TALLY_TEST_CLICKHOUSE_READER_URL").map_or_else(
+                |_| ch.clone(),
+                |u| ChSettings::from_url(&u).expect("TALLY_TEST_CLICKHOUSE_READER_URL"),
+            );
             let admin = tally_stack::replace_database(&pg, "postgres");
             (pg, admin, None, ch, reader, None)
         }
@@ -185,13 +186,14 @@ pub fn engine() -> Engine {
 }
 
 fn chdb_python() -> PathBuf {
-    std::env::var_os("TALLY_CHDB_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
+    std::env::var_os("TALLY_CHDB_PYTHON").map_or_else(
+        || {
             let home =
                 std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
             home.join(".cache/tally/chdb-venv/bin/python")
-        })
+        },
+        PathBuf::from,
+    )
 }
 
 fn chdb_script() -> PathBuf {
@@ -452,7 +454,7 @@ pub async fn spawn_app_on(db: TestDb, ingest: Ingest) -> TestApp {
                 dashboards
                     .run_until_stopped(s)
                     .await
-                    .expect("dashboards failed")
+                    .expect("dashboards failed");
             }
         }),
     ];
@@ -465,7 +467,7 @@ pub async fn spawn_app_on(db: TestDb, ingest: Ingest) -> TestApp {
         );
         let s = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            worker.run(s).await.expect("ingest worker failed")
+            worker.run(s).await.expect("ingest worker failed");
         }));
     }
     let (_, api_key) = create_key(&db.pg, "test", &Role::ALL)
@@ -612,6 +614,28 @@ pub async fn ingest_drained(pg: &PgPool, timeout: Duration) -> bool {
 }
 
 /// Logs for a failing test: `RUST_LOG=debug cargo test …`.
+/// Runs one of the project's binaries (`env!("CARGO_BIN_EXE_…")`) against
+/// this test's stores, as an operator would, and waits for it.
+pub fn run_binary(exe: &str, db: &TestDb, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(exe)
+        .args(args)
+        .env("DATABASE_URL", &db.pg_settings.url)
+        .env("CLICKHOUSE_URL", db.ch.to_url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap_or_else(|e| panic!("running {exe}: {e}"))
+}
+
+/// A finished process's exit status and output, for assertion messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(

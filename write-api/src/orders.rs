@@ -189,7 +189,7 @@ impl Errors {
             self.0.push(InvalidParam {
                 name: name.into(),
                 reason: e.message().to_owned(),
-            })
+            });
         })
         .ok()
     }
@@ -346,13 +346,13 @@ async fn on_existing_order(
         let order = store::load_order(&mut *conn, order_id)
             .await?
             .ok_or_else(|| ApiError::OrderNotFound(order_id.to_string()))?;
-        if let Some(expected) = expected {
-            if expected != order.version.get() {
-                return Err(ApiError::PreconditionFailed {
-                    expected,
-                    current: order.version.get(),
-                });
-            }
+        if let Some(expected) = expected
+            && expected != order.version.get()
+        {
+            return Err(ApiError::PreconditionFailed {
+                expected,
+                current: order.version.get(),
+            });
         }
         let event = order.handle(&cmd)?;
         let mut after = order.clone();

@@ -42,9 +42,9 @@ pub async fn insert_placed_order(
     .bind(address_id)
     .bind(a.name.as_str())
     .bind(a.line1.as_str())
-    .bind(a.line2.as_ref().map(|t| t.as_str()))
+    .bind(a.line2.as_ref().map(tally_domain::Text::as_str))
     .bind(a.city.as_str())
-    .bind(a.region.as_ref().map(|t| t.as_str()))
+    .bind(a.region.as_ref().map(tally_domain::Text::as_str))
     .bind(a.postal_code.as_str())
     .bind(a.country.as_str())
     .bind(cmd.order_id.as_uuid())
@@ -197,7 +197,7 @@ pub async fn apply_event(
                 Some(refund_id.as_uuid()),
                 Some(amount.minor()),
                 Some("requested"),
-                reason.as_ref().map(|r| r.as_str()),
+                reason.as_ref().map(tally_domain::Text::as_str),
             );
         }
     }

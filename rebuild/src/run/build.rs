@@ -12,7 +12,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tally_domain::DailyMeasures;
 use tally_projection::rows::{CellKey, FactRow, Projected, ReportingZone, project};
 use tally_projection::seam::{OUTBOX_COLUMNS, OutboxRow};
-use tally_projection::totals::{TOTALS_TABLE, add_to_totals};
+use tally_projection::totals::{TOTALS_TABLE, add_to_totals, each_measure, measures_differ};
 use uuid::Uuid;
 
 use super::{CELLS_TABLE, RunOptions};
@@ -162,11 +162,10 @@ pub(super) async fn write_cells(
                 let mut tx = snapshot.begin().await?; // a savepoint: add_to_totals wants a transaction
                 add_to_totals(&mut tx, CELLS_TABLE, &negated).await?;
                 tx.commit().await?;
-                sqlx::query(
-                    "DELETE FROM rebuild_cells WHERE orders_placed = 0 AND gross_minor = 0
-                       AND captured_minor = 0 AND refunded_minor = 0 AND orders_cancelled = 0
-                       AND items_sold = 0",
-                )
+                sqlx::query(&format!(
+                    "DELETE FROM rebuild_cells WHERE {}",
+                    each_measure(|m| format!("{m} = 0"), " AND ")
+                ))
                 .execute(&mut *snapshot)
                 .await?;
             }
@@ -188,10 +187,8 @@ pub(super) async fn write_cells(
                 coalesce(r.currency, t.currency)
          FROM {CELLS_TABLE} r FULL JOIN {TOTALS_TABLE} t
            ON r.day = t.day AND r.merchant_id = t.merchant_id AND r.currency = t.currency
-         WHERE (r.orders_placed, r.gross_minor, r.captured_minor, r.refunded_minor,
-                r.orders_cancelled, r.items_sold)
-            IS DISTINCT FROM (t.orders_placed, t.gross_minor, t.captured_minor, t.refunded_minor,
-                              t.orders_cancelled, t.items_sold)"
+         WHERE {differ}",
+        differ = measures_differ("r", "t")
     ))
     .execute(&mut *snapshot)
     .await?
@@ -201,7 +198,7 @@ pub(super) async fn write_cells(
         .await?;
     tracing::debug!(
         cells_written_ms = written.as_millis() as u64,
-        totals_compared_ms = (t.elapsed() - written).as_millis() as u64,
+        totals_compared_ms = t.elapsed().checked_sub(written).unwrap().as_millis() as u64,
         "daily cells built"
     );
     Ok((cells, totals_drift))

@@ -27,18 +27,14 @@ mod register;
 mod rollback;
 mod swap;
 
-use std::path::PathBuf;
-
 use serde::Serialize;
 use sqlx::PgPool;
-use tally_projection::ReportingZone;
 use tally_projection::deployment;
 use time::OffsetDateTime;
 
 use crate::RebuildError;
-use crate::compare::TableDrift;
-use crate::progress::ProgressMode;
-use crate::writer::BLOCK_ROWS;
+pub use crate::options::{Mode, RunOptions};
+pub use crate::report::RunOutcome;
 
 pub use register::RUN_LOCK;
 pub use rollback::{RollbackOutcome, rollback};
@@ -47,111 +43,6 @@ use register::{Locks, Registered, finish_interrupted, lock_or_skip, register, tr
 
 /// The scratch table the cells are built in.
 pub(crate) const CELLS_TABLE: &str = "rebuild_cells";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Build and compare; never swap.
-    Verify,
-    /// Build, compare, and swap if drift was found.
-    Repair,
-    /// Build, compare and swap.
-    Rebuild,
-}
-
-#[derive(Clone, Debug)]
-pub struct RunOptions {
-    pub zone: ReportingZone,
-    /// Who started it (`cli`, `schedule`): recorded in the history.
-    pub trigger: String,
-    pub progress: ProgressMode,
-    /// Most rows per side held in memory by one comparison chunk.
-    pub chunk_rows: usize,
-    /// Rows per block ClickHouse writes while building (a part per
-    /// partition each).
-    pub insert_rows: usize,
-    /// Every differing row, as CSV.
-    pub report_file: Option<PathBuf>,
-    /// `zone` is to become the deployment's reporting zone: the swap
-    /// records it (see [`ZoneChange`]). Without it, a run in another zone
-    /// than the recorded one is refused at the swap.
-    pub change_zone: bool,
-}
-
-impl RunOptions {
-    /// Daily cells summed in memory before partial sums go to PostgreSQL:
-    /// five comparison chunks' worth (about 80 bytes a cell), so
-    /// `--chunk-rows` stays the one memory knob.
-    pub fn cells_in_memory(&self) -> usize {
-        self.chunk_rows.saturating_mul(5)
-    }
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions {
-            zone: ReportingZone::utc(),
-            trigger: "cli".into(),
-            progress: ProgressMode::Log,
-            chunk_rows: 200_000,
-            insert_rows: BLOCK_ROWS,
-            report_file: None,
-            change_zone: false,
-        }
-    }
-}
-
-/// What a run found and did.
-#[derive(Clone, Debug, Serialize)]
-pub struct RunOutcome {
-    pub run_id: i64,
-    pub kind: &'static str,
-    #[serde(with = "time::serde::rfc3339")]
-    pub snapshot_at: OffsetDateTime,
-    pub orders: u64,
-    pub cells: u64,
-    pub daily: TableDrift,
-    pub facts: TableDrift,
-    /// Orders with events still in the outbox (or dead-lettered) at the
-    /// snapshot: their facts are not compared this time.
-    pub orders_not_compared: u64,
-    /// Cells where the ingest's running totals (`ingest_daily_totals`)
-    /// disagreed with the write store at the snapshot: drift that the next
-    /// push of those cells would carry into ClickHouse.
-    pub ingest_totals_drift: u64,
-    pub dead_letters: i64,
-    pub swapped: bool,
-    /// Events consumed by the ingest during the run and replayed onto the
-    /// shadow before the swap.
-    pub replayed_events: u64,
-    /// How long the ingest was held to freeze the live tables.
-    pub register_paused_ms: u64,
-    /// How long the ingest was held for the swap.
-    pub ingest_paused_ms: u64,
-    pub seconds: f64,
-    pub notes: Vec<String>,
-    /// The deployment's reporting zone before this run changed it.
-    pub zone_changed_from: Option<String>,
-}
-
-impl RunOutcome {
-    pub fn has_drift(&self) -> bool {
-        self.daily.differing() > 0 || self.facts.differing() > 0 || self.ingest_totals_drift > 0
-    }
-
-    /// Drift with the shape of a calendar mismatch rather than of lost or
-    /// doubled events: every order is there on both sides, and every fact
-    /// shown differs in its reporting day alone.
-    pub fn calendar_shaped(&self) -> bool {
-        let f = &self.facts;
-        f.different > 0
-            && f.missing == 0
-            && f.extra == 0
-            && !f.worst.is_empty()
-            && f.worst
-                .iter()
-                .all(|r| !r.fields.is_empty() && r.fields.iter().all(|d| d.field == "placed_day"))
-    }
-}
 
 /// One row of `tally rebuild history`.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]

@@ -48,15 +48,15 @@ impl Locks {
     pub(super) async fn seam(&mut self) -> Result<(), RebuildError> {
         let t = Instant::now();
         let r = seam::rest(&mut self.conn).await;
-        if let Err(sqlx::Error::Database(e)) = &r {
-            if e.code().as_deref() == Some("55P03") {
-                return Err(RebuildError::Refused(format!(
-                    "the ingest did not come to rest within {} s: an ingest batch held its lock \
+        if let Err(sqlx::Error::Database(e)) = &r
+            && e.code().as_deref() == Some("55P03")
+        {
+            return Err(RebuildError::Refused(format!(
+                "the ingest did not come to rest within {} s: an ingest batch held its lock \
                      that long (see pg_stat_activity for `tally-ingest` sessions); nothing was \
                      swapped, run again once it is healthy",
-                    SEAM_WAIT.as_secs()
-                )));
-            }
+                SEAM_WAIT.as_secs()
+            )));
         }
         r?;
         tracing::debug!(waited_ms = t.elapsed().as_millis() as u64, "ingest at rest");
@@ -70,8 +70,7 @@ impl Locks {
 
 pub(super) fn host() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown-host".into());
+        .map_or_else(|_| "unknown-host".into(), |s| s.trim().to_owned());
     format!("{name} pid {}", std::process::id())
 }
 

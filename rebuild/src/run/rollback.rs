@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use sqlx::PgPool;
+use tally_domain::DailyMeasures;
 use tally_projection::insert_rows;
 use tally_projection::rows::DailyRow;
 use tally_projection::totals::TOTALS_COLUMNS;
@@ -152,23 +153,28 @@ async fn load_cells(pool: &PgPool, rows: &[DailyRow]) -> Result<(), RebuildError
         .iter()
         .map(|r| String::from_utf8_lossy(&r.currency).into_owned())
         .collect();
-    let col = |f: fn(&DailyRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
-    sqlx::query(&format!(
+    let versions: Vec<i64> = rows
+        .iter()
+        .map(|r| i64::try_from(r.version).unwrap_or(i64::MAX))
+        .collect();
+    let measures: Vec<[i64; DailyMeasures::COUNT]> =
+        rows.iter().map(|r| r.measures().values()).collect();
+    let arrays = (0..DailyMeasures::COUNT)
+        .map(|i| format!("${}::int8[]", i + 4))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let version_at = DailyMeasures::COUNT + 4;
+    let sql = format!(
         "INSERT INTO {CELLS_TABLE} ({TOTALS_COLUMNS})
-         SELECT * FROM unnest($1::date[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
-                              $7::int8[], $8::int8[], $9::int8[], $10::int8[])"
-    ))
-    .bind(&days)
-    .bind(&merchants)
-    .bind(&currencies)
-    .bind(col(|r| r.orders_placed))
-    .bind(col(|r| r.gross_minor))
-    .bind(col(|r| r.captured_minor))
-    .bind(col(|r| r.refunded_minor))
-    .bind(col(|r| r.orders_cancelled))
-    .bind(col(|r| r.items_sold))
-    .bind(col(|r| r.version as i64))
-    .execute(pool)
-    .await?;
+         SELECT * FROM unnest($1::date[], $2::text[], $3::text[], {arrays}, ${version_at}::int8[])"
+    );
+    let mut q = sqlx::query(&sql)
+        .bind(&days)
+        .bind(&merchants)
+        .bind(&currencies);
+    for i in 0..DailyMeasures::COUNT {
+        q = q.bind(measures.iter().map(|m| m[i]).collect::<Vec<i64>>());
+    }
+    q.bind(&versions).execute(pool).await?;
     Ok(())
 }

@@ -10,7 +10,9 @@ use std::time::Instant;
 use sqlx::PgPool;
 use tally_projection::rows::{DailyRow, Projected, ReportingZone, project};
 use tally_projection::seam;
-use tally_projection::totals::{TOTALS_COLUMNS, TOTALS_TABLE, TotalsRow, add_to_totals};
+use tally_projection::totals::{
+    TOTALS_COLUMNS, TOTALS_TABLE, TotalsRow, add_to_totals, each_measure, measures_differ,
+};
 use tally_projection::{deployment, insert_rows};
 
 use super::register::{Locks, trim_journal};
@@ -215,14 +217,10 @@ pub(super) async fn install(
             "INSERT INTO {TOTALS_TABLE} AS t ({TOTALS_COLUMNS})
              SELECT {TOTALS_COLUMNS} FROM {CELLS_TABLE} {join}
              ON CONFLICT (day, merchant_id, currency) DO UPDATE SET
-                 orders_placed = excluded.orders_placed, gross_minor = excluded.gross_minor,
-                 captured_minor = excluded.captured_minor, refunded_minor = excluded.refunded_minor,
-                 orders_cancelled = excluded.orders_cancelled, items_sold = excluded.items_sold,
-                 version = excluded.version
-             WHERE (t.orders_placed, t.gross_minor, t.captured_minor, t.refunded_minor,
-                    t.orders_cancelled, t.items_sold)
-                IS DISTINCT FROM (excluded.orders_placed, excluded.gross_minor, excluded.captured_minor,
-                                  excluded.refunded_minor, excluded.orders_cancelled, excluded.items_sold)"
+                 {set}, version = excluded.version
+             WHERE {differ}",
+            set = each_measure(|m| format!("{m} = excluded.{m}"), ", "),
+            differ = measures_differ("t", "excluded"),
         ))
         .execute(&mut *tx)
         .await?;
@@ -295,16 +293,12 @@ async fn outrank_pending_pushes(
         .fetch_one(pool)
         .await?;
     let rows: Vec<TotalsRow> = sqlx::query_as(&format!(
-        "SELECT p.day, p.merchant_id, p.currency,
-                coalesce(r.orders_placed, 0) AS orders_placed, coalesce(r.gross_minor, 0) AS gross_minor,
-                coalesce(r.captured_minor, 0) AS captured_minor,
-                coalesce(r.refunded_minor, 0) AS refunded_minor,
-                coalesce(r.orders_cancelled, 0) AS orders_cancelled,
-                coalesce(r.items_sold, 0) AS items_sold, $1::int8 AS version
+        "SELECT p.day, p.merchant_id, p.currency, {zeros}, $1::int8 AS version
          FROM (SELECT DISTINCT unnest(days) AS day, unnest(merchant_ids) AS merchant_id,
                       unnest(currencies) AS currency
                FROM ingest_pending_pushes) p
-         LEFT JOIN {CELLS_TABLE} r USING (day, merchant_id, currency)"
+         LEFT JOIN {CELLS_TABLE} r USING (day, merchant_id, currency)",
+        zeros = each_measure(|m| format!("coalesce(r.{m}, 0) AS {m}"), ", ")
     ))
     .bind(version)
     .fetch_all(pool)

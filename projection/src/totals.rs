@@ -18,9 +18,11 @@
 //! freshness watermark back until it has landed.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Postgres, Row as _, Transaction};
 use tally_domain::DailyMeasures;
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
@@ -31,9 +33,17 @@ use crate::rows::{CellKey, DailyRow, currency_bytes};
 /// The ingest's running totals (see migrations/postgres/0002).
 pub const TOTALS_TABLE: &str = "ingest_daily_totals";
 
-/// The columns of a totals row ([`TotalsRow`]), in [`DailyRow`]'s order.
-pub const TOTALS_COLUMNS: &str = "day, merchant_id, currency, orders_placed, gross_minor, captured_minor, \
-                              refunded_minor, orders_cancelled, items_sold, version";
+/// The columns of a totals row ([`TotalsRow`]), in [`DailyRow`]'s order:
+/// the cell's key, [`DailyMeasures::NAMES`], its version.
+pub fn totals_columns() -> &'static str {
+    static COLUMNS: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "day, merchant_id, currency, {}, version",
+            DailyMeasures::NAMES.join(", ")
+        )
+    });
+    &COLUMNS
+}
 
 /// SQL over the measures, written once from [`DailyMeasures::NAMES`]: each
 /// measure through `each`, joined by `sep`. Every statement that lists the
@@ -56,35 +66,41 @@ pub fn measures_differ(a: &str, b: &str) -> String {
     )
 }
 
-/// One row of the running totals (or of a table of the same shape).
-#[derive(sqlx::FromRow)]
+/// One row of the running totals (or of a table of the same shape), read
+/// by [`totals_columns`].
 pub struct TotalsRow {
     day: Date,
     merchant_id: String,
     currency: String,
-    orders_placed: i64,
-    gross_minor: i64,
-    captured_minor: i64,
-    refunded_minor: i64,
-    orders_cancelled: i64,
-    items_sold: i64,
+    measures: DailyMeasures,
     version: i64,
+}
+
+impl<'r> sqlx::FromRow<'r, PgRow> for TotalsRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let mut values = [0; DailyMeasures::COUNT];
+        for (v, name) in values.iter_mut().zip(DailyMeasures::NAMES) {
+            *v = row.try_get(name)?;
+        }
+        Ok(TotalsRow {
+            day: row.try_get("day")?,
+            merchant_id: row.try_get("merchant_id")?,
+            currency: row.try_get("currency")?,
+            measures: DailyMeasures::from_values(values),
+            version: row.try_get("version")?,
+        })
+    }
 }
 
 impl From<TotalsRow> for DailyRow {
     fn from(t: TotalsRow) -> DailyRow {
-        DailyRow {
-            day: t.day,
-            merchant_id: t.merchant_id,
-            currency: currency_bytes(&t.currency),
-            orders_placed: t.orders_placed,
-            gross_minor: t.gross_minor,
-            captured_minor: t.captured_minor,
-            refunded_minor: t.refunded_minor,
-            orders_cancelled: t.orders_cancelled,
-            items_sold: t.items_sold,
-            version: u64::try_from(t.version).unwrap_or(0),
-        }
+        DailyRow::new(
+            t.day,
+            t.merchant_id,
+            currency_bytes(&t.currency),
+            &t.measures,
+            u64::try_from(t.version).unwrap_or(0),
+        )
     }
 }
 
@@ -125,7 +141,7 @@ pub async fn add_to_totals(
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
-        "INSERT INTO {table} AS t ({TOTALS_COLUMNS})
+        "INSERT INTO {table} AS t ({cols})
          SELECT u.*, nextval('ingest_version_seq')
          FROM unnest($1::date[], $2::text[], $3::text[], {arrays})
               AS u(day, merchant_id, currency, {names})
@@ -133,7 +149,8 @@ pub async fn add_to_totals(
          ON CONFLICT (day, merchant_id, currency) DO UPDATE SET
              {add},
              version = nextval('ingest_version_seq')
-         RETURNING {TOTALS_COLUMNS}",
+         RETURNING {cols}",
+        cols = totals_columns(),
         names = each_measure(str::to_owned, ", "),
         add = each_measure(|m| format!("{m} = t.{m} + excluded.{m}"), ", "),
     );
@@ -223,7 +240,7 @@ pub async fn recover_pending(
          JOIN (SELECT unnest(days) AS day, unnest(merchant_ids) AS merchant_id, unnest(currencies) AS currency
                FROM ingest_pending_pushes WHERE batch_id = ANY($1)) p
            USING (day, merchant_id, currency)",
-        cols = TOTALS_COLUMNS
+        cols = totals_columns()
             .split(", ")
             .map(|c| format!("t.{c}"))
             .collect::<Vec<_>>()

@@ -43,7 +43,6 @@ pub struct CellSums {
 }
 
 const SPILL_TABLE: &str = "rebuild_cells_spill";
-const COLUMNS: &str = tally_projection::totals::TOTALS_COLUMNS;
 
 impl CellSums {
     pub fn new(budget: usize) -> Self {
@@ -137,9 +136,10 @@ impl CellSums {
         }
         self.spill(conn).await?;
         let written = sqlx::query(&format!(
-            "INSERT INTO {table} ({COLUMNS})
+            "INSERT INTO {table} ({cols})
              SELECT day, merchant_id, currency, {sums}, $1
              FROM {SPILL_TABLE} GROUP BY day, merchant_id, currency",
+            cols = tally_projection::totals::totals_columns(),
             sums = tally_projection::totals::each_measure(|m| format!("sum({m})::int8"), ", ")
         ))
         .bind(version)
@@ -254,7 +254,8 @@ async fn copy_cells(
 ) -> Result<u64, RebuildError> {
     let mut copy = conn
         .copy_in_raw(&format!(
-            "COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"
+            "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+            tally_projection::totals::totals_columns()
         ))
         .await?;
     let mut buf = Vec::with_capacity(1 << 20);
@@ -277,7 +278,7 @@ const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// PostgreSQL's `date` is days since 2000-01-01 (Julian day 2 451 545).
 const PG_EPOCH_JULIAN_DAY: i32 = 2_451_545;
 
-/// One cell as a binary `COPY` tuple in [`COLUMNS`] order. Binary, not
+/// One cell as a binary `COPY` tuple in `totals_columns()` order. Binary, not
 /// text: PostgreSQL parses no numbers or dates and nothing needs escaping
 /// (text `COPY` of 700 000 cells cost it 10-20 % more).
 fn encode_cell(

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use tally_domain::DailyMeasures;
 use tally_projection::insert_rows;
 use tally_projection::rows::DailyRow;
-use tally_projection::totals::{TOTALS_COLUMNS, TotalsRow};
+use tally_projection::totals::{TotalsRow, totals_columns};
 use time::Date;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -143,7 +143,8 @@ pub(crate) async fn compare(
             let expected: Vec<DailyRow> = match sorted {
                 Some(s) => s.rows_between(from, to),
                 None => sqlx::query_as::<_, TotalsRow>(&format!(
-                    "SELECT {TOTALS_COLUMNS} FROM rebuild_cells WHERE day BETWEEN $1 AND $2"
+                    "SELECT {cols} FROM rebuild_cells WHERE day BETWEEN $1 AND $2",
+                    cols = totals_columns()
                 ))
                 .bind(from)
                 .bind(to)
@@ -210,7 +211,7 @@ mod tests {
             c
         };
         assert_eq!(
-            TOTALS_COLUMNS
+            totals_columns()
                 .split(", ")
                 .map(str::trim)
                 .collect::<Vec<_>>(),

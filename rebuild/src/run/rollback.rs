@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use tally_domain::DailyMeasures;
 use tally_projection::insert_rows;
 use tally_projection::rows::DailyRow;
-use tally_projection::totals::TOTALS_COLUMNS;
+use tally_projection::totals::totals_columns;
 use time::Date;
 
 use super::register::{Locks, finish_interrupted, host, lock_or_skip};
@@ -165,8 +165,9 @@ async fn load_cells(pool: &PgPool, rows: &[DailyRow]) -> Result<(), RebuildError
         .join(", ");
     let version_at = DailyMeasures::COUNT + 4;
     let sql = format!(
-        "INSERT INTO {CELLS_TABLE} ({TOTALS_COLUMNS})
-         SELECT * FROM unnest($1::date[], $2::text[], $3::text[], {arrays}, ${version_at}::int8[])"
+        "INSERT INTO {CELLS_TABLE} ({cols})
+         SELECT * FROM unnest($1::date[], $2::text[], $3::text[], {arrays}, ${version_at}::int8[])",
+        cols = totals_columns()
     );
     let mut q = sqlx::query(&sql)
         .bind(&days)

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use tally_projection::rows::{DailyRow, Projected, ReportingZone, project};
 use tally_projection::seam;
 use tally_projection::totals::{
-    TOTALS_COLUMNS, TOTALS_TABLE, TotalsRow, add_to_totals, each_measure, measures_differ,
+    TOTALS_TABLE, TotalsRow, add_to_totals, each_measure, measures_differ, totals_columns,
 };
 use tally_projection::{deployment, insert_rows};
 
@@ -214,11 +214,12 @@ pub(super) async fn install(
         .execute(&mut *tx)
         .await?;
         sqlx::query(&format!(
-            "INSERT INTO {TOTALS_TABLE} AS t ({TOTALS_COLUMNS})
-             SELECT {TOTALS_COLUMNS} FROM {CELLS_TABLE} {join}
+            "INSERT INTO {TOTALS_TABLE} AS t ({cols})
+             SELECT {cols} FROM {CELLS_TABLE} {join}
              ON CONFLICT (day, merchant_id, currency) DO UPDATE SET
                  {set}, version = excluded.version
              WHERE {differ}",
+            cols = totals_columns(),
             set = each_measure(|m| format!("{m} = excluded.{m}"), ", "),
             differ = measures_differ("t", "excluded"),
         ))

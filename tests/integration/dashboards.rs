@@ -11,26 +11,13 @@ use tally_tests::{Ingest, TestApp, spawn_app};
 use time::macros::date;
 
 fn cell(day: time::Date, merchant: &str, currency: &str, v: [i64; 6], version: u64) -> DailyRow {
-    let [
-        orders_placed,
-        gross_minor,
-        captured_minor,
-        refunded_minor,
-        orders_cancelled,
-        items_sold,
-    ] = v;
-    DailyRow {
+    DailyRow::new(
         day,
-        merchant_id: merchant.into(),
-        currency: currency.as_bytes().try_into().unwrap(),
-        orders_placed,
-        gross_minor,
-        captured_minor,
-        refunded_minor,
-        orders_cancelled,
-        items_sold,
+        merchant.into(),
+        currency.as_bytes().try_into().unwrap(),
+        &tally_domain::DailyMeasures::from_values(v),
         version,
-    }
+    )
 }
 
 /// June 2025 (30 days) is the period asked for; May 2–31 is the period

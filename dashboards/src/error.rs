@@ -14,6 +14,10 @@ pub enum DashError {
     /// The aggregate holds something the ingest never writes.
     #[error("unexpected data: {0}")]
     Data(String),
+    /// The read asked to include a write (a consistency token) that the
+    /// read side had not projected within the wait it allowed.
+    #[error("not yet consistent with the token after {waited_ms} ms")]
+    NotYetConsistent { waited_ms: u64 },
 }
 
 impl IntoResponse for DashError {
@@ -40,6 +44,19 @@ impl IntoResponse for DashError {
                     ));
                 res
             }
+            DashError::NotYetConsistent { waited_ms } => Problem::new(
+                StatusCode::TOO_EARLY,
+                "not-yet-consistent",
+                "The read side does not include that write yet",
+            )
+            .detail(format!(
+                "waited {waited_ms} ms for the projections to include the write named by the \
+                 consistency token; retry after Retry-After, or allow a longer wait with \
+                 `Prefer: wait=<seconds>` (at most {} s)",
+                crate::consistency::MAX_WAIT.as_secs()
+            ))
+            .retry_after(1)
+            .into_response(),
             DashError::Data(what) => {
                 tracing::error!(%what, "unexpected data in the aggregates");
                 Problem::internal().into_response()

@@ -9,6 +9,7 @@
 //! Amounts are exact minor units per currency with a decimal string beside
 //! them; currencies are never summed together.
 
+pub mod consistency;
 mod error;
 pub mod openapi;
 mod page;
@@ -334,6 +335,7 @@ pub fn router(
     ch: clickhouse::Client,
     pg: PgPool,
     cache: Arc<PartSums>,
+    watermark: Arc<consistency::WatermarkWatch>,
     metrics: &Metrics,
 ) -> Router {
     let state = AppState {
@@ -352,6 +354,11 @@ pub fn router(
         .route("/v1/revenue/daily", get(daily_revenue))
         .route("/v1/revenue/summary", get(summary))
         .route("/v1/merchants/top", get(top_merchants))
+        // Inside the authentication: only a reader may make the server wait.
+        .route_layer(middleware::from_fn_with_state(
+            watermark,
+            consistency::read_after,
+        ))
         .route_layer(middleware::from_fn_with_state(readers, auth::require_role))
         .layer(middleware::from_fn_with_state(
             metrics.clickhouse_errors.clone(),
@@ -380,6 +387,7 @@ pub struct Application {
     router: Router,
     ch: clickhouse::Client,
     cache: Arc<PartSums>,
+    watermark: Arc<consistency::WatermarkWatch>,
     config: DashboardsConfig,
 }
 
@@ -395,13 +403,22 @@ impl Application {
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
         let cache = Arc::new(PartSums::new(config.cache_rows, metrics.cache.clone()));
-        let router = router(config, ch.clone(), pg.clone(), cache.clone(), metrics)
-            .merge(ops_routes(registry, readiness(ch.clone(), pg)));
+        let watermark = consistency::WatermarkWatch::new(ch.clone());
+        let router = router(
+            config,
+            ch.clone(),
+            pg.clone(),
+            cache.clone(),
+            watermark.clone(),
+            metrics,
+        )
+        .merge(ops_routes(registry, readiness(ch.clone(), pg)));
         Ok(Application {
             listener,
             router,
             ch,
             cache,
+            watermark,
             config: config.clone(),
         })
     }
@@ -426,11 +443,13 @@ impl Application {
             let (span, every) = (self.config.max_span_days, self.config.cache_refresh);
             tokio::spawn(async move { cache.keep_warm(ch, span, every, stop).await })
         });
+        let observer = tokio::spawn(self.watermark.clone().run(stop.clone()));
         let served = serve(self.listener, self.router, shutdown).await;
         stop.cancel();
         if let Some(w) = warm {
             let _ = w.await;
         }
+        let _ = observer.await;
         served
     }
 }

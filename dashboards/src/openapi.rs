@@ -33,6 +33,7 @@ fn problem_responses() -> Value {
         "400": with("A parameter is invalid; `invalid_params` names each one"),
         "401": with("Missing or unknown API key"),
         "403": with("The key lacks `finance:read`"),
+        "425": with("The read named a consistency token (`?after=` or `Tally-Consistency-Token`) whose write the read side had not projected within the wait allowed (`Prefer: wait=<seconds>`, default 1, at most 5); retry after `Retry-After`"),
         "503": with("ClickHouse or the key store unavailable, too many requests in flight, or the request timed out; retry after `Retry-After`"),
     })
 }
@@ -97,7 +98,6 @@ pub fn document(max_span_days: i64) -> Value {
         })
     };
     let mut freshness_responses = problem_responses();
-    freshness_responses.as_object_mut().map(|o| o.remove("400"));
     freshness_responses["200"] = json!({
         "description": "The watermark",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Freshness"}}}
@@ -139,7 +139,11 @@ pub fn document(max_span_days: i64) -> Value {
                  exact decimal strings; currencies are never added together. Every answer says \
                  how fresh it is. Errors are RFC 9457 problem details. Rules across parameters: \
                  `from` may not be after `to`, a range spans at most {max_span_days} days, and \
-                 without `from` the range is the 30 days ending at `to` (default: today, UTC)."
+                 without `from` the range is the 30 days ending at `to` (default: today, UTC). \
+                 Read your own writes: every endpoint takes the `Tally-Consistency-Token` of a \
+                 command's acknowledgement, as `?after=<token>` or in that header, and answers \
+                 only once it includes that write, waiting at most `Prefer: wait=<seconds>` \
+                 (default 1, at most 5) before answering 425 with `Retry-After`."
             )
         },
         "paths": {

@@ -104,6 +104,7 @@ impl CommandContext {
                         body: serde_json::to_value(e.to_problem()).unwrap_or_default(),
                         location: None,
                         etag: None,
+                        consistency_token: None,
                     },
                     Err(e) => {
                         if matches!(e, ApiError::VersionConflict { .. }) {

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, Transaction};
+use tally_projection::watermark::ConsistencyToken;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -84,6 +85,9 @@ pub struct CommandResponse {
     pub location: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
+    /// Sent as `Tally-Consistency-Token` (a replay sends the original's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency_token: Option<String>,
 }
 
 impl CommandResponse {
@@ -110,6 +114,13 @@ impl CommandResponse {
             .and_then(|t| HeaderValue::from_str(t).ok())
         {
             h.insert(header::ETAG, tag);
+        }
+        if let Some(token) = self
+            .consistency_token
+            .as_deref()
+            .and_then(|t| HeaderValue::from_str(t).ok())
+        {
+            h.insert(ConsistencyToken::HEADER, token);
         }
         if replayed {
             h.insert("idempotent-replayed", HeaderValue::from_static("true"));

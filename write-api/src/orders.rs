@@ -13,6 +13,7 @@ use tally_domain::{
     PlaceOrder, Quantity, RefundId, ShipmentId, Sku, Text,
 };
 use tally_ops::problem::InvalidParam;
+use tally_projection::watermark::ConsistencyToken;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -283,7 +284,8 @@ pub fn now() -> OffsetDateTime {
     request_body = PlaceOrderRequest,
     params(("Idempotency-Key" = String, Header, description = "Unique per request (1 to 255 printable ASCII characters, e.g. a UUID); reuse only to retry it", min_length = 1, max_length = 255, pattern = "^[!#-~]{1,255}$")),
     responses(
-        (status = 201, description = "Placed; `Location` names the order", body = OrderPlaced),
+        (status = 201, description = "Placed; `Location` names the order", body = OrderPlaced,
+            headers(("Tally-Consistency-Token" = String, description = "Send it with a read (`?after=` or this header) to read this write: the read side answers once it includes it. Opaque; the same on a replay"))),
         (status = 400, description = "Invalid body or missing Idempotency-Key", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "Key lacks `orders:write`", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
@@ -310,7 +312,7 @@ pub async fn place_order(
                 .ok_or_else(|| ApiError::Internal("place did not produce OrderPlaced".into()))?;
             let envelope =
                 EventEnvelope::record(EventId::from_uuid(Uuid::now_v7()), at, event, after);
-            store::insert_placed_order(&mut *conn, &cmd, &envelope).await?;
+            let written_us = store::insert_placed_order(&mut *conn, &cmd, &envelope).await?;
             metrics
                 .events_appended
                 .get_or_create(&EventLabels {
@@ -322,6 +324,7 @@ pub async fn place_order(
                 body: serde_json::to_value(OrderPlaced { order_id }).unwrap_or_default(),
                 location: Some(format!("/v1/orders/{order_id}")),
                 etag: Some(crate::context::etag(1)),
+                consistency_token: Some(ConsistencyToken::from_micros(written_us).to_string()),
             })
         })
         .await?;
@@ -359,12 +362,12 @@ async fn on_existing_order(
         after.apply(&event);
         let envelope =
             EventEnvelope::record(EventId::from_uuid(Uuid::now_v7()), now(), event, after);
-        if !store::apply_event(&mut *conn, &envelope).await? {
+        let Some(written_us) = store::apply_event(&mut *conn, &envelope).await? else {
             // Same connection: a second one from the pool while holding
             // this one can starve the pool under contention.
             let current = store::current_version(&mut *conn, order_id).await?;
             return Err(ApiError::VersionConflict { current });
-        }
+        };
         metrics
             .events_appended
             .get_or_create(&EventLabels {
@@ -396,6 +399,7 @@ async fn on_existing_order(
             body: serde_json::to_value(&ack).unwrap_or_default(),
             location: None,
             etag: Some(crate::context::etag(ack.version)),
+            consistency_token: Some(ConsistencyToken::from_micros(written_us).to_string()),
         })
     })
     .await
@@ -421,7 +425,8 @@ macro_rules! command_doc {
                 ("If-Match" = Option<String>, Header, description = "Apply only if the order is still at this version (its `ETag`, e.g. `\"3\"`)", pattern = "^\"[0-9]{1,9}\"$"),
             ),
             responses(
-                (status = 202, description = "Accepted", body = CommandAccepted),
+                (status = 202, description = "Accepted", body = CommandAccepted,
+                    headers(("Tally-Consistency-Token" = String, description = "Send it with a read (`?after=` or this header) to read this write: the read side answers once it includes it. Opaque; the same on a replay"))),
                 (status = 400, description = "Invalid body or missing Idempotency-Key", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
                 (status = 401, description = "Missing or unknown API key", body = crate::error::ProblemDoc, content_type = "application/problem+json"),
                 (status = 403, description = "Key lacks `orders:write`", body = crate::error::ProblemDoc, content_type = "application/problem+json"),

@@ -10,12 +10,17 @@ use time::OffsetDateTime;
 
 use crate::error::ApiError;
 
-/// Writes the address, order, line items and the `OrderPlaced` outbox row.
+/// The outbox row's `created_at` in microseconds: what a consistency token
+/// names (`tally_projection::watermark::ConsistencyToken`).
+const CREATED_AT_US: &str = "(extract(epoch FROM created_at) * 1000000)::int8";
+
+/// Writes the address, order, line items and the `OrderPlaced` outbox row;
+/// returns the outbox row's `created_at` (µs).
 pub async fn insert_placed_order(
     db: impl sqlx::PgExecutor<'_>,
     cmd: &PlaceOrder,
     ev: &EventEnvelope,
-) -> Result<(), sqlx::Error> {
+) -> Result<i64, sqlx::Error> {
     let items = cmd.items.as_slice();
     let line_nos: Vec<i16> = (1..=items.len() as i16).collect();
     let skus: Vec<&str> = items.iter().map(|l| l.sku.as_str()).collect();
@@ -23,7 +28,7 @@ pub async fn insert_placed_order(
     let prices: Vec<i64> = items.iter().map(|l| l.unit_price.minor()).collect();
     let a = &cmd.shipping_address;
     let address_id = uuid::Uuid::now_v7();
-    sqlx::query(
+    sqlx::query_scalar(&format!(
         "WITH address AS (
             INSERT INTO addresses (address_id, name, line1, line2, city, region, postal_code, country)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -37,8 +42,9 @@ pub async fn insert_placed_order(
         )
         INSERT INTO outbox (event_id, aggregate_id, aggregate_version, event_type, schema_version,
                             occurred_at, payload)
-        VALUES ($20, $9, $21, $22, $23, $15, $24)",
-    )
+        VALUES ($20, $9, $21, $22, $23, $15, $24)
+        RETURNING {CREATED_AT_US}"
+    ))
     .bind(address_id)
     .bind(a.name.as_str())
     .bind(a.line1.as_str())
@@ -63,9 +69,8 @@ pub async fn insert_placed_order(
     .bind(ev.event_type())
     .bind(ev.schema_version as i16)
     .bind(ev.payload_json())
-    .execute(db)
-    .await?;
-    Ok(())
+    .fetch_one(db)
+    .await
 }
 
 type OrderRow = (
@@ -146,11 +151,12 @@ pub async fn current_version(db: impl sqlx::PgExecutor<'_>, id: OrderId) -> Resu
 
 /// Writes the effects of an event on an existing order and its outbox row,
 /// in one statement, only if the order is still at the version the
-/// decision was made on. `false`: someone else changed it first.
+/// decision was made on. Returns the outbox row's `created_at` (µs), or
+/// `None`: someone else changed the order first.
 pub async fn apply_event(
     db: impl sqlx::PgExecutor<'_>,
     ev: &EventEnvelope,
-) -> Result<bool, ApiError> {
+) -> Result<Option<i64>, ApiError> {
     let new_version = ev.aggregate_version.get() as i32;
     let mut payment: (Option<uuid::Uuid>, Option<i64>) = (None, None);
     let mut shipment: (Option<uuid::Uuid>, Option<&str>, Option<&str>) = (None, None, None);
@@ -201,7 +207,7 @@ pub async fn apply_event(
             );
         }
     }
-    let applied: Option<i64> = sqlx::query_scalar(
+    let applied: Option<i64> = sqlx::query_scalar(&format!(
         "WITH upd AS (
             UPDATE orders SET status = $2, version = $3, updated_at = $4,
                               cancelled_at = CASE WHEN $5::text IS NULL THEN cancelled_at ELSE $4 END,
@@ -220,8 +226,8 @@ pub async fn apply_event(
         )
         INSERT INTO outbox (event_id, aggregate_id, aggregate_version, event_type, schema_version, occurred_at, payload)
         SELECT $15, order_id, $3, $16, $17, $4, $18 FROM upd
-        RETURNING id",
-    )
+        RETURNING {CREATED_AT_US}"
+    ))
     .bind(ev.aggregate_id.as_uuid())
     .bind(ev.order.status.as_str())
     .bind(new_version)
@@ -242,5 +248,5 @@ pub async fn apply_event(
     .bind(ev.payload_json())
     .fetch_optional(db)
     .await?;
-    Ok(applied.is_some())
+    Ok(applied)
 }

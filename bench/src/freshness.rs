@@ -6,6 +6,11 @@
 //! `daily_revenue` is the moment its event became visible to readers. A
 //! poller looks for new cells every 5 ms; the latency is poll time minus
 //! the time the command was acknowledged.
+//!
+//! Beside it, read-your-writes as a client meets it: for one probe in
+//! [`RYW_SAMPLE`], the time from the acknowledgement to the answer of a
+//! dashboards read that sent the acknowledgement's consistency token
+//! (`/v1/freshness?after=<token>`, `Prefer: wait=5`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,14 +31,21 @@ fn order(merchant: &str) -> serde_json::Value {
     })
 }
 
+/// One probe in this many also measures read-your-writes: a read per
+/// order would double the load the freshness figure is measured under.
+const RYW_SAMPLE: u64 = 10;
+
 struct Client {
     http: reqwest::Client,
     url: String,
     key: String,
+    /// The dashboards' base URL.
+    dashboards: String,
 }
 
 impl Client {
-    async fn place(&self, merchant: &str) -> anyhow::Result<()> {
+    /// Places an order; returns its consistency token.
+    async fn place(&self, merchant: &str) -> anyhow::Result<String> {
         let res = self
             .http
             .post(&self.url)
@@ -43,6 +55,28 @@ impl Client {
             .send()
             .await?;
         anyhow::ensure!(res.status() == 201, "place order answered {}", res.status());
+        Ok(res
+            .headers()
+            .get("tally-consistency-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    /// A read that waits for `token`; `Ok` once it answered 200.
+    async fn read_after(&self, token: &str) -> anyhow::Result<()> {
+        let res = self
+            .http
+            .get(format!("{}/v1/freshness?after={token}", self.dashboards))
+            .bearer_auth(&self.key)
+            .header("prefer", "wait=5")
+            .send()
+            .await?;
+        anyhow::ensure!(
+            res.status() == 200,
+            "a read with a token answered {}",
+            res.status()
+        );
         Ok(())
     }
 }
@@ -85,19 +119,37 @@ pub async fn run(
         app.ingest_metrics.clone(),
     );
     let worker_task = tokio::spawn(worker.run(app.shutdown.clone()));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let dash_metrics = tally_dashboards::Metrics::register(&mut registry);
+    let dashboards = tally_dashboards::Application::build(
+        &tally_dashboards::DashboardsConfig {
+            listen: "127.0.0.1:0".parse()?,
+            cache_rows: 0,
+            ..Default::default()
+        },
+        app.s.ch_reader.client(),
+        app.pool.clone(),
+        &dash_metrics,
+        Arc::new(registry),
+    )
+    .await?;
+    let dashboards_url = format!("http://{}", dashboards.local_addr());
+    let dashboards_task = tokio::spawn(dashboards.run_until_stopped(app.shutdown.clone()));
     let (url, key) = (app.url.clone(), app.key.clone());
     let client = Arc::new(Client {
         http: reqwest::Client::new(),
         url,
         key,
+        dashboards: dashboards_url,
     });
 
     let (mut p50s, mut p99s, mut rates, mut maxes) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ryw50s, mut ryw99s) = (Vec::new(), Vec::new());
     for run in 1..=runs {
         let max = max_rate(&client, clients, Duration::from_secs(5)).await?;
         let target = max / 2.0;
-        let (latencies, achieved) = paced(
+        let (latencies, ryw, achieved) = paced(
             &client,
             &app.s.ch,
             clients,
@@ -116,6 +168,17 @@ pub async fn run(
             pct(0.99),
             ms[ms.len() - 1]
         );
+        let mut ryw: Vec<f64> = ryw.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ryw.sort_by(f64::total_cmp);
+        anyhow::ensure!(!ryw.is_empty(), "no read-your-writes sample");
+        eprintln!(
+            "run {run}/{runs}: read-your-writes, {} samples: p50 {:.0} ms, p99 {:.0} ms",
+            ryw.len(),
+            percentile(&ryw, 0.5),
+            percentile(&ryw, 0.99)
+        );
+        ryw50s.push(percentile(&ryw, 0.5));
+        ryw99s.push(percentile(&ryw, 0.99));
         p50s.push(pct(0.5));
         p99s.push(pct(0.99));
         rates.push(achieved);
@@ -123,8 +186,10 @@ pub async fn run(
     }
     app.shutdown.cancel();
     let _ = worker_task.await;
+    let _ = dashboards_task.await;
 
     let (p50, p99, rate, max) = (stat(p50s), stat(p99s), stat(rates), stat(maxes));
+    let (ryw50, ryw99) = (stat(ryw50s), stat(ryw99s));
     let mut table = String::new();
     writeln!(table, "| figure | tally | target |")?;
     writeln!(table, "|---|---|---|")?;
@@ -148,6 +213,16 @@ pub async fn run(
         "| freshness p99, ms | {} | ≤ 250 |",
         p99.show(0, 1.0)
     )?;
+    writeln!(
+        table,
+        "| read-your-writes p50, ack → a read with its token answered (1 probe in {RYW_SAMPLE}), ms | {} | |",
+        ryw50.show(0, 1.0)
+    )?;
+    writeln!(
+        table,
+        "| read-your-writes p99, ms | {} | |",
+        ryw99.show(0, 1.0)
+    )?;
     println!("{table}");
     record_result(
         record.as_deref(),
@@ -164,15 +239,18 @@ pub async fn run(
             rate.median, max.median
         ),
         result: format!(
-            "p50 **{}** ms, p99 **{}** ms",
+            "p50 **{}** ms, p99 **{}** ms; read-your-writes (ack → read with the token answered) p50 {} ms, p99 {} ms",
             p50.show(0, 1.0),
-            p99.show(0, 1.0)
+            p99.show(0, 1.0),
+            ryw50.show(0, 1.0),
+            ryw99.show(0, 1.0)
         ),
         target: "p50 ≤ 100 ms, p99 ≤ 250 ms".into(),
     }])
 }
 
-/// Sends probes at `rate` for `d`, and measures when each becomes visible.
+/// Sends probes at `rate` for `d`, and measures when each becomes visible,
+/// and how long a read with the token of every [`RYW_SAMPLE`]th took.
 async fn paced(
     client: &Arc<Client>,
     ch: &tally_ops::ChSettings,
@@ -180,13 +258,14 @@ async fn paced(
     rate: f64,
     d: Duration,
     run: usize,
-) -> anyhow::Result<(Vec<Duration>, f64)> {
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, f64)> {
     let acked: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    let ryw: Arc<Mutex<Vec<tokio::task::JoinHandle<anyhow::Result<Duration>>>>> = Arc::default();
     let interval = Duration::from_secs_f64(clients as f64 / rate);
     let start = Instant::now();
     let senders: Vec<_> = (0..clients)
         .map(|c| {
-            let (client, acked) = (client.clone(), acked.clone());
+            let (client, acked, ryw) = (client.clone(), acked.clone(), ryw.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval_at(
                     tokio::time::Instant::now() + interval.mul_f64(c as f64 / clients as f64),
@@ -199,8 +278,16 @@ async fn paced(
                     tick.tick().await;
                     let merchant = format!("p{run}-{c:03}-{i:08}");
                     i += 1;
-                    client.place(&merchant).await?;
-                    acked.lock().await.insert(merchant, Instant::now());
+                    let token = client.place(&merchant).await?;
+                    let at = Instant::now();
+                    acked.lock().await.insert(merchant, at);
+                    if i.is_multiple_of(RYW_SAMPLE) {
+                        let client = client.clone();
+                        ryw.lock().await.push(tokio::spawn(async move {
+                            client.read_after(&token).await?;
+                            Ok(at.elapsed())
+                        }));
+                    }
                     sent += 1;
                 }
                 Ok::<u64, anyhow::Error>(sent)
@@ -253,5 +340,9 @@ async fn paced(
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok((latencies, sent_total as f64 / d.as_secs_f64()))
+    let mut reads = Vec::new();
+    for r in std::mem::take(&mut *ryw.lock().await) {
+        reads.push(r.await??);
+    }
+    Ok((latencies, reads, sent_total as f64 / d.as_secs_f64()))
 }

@@ -167,9 +167,15 @@ impl BenchApi {
         };
         let pool = pg.connect().await.context("connecting to PostgreSQL")?;
         tally_migrations::migrate(&pool, &s.ch).await?;
-        let (key_id, key) =
-            tally_ops::auth::create_key(&pool, "bench", &[tally_ops::auth::Role::OrdersWrite])
-                .await?;
+        let (key_id, key) = tally_ops::auth::create_key(
+            &pool,
+            "bench",
+            &[
+                tally_ops::auth::Role::OrdersWrite,
+                tally_ops::auth::Role::FinanceRead,
+            ],
+        )
+        .await?;
         let mut registry = Registry::default();
         let api_metrics = tally_write_api::metrics::Metrics::register(&mut registry);
         let ingest_metrics = tally_ingest::Metrics::register(&mut registry);

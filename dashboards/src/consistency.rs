@@ -114,6 +114,7 @@ impl WatermarkWatch {
         self.waiters.fetch_sub(1, Ordering::SeqCst);
         waited.map_err(|_| DashError::NotYetConsistent {
             waited_ms: started.elapsed().as_millis() as u64,
+            max_wait_secs: MAX_WAIT.as_secs(),
         })
     }
 }

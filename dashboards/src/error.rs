@@ -17,7 +17,7 @@ pub enum DashError {
     /// The read asked to include a write (a consistency token) that the
     /// read side had not projected within the wait it allowed.
     #[error("not yet consistent with the token after {waited_ms} ms")]
-    NotYetConsistent { waited_ms: u64 },
+    NotYetConsistent { waited_ms: u64, max_wait_secs: u64 },
 }
 
 impl IntoResponse for DashError {
@@ -44,7 +44,10 @@ impl IntoResponse for DashError {
                     ));
                 res
             }
-            DashError::NotYetConsistent { waited_ms } => Problem::new(
+            DashError::NotYetConsistent {
+                waited_ms,
+                max_wait_secs,
+            } => Problem::new(
                 StatusCode::TOO_EARLY,
                 "not-yet-consistent",
                 "The read side does not include that write yet",
@@ -52,8 +55,7 @@ impl IntoResponse for DashError {
             .detail(format!(
                 "waited {waited_ms} ms for the projections to include the write named by the \
                  consistency token; retry after Retry-After, or allow a longer wait with \
-                 `Prefer: wait=<seconds>` (at most {} s)",
-                crate::consistency::MAX_WAIT.as_secs()
+                 `Prefer: wait=<seconds>` (at most {max_wait_secs} s)"
             ))
             .retry_after(1)
             .into_response(),

@@ -5,6 +5,7 @@
 //! sleeps: the token alone tells the reader when to read.
 
 use serde_json::Value;
+use tally_tests::load::drive;
 use tally_tests::{Ingest, TestApp, order_body, spawn_app};
 
 const TOKEN: &str = "tally-consistency-token";
@@ -42,25 +43,45 @@ async fn orders_seen(app: &TestApp, merchant: &str, token: &str) -> (u16, i64) {
     (status, orders)
 }
 
+/// 1 000 place-then-read pairs, 8 clients at a time, while other clients
+/// drive whole order lifecycles: every read includes its own order.
 #[tokio::test]
 async fn a_client_reads_its_own_write_with_the_token_and_never_misses() {
     let app = spawn_app(Ingest::Running).await;
+    let background = {
+        let app = app.handle();
+        tokio::spawn(async move { drive(&app, 600, 4, 23).await })
+    };
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let app = app.handle();
+            tokio::spawn(async move {
+                let mut misses = Vec::new();
+                for i in 0..125 {
+                    let merchant = format!("ryw-{c}-{i}");
+                    let res = app
+                        .post_order(&order_body(&merchant, "EUR", &[("sku", 1, 100 + i)]))
+                        .await;
+                    assert_eq!(res.status(), 201);
+                    let token = token_of(&res);
+                    let (status, orders) = orders_seen(&app, &merchant, &token).await;
+                    if (status, orders) != (200, 1) {
+                        misses.push((merchant, status, orders));
+                    }
+                }
+                misses
+            })
+        })
+        .collect();
     let mut misses = Vec::new();
-    for i in 0..200 {
-        let merchant = format!("ryw-{i}");
-        let res = app
-            .post_order(&order_body(&merchant, "EUR", &[("sku", 1, 100 + i)]))
-            .await;
-        assert_eq!(res.status(), 201);
-        let token = token_of(&res);
-        let (status, orders) = orders_seen(&app, &merchant, &token).await;
-        if (status, orders) != (200, 1) {
-            misses.push((i, status, orders));
-        }
+    for c in clients {
+        misses.extend(c.await.unwrap());
     }
+    background.await.unwrap();
     assert!(
         misses.is_empty(),
-        "reads that missed their own write: {misses:?}"
+        "{} of 1000 reads missed their own write: {misses:?}",
+        misses.len()
     );
     app.stop().await;
 }

@@ -19,20 +19,27 @@ fn token_of(res: &reqwest::Response) -> String {
         .to_owned()
 }
 
+/// `GET` on the dashboards with the app's key and these headers.
+async fn read(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = app
+        .http
+        .get(format!("{}{path}", app.dashboards_url))
+        .bearer_auth(&app.api_key);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.send().await.unwrap()
+}
+
 /// Orders placed for `merchant` today, as the daily aggregate says after
 /// the read waited for `token`.
 async fn orders_seen(app: &TestApp, merchant: &str, token: &str) -> (u16, i64) {
-    let res = app
-        .http
-        .get(format!(
-            "{}/v1/revenue/daily?merchant_id={merchant}&after={token}",
-            app.dashboards_url
-        ))
-        .bearer_auth(&app.api_key)
-        .header("prefer", "wait=5")
-        .send()
-        .await
-        .unwrap();
+    let res = read(
+        app,
+        &format!("/v1/revenue/daily?merchant_id={merchant}&after={token}"),
+        &[("prefer", "wait=5")],
+    )
+    .await;
     let status = res.status().as_u16();
     let body: Value = res.json().await.unwrap();
     let orders = body["rows"].as_array().map_or(0, |rows| {
@@ -113,15 +120,12 @@ async fn every_acknowledgement_carries_a_token_and_a_replay_the_same_one() {
     assert!(us(&captured) > us(&placed), "{captured} after {placed}");
 
     // Not projected yet (no worker runs): the read waits, then says so.
-    let res = app
-        .http
-        .get(format!("{}/v1/freshness", app.dashboards_url))
-        .bearer_auth(&app.api_key)
-        .header(TOKEN, &captured)
-        .header("prefer", "wait=1")
-        .send()
-        .await
-        .unwrap();
+    let res = read(
+        &app,
+        "/v1/freshness",
+        &[(TOKEN, captured.as_str()), ("prefer", "wait=1")],
+    )
+    .await;
     assert_eq!(res.status(), 425);
     assert_eq!(res.headers().get("retry-after").unwrap(), "1");
     let problem: Value = res.json().await.unwrap();
@@ -144,17 +148,12 @@ async fn every_acknowledgement_carries_a_token_and_a_replay_the_same_one() {
 #[tokio::test]
 async fn a_malformed_token_or_wait_is_a_400_naming_it() {
     let app = spawn_app(Ingest::Manual).await;
-    let res = app
-        .http
-        .get(format!(
-            "{}/v1/revenue/daily?after=yesterday",
-            app.dashboards_url
-        ))
-        .bearer_auth(&app.api_key)
-        .header("prefer", "wait=soon")
-        .send()
-        .await
-        .unwrap();
+    let res = read(
+        &app,
+        "/v1/revenue/daily?after=yesterday",
+        &[("prefer", "wait=soon")],
+    )
+    .await;
     assert_eq!(res.status(), 400);
     let problem: Value = res.json().await.unwrap();
     let names: Vec<&str> = problem["invalid_params"]

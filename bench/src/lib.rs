@@ -216,7 +216,7 @@ async fn all(
             format!(
                 "{} {:.0} s",
                 w[0].0,
-                w[1].1.checked_sub(w[0].1).unwrap().as_secs_f64()
+                w[1].1.saturating_sub(w[0].1).as_secs_f64()
             )
         })
         .collect();

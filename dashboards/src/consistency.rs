@@ -127,10 +127,12 @@ fn requested(
 ) -> Result<Option<(ConsistencyToken, Duration)>, DashError> {
     let mut invalid = Vec::new();
     let mut tokens = Vec::new();
+    // Decoded like every other parameter (`%2E` is a `.`).
     let from_query = query
         .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter_map(|kv| kv.strip_prefix("after="));
+        .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))
+        .filter(|(k, _)| k == "after")
+        .map(|(_, v)| v);
     for raw in from_query {
         match raw.parse::<ConsistencyToken>() {
             Ok(t) => tokens.push(t),
@@ -215,7 +217,10 @@ mod tests {
     #[test]
     fn a_read_names_its_token_in_the_query_or_a_header_and_may_allow_a_wait() {
         let t = ConsistencyToken::from_micros(1_000);
-        let q = format!("from=2026-01-01&after={t}");
+        let q = format!(
+            "from=2026-01-01&after={}",
+            t.to_string().replace('.', "%2E")
+        );
         let (got, wait) = requested(Some(&q), &HeaderMap::new()).unwrap().unwrap();
         assert_eq!((got, wait), (t, DEFAULT_WAIT));
         let later = ConsistencyToken::from_micros(2_000);

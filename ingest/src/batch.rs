@@ -223,11 +223,11 @@ pub(crate) async fn run_batch(
         events = rows.len(),
         cells = cells.len(),
         claim_ms = t_claim.as_millis() as u64,
-        decode_ms = t_decode.checked_sub(t_claim).unwrap().as_millis() as u64,
-        facts_ms = t_facts.checked_sub(t_decode).unwrap().as_millis() as u64,
-        totals_ms = t_totals.checked_sub(t_facts).unwrap().as_millis() as u64,
-        commit_ms = t_commit.checked_sub(t_totals).unwrap().as_millis() as u64,
-        push_ms = started.elapsed().checked_sub(t_commit).unwrap().as_millis() as u64,
+        decode_ms = t_decode.saturating_sub(t_claim).as_millis() as u64,
+        facts_ms = t_facts.saturating_sub(t_decode).as_millis() as u64,
+        totals_ms = t_totals.saturating_sub(t_facts).as_millis() as u64,
+        commit_ms = t_commit.saturating_sub(t_totals).as_millis() as u64,
+        push_ms = started.elapsed().saturating_sub(t_commit).as_millis() as u64,
         "batch projected"
     );
     metrics.batch_size.observe(rows.len() as f64);

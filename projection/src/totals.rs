@@ -73,7 +73,7 @@ pub struct TotalsRow {
     merchant_id: String,
     currency: String,
     measures: DailyMeasures,
-    version: i64,
+    version: u64,
 }
 
 impl<'r> sqlx::FromRow<'r, PgRow> for TotalsRow {
@@ -87,7 +87,11 @@ impl<'r> sqlx::FromRow<'r, PgRow> for TotalsRow {
             merchant_id: row.try_get("merchant_id")?,
             currency: row.try_get("currency")?,
             measures: DailyMeasures::from_values(values),
-            version: row.try_get("version")?,
+            // Drawn from `ingest_version_seq`, which starts at 1: a negative
+            // one is a corrupt row, not a version to clamp.
+            version: u64::try_from(row.try_get::<i64, _>("version")?).map_err(|_| {
+                sqlx::Error::Decode("a running total with a negative version".into())
+            })?,
         })
     }
 }
@@ -99,7 +103,7 @@ impl From<TotalsRow> for DailyRow {
             t.merchant_id,
             currency_bytes(&t.currency),
             &t.measures,
-            u64::try_from(t.version).unwrap_or(0),
+            t.version,
         )
     }
 }

@@ -198,7 +198,7 @@ pub(super) async fn write_cells(
         .await?;
     tracing::debug!(
         cells_written_ms = written.as_millis() as u64,
-        totals_compared_ms = t.elapsed().checked_sub(written).unwrap().as_millis() as u64,
+        totals_compared_ms = t.elapsed().saturating_sub(written).as_millis() as u64,
         "daily cells built"
     );
     Ok((cells, totals_drift))

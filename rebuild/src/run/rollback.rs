@@ -155,8 +155,12 @@ async fn load_cells(pool: &PgPool, rows: &[DailyRow]) -> Result<(), RebuildError
         .collect();
     let versions: Vec<i64> = rows
         .iter()
-        .map(|r| i64::try_from(r.version).unwrap_or(i64::MAX))
-        .collect();
+        .map(|r| {
+            i64::try_from(r.version).map_err(|_| {
+                RebuildError::Invariant(format!("cell version {} past 63 bits", r.version))
+            })
+        })
+        .collect::<Result<_, _>>()?;
     let measures: Vec<[i64; DailyMeasures::COUNT]> =
         rows.iter().map(|r| r.measures().values()).collect();
     let arrays = (0..DailyMeasures::COUNT)

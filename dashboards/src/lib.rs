@@ -17,6 +17,7 @@ pub mod params;
 pub mod part_sums;
 pub mod plan;
 pub mod store;
+pub mod sums;
 pub mod views;
 
 use std::net::SocketAddr;

@@ -34,7 +34,8 @@ use tally_ops::Shutdown;
 use time::Date;
 
 use crate::params::DayRange;
-use crate::plan::{DailyRow, MerchantRow, Plan, TopRow, Wide};
+use crate::plan::Plan;
+use crate::sums::{DailyRow, MerchantRow, TopRow, Wide};
 
 /// The measures the ranking shows, of one merchant in one part and week,
 /// as cached: 64 bits keep the cache small, and a part whose weekly sums
@@ -315,11 +316,11 @@ struct FillRow {
     #[serde(with = "clickhouse::serde::time::date")]
     monday: Date,
     merchant_id: String,
-    #[serde(deserialize_with = "crate::plan::halves")]
+    #[serde(deserialize_with = "crate::sums::halves")]
     net: Wide,
-    #[serde(deserialize_with = "crate::plan::halves")]
+    #[serde(deserialize_with = "crate::sums::halves")]
     orders: Wide,
-    #[serde(deserialize_with = "crate::plan::halves")]
+    #[serde(deserialize_with = "crate::sums::halves")]
     gross: Wide,
 }
 
@@ -468,7 +469,7 @@ impl PartSums {
                 "SELECT currency, toMonday(day) AS monday, merchant_id, {} \
                      FROM daily_revenue WHERE _part = ? \
                      GROUP BY currency, monday, merchant_id",
-                crate::plan::merchant_sums()
+                crate::sums::merchant_sums()
             ))
             .bind(part)
             .fetch_all()
@@ -477,7 +478,7 @@ impl PartSums {
             .query(&format!(
                 "SELECT day, currency, {} FROM daily_revenue WHERE _part = ? \
                  GROUP BY day, currency ORDER BY day, currency",
-                crate::plan::sums(None)
+                crate::sums::sums(None)
             ))
             .bind(part)
             .fetch_all()

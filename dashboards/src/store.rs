@@ -17,10 +17,8 @@ use tally_domain::Currency;
 
 use crate::params::{DayRange, Filter};
 use crate::part_sums::{DayCover, PartSums};
-pub use crate::plan::{
-    Arg, DailyRow, MerchantRow, PeriodRow, Plan, Sql, Sums, TopRow, Wide, daily_sql, merchants_sql,
-    periods_sql, plan, top_sql,
-};
+pub use crate::plan::{Arg, Plan, Sql, daily_sql, merchants_sql, periods_sql, plan, top_sql};
+pub use crate::sums::{DailyRow, MerchantRow, PeriodRow, Sums, TopRow, Wide};
 
 /// Runs `read` with the current plan of `range` until the plan still holds
 /// after it ran (see the module docs); after three tries, with `FINAL`

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::params::DayRange;
-use crate::plan::{Sums, Wide};
+use crate::sums::{Sums, Wide};
 
 /// How complete the read side is.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

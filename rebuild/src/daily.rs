@@ -17,9 +17,10 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::RebuildError;
 use crate::cells::SortedCells;
 use crate::compare::{
-    ColumnKind, ColumnSpec, Frame, FrameBuilder, Pipelined, Sink, TableDrift, compare_chunk,
+    ColumnKind, ColumnSpec, Frame, FrameBuilder, Sink, TableDrift, compare_chunk,
 };
 use crate::options::RunOptions;
+use crate::pipeline::Pipelined;
 use crate::progress::Progress;
 use crate::tables::Copy;
 

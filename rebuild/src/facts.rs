@@ -20,10 +20,10 @@ use uuid::Uuid;
 
 use crate::RebuildError;
 use crate::compare::{
-    ColumnKind, ColumnSpec, Frame, FrameBuilder, Pipelined, Sink, TableDrift, compare_chunk,
-    unequal_keys,
+    ColumnKind, ColumnSpec, Frame, FrameBuilder, Sink, TableDrift, compare_chunk, unequal_keys,
 };
 use crate::options::RunOptions;
+use crate::pipeline::Pipelined;
 use crate::progress::Progress;
 use crate::tables::Copy;
 

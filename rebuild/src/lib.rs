@@ -17,6 +17,7 @@ mod daily;
 mod facts;
 pub mod options;
 pub mod oracle;
+mod pipeline;
 pub mod progress;
 pub mod reconcile;
 pub mod report;

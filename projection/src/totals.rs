@@ -57,6 +57,15 @@ pub fn each_measure(each: impl Fn(&str) -> String, sep: &str) -> String {
         .join(sep)
 }
 
+/// `$first::int8[], $first+1::int8[], …`: one array parameter per measure,
+/// for statements that take cells as parallel arrays (`unnest`).
+pub fn measure_arrays(first: usize) -> String {
+    (first..first + DailyMeasures::COUNT)
+        .map(|i| format!("${i}::int8[]"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `(a.m1, a.m2, …) IS DISTINCT FROM (b.m1, b.m2, …)`: two cells differ.
 pub fn measures_differ(a: &str, b: &str) -> String {
     format!(
@@ -140,10 +149,7 @@ pub async fn add_to_totals(
             col.push(v);
         }
     }
-    let arrays = (0..DailyMeasures::COUNT)
-        .map(|i| format!("${}::int8[]", i + 4))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let arrays = measure_arrays(4);
     let sql = format!(
         "INSERT INTO {table} AS t ({cols})
          SELECT u.*, nextval('ingest_version_seq')

@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use tally_ingest::ClaimFrom;
 use tally_ops::flags::StoreFlags;
 use tally_ops::{ChSettings, PgSettings};
 use tally_projection::ReportingZone;
@@ -107,23 +109,6 @@ pub struct ScheduleFlags {
     pub reconcile_cron: String,
 }
 
-/// Which end of the outbox a worker claims from
-/// (`tally_projection::seam::ClaimFrom`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ClaimEnd {
-    Oldest,
-    Newest,
-}
-
-impl From<ClaimEnd> for tally_ingest::ClaimFrom {
-    fn from(e: ClaimEnd) -> Self {
-        match e {
-            ClaimEnd::Oldest => tally_ingest::ClaimFrom::Oldest,
-            ClaimEnd::Newest => tally_ingest::ClaimFrom::Newest,
-        }
-    }
-}
-
 /// An ingest worker's settings.
 #[derive(Args, Clone, Debug)]
 pub struct IngestFlags {
@@ -136,10 +121,11 @@ pub struct IngestFlags {
     #[arg(
         long,
         env = "TALLY_INGEST_CLAIM_FROM",
-        value_enum,
-        default_value = "oldest"
+        default_value = "oldest",
+        value_parser = PossibleValuesParser::new(["oldest", "newest"])
+            .try_map(|s| s.parse::<ClaimFrom>())
     )]
-    pub claim_from: ClaimEnd,
+    pub claim_from: ClaimFrom,
     /// Address for /livez, /readyz and /metrics.
     #[arg(long, env = "TALLY_INGEST_OPS_ADDR", default_value = "127.0.0.1:9091")]
     pub ops_listen: SocketAddr,
@@ -205,7 +191,7 @@ impl Global {
     ) -> anyhow::Result<tally_ingest::IngestConfig> {
         Ok(tally_ingest::IngestConfig {
             batch_size: flags.batch_size,
-            claim_from: flags.claim_from.into(),
+            claim_from: flags.claim_from,
             reporting_zone: self.reporting_zone(pool, "tally ingest").await?,
             ..Default::default()
         })

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use tally_domain::DailyMeasures;
 use tally_projection::insert_rows;
 use tally_projection::rows::DailyRow;
-use tally_projection::totals::totals_columns;
+use tally_projection::totals::{measure_arrays, totals_columns};
 use time::Date;
 
 use super::register::{Locks, finish_interrupted, host, lock_or_skip};
@@ -163,10 +163,7 @@ async fn load_cells(pool: &PgPool, rows: &[DailyRow]) -> Result<(), RebuildError
         .collect::<Result<_, _>>()?;
     let measures: Vec<[i64; DailyMeasures::COUNT]> =
         rows.iter().map(|r| r.measures().values()).collect();
-    let arrays = (0..DailyMeasures::COUNT)
-        .map(|i| format!("${}::int8[]", i + 4))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let arrays = measure_arrays(4);
     let version_at = DailyMeasures::COUNT + 4;
     let sql = format!(
         "INSERT INTO {CELLS_TABLE} ({cols})

@@ -110,16 +110,34 @@ pub async fn run(
     };
     let mut locks = Locks::connect(pool).await?;
     lock_or_skip(pool, &mut locks, kind, &opts.trigger).await?;
+    let r = run_locked(pool, ch, &mut locks, mode, opts).await;
+    locks.release().await;
+    r
+}
+
+/// [`run`] once it holds the run lock.
+async fn run_locked(
+    pool: &PgPool,
+    ch: &clickhouse::Client,
+    locks: &mut Locks,
+    mode: Mode,
+    opts: &RunOptions,
+) -> Result<RunOutcome, RebuildError> {
+    let kind = if mode == Mode::Rebuild {
+        "rebuild"
+    } else {
+        "verify"
+    };
     finish_interrupted(pool, ch).await?;
     let installing = what_to_install(pool, mode, opts).await?;
-    let reg = register(pool, ch, &mut locks, kind, opts).await?;
+    let reg = register(pool, ch, locks, kind, opts).await?;
     let run_id = reg.run_id;
     tracing::info!(
         run_id,
         kind,
         "run registered; building from the write store"
     );
-    match build_compare_swap(pool, ch, &mut locks, (mode, installing), opts, reg).await {
+    match build_compare_swap(pool, ch, locks, (mode, installing), opts, reg).await {
         Ok(o) => Ok(o),
         Err(e) => {
             mark_failed(pool, run_id, &e).await;

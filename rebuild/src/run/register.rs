@@ -68,6 +68,25 @@ impl Locks {
     }
 }
 
+impl Locks {
+    /// Lets the next run start at once: unlocks, then closes the
+    /// connection. Dropping it instead leaves the lock held until the
+    /// server notices the closed socket, and a run started in that moment
+    /// (the scheduler's next, a test's) was told another one holds it.
+    pub(super) async fn release(self) {
+        let mut conn = self.conn;
+        if let Err(e) = sqlx::query("SELECT pg_advisory_unlock_all()")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(error = %e, "could not release the run lock; it goes with the connection");
+        }
+        if let Err(e) = conn.close().await {
+            tracing::debug!(error = %e, "closing the lock connection");
+        }
+    }
+}
+
 pub(super) fn host() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map_or_else(|_| "unknown-host".into(), |s| s.trim().to_owned());

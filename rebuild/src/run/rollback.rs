@@ -37,6 +37,19 @@ pub async fn rollback(
     let started = Instant::now();
     let mut locks = Locks::connect(pool).await?;
     lock_or_skip(pool, &mut locks, "rollback", &opts.trigger).await?;
+    let r = rollback_locked(pool, ch, &mut locks, opts, started).await;
+    locks.release().await;
+    r
+}
+
+/// [`rollback`] once it holds the run lock.
+async fn rollback_locked(
+    pool: &PgPool,
+    ch: &clickhouse::Client,
+    locks: &mut Locks,
+    opts: &RunOptions,
+    started: Instant,
+) -> Result<RollbackOutcome, RebuildError> {
     finish_interrupted(pool, ch).await?;
     let target: Option<(i64, i64)> = sqlx::query_as(
         "SELECT run_id, journal_from FROM rebuild_runs
@@ -113,7 +126,7 @@ pub async fn rollback(
         install(
             pool,
             ch,
-            &mut locks,
+            locks,
             run_id,
             journal_from,
             &opts.zone,

@@ -26,7 +26,7 @@ use tally_dashboards::params::{Filter, Needs, RawQuery};
 use tally_dashboards::store;
 use time::OffsetDateTime;
 
-use crate::harness::{Summary, percentile, record_result, servers, stat};
+use crate::harness::{Summary, client_times, percentile, record_result, servers, stat};
 use tally_ops::flags::StoreFlags;
 
 const CURRENCIES: [&str; 3] = ["EUR", "USD", "GBP"];
@@ -136,47 +136,6 @@ async fn seed(ch: &clickhouse::Client, merchants: u64, days: i64) -> anyhow::Res
     Ok(())
 }
 
-/// Runs `statements` through one `clickhouse-client --multiquery --time`
-/// (fed on stdin) and returns the seconds it reports for each.
-async fn client_times(
-    port: u16,
-    user: &tally_ops::ChSettings,
-    statements: &[String],
-) -> anyhow::Result<Vec<f64>> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("clickhouse-client")
-        .args(["--port", &port.to_string(), "--database", &user.database])
-        .args(["--user", &user.user, "--password", &user.password])
-        .args(["--multiquery", "--time", "--format", "Null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("running clickhouse-client (installed by ./scripts/setup)")?;
-    let mut input = String::new();
-    for s in statements {
-        input.push_str(s);
-        input.push_str(";\n");
-    }
-    let mut stdin = child.stdin.take().context("clickhouse-client's stdin")?;
-    stdin.write_all(input.as_bytes()).await?;
-    drop(stdin);
-    let out = child.wait_with_output().await?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    anyhow::ensure!(out.status.success(), "clickhouse-client failed: {stderr}");
-    let times: Vec<f64> = stderr
-        .lines()
-        .filter_map(|l| l.trim().parse::<f64>().ok())
-        .collect();
-    anyhow::ensure!(
-        times.len() == statements.len(),
-        "clickhouse-client reported {} times for {} statements: {stderr}",
-        times.len(),
-        statements.len()
-    );
-    Ok(times)
-}
-
 /// One run's latencies in seconds, [daily, top], sorted once collected.
 struct Run {
     api: [Vec<f64>; 2],
@@ -197,14 +156,7 @@ pub async fn run(
         1.0 + (merchants * 3 * days as u64) as f64 * 100.0 / (1u64 << 30) as f64,
     )
     .await?;
-    let port = match &s._dir {
-        Some(dir) => tally_stack::clickhouse_native_port(dir)
-            .context("reading the local ClickHouse's native port")?,
-        None => std::env::var("TALLY_BENCH_CLICKHOUSE_TCP_PORT")
-            .ok()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(9000),
-    };
+    let port = s.native_port()?;
     let pool = s.pg.connect().await.context("connecting to PostgreSQL")?;
     tally_migrations::migrate(&pool, &s.ch).await?;
     let admin = s.ch.client();

@@ -206,7 +206,8 @@ async fn reset(pool: &PgPool, ch: &ChSettings) -> anyhow::Result<()> {
     sqlx::query("TRUNCATE outbox, ingest_daily_totals, ingest_pending_pushes, ingest_dead_letters")
         .execute(pool)
         .await?;
-    for t in ["order_facts", "daily_revenue", "ingest_watermark"] {
+    let facts = tally_projection::FACT_TABLES.map(|t| t.live);
+    for t in facts.iter().chain(&["daily_revenue", "ingest_watermark"]) {
         ch.client()
             .query(&format!("TRUNCATE TABLE {t}"))
             .execute()

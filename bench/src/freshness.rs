@@ -9,8 +9,8 @@
 //!
 //! Beside it, read-your-writes as a client meets it: for one probe in
 //! [`RYW_SAMPLE`], the time from the acknowledgement to the answer of a
-//! dashboards read that sent the acknowledgement's consistency token
-//! (`/v1/freshness?after=<token>`, `Prefer: wait=5`).
+//! read of the order itself that sent the acknowledgement's consistency
+//! token (`/v1/orders/{id}?after=<token>`, `Prefer: wait=5`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -44,8 +44,8 @@ struct Client {
 }
 
 impl Client {
-    /// Places an order; returns its consistency token.
-    async fn place(&self, merchant: &str) -> anyhow::Result<String> {
+    /// Places an order; returns its consistency token and its id.
+    async fn place(&self, merchant: &str) -> anyhow::Result<(String, String)> {
         let res = self
             .http
             .post(&self.url)
@@ -55,19 +55,22 @@ impl Client {
             .send()
             .await?;
         anyhow::ensure!(res.status() == 201, "place order answered {}", res.status());
-        Ok(res
+        let token = res
             .headers()
             .get("tally-consistency-token")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
-            .to_owned())
+            .to_owned();
+        let body: serde_json::Value = res.json().await?;
+        let id = body["order_id"].as_str().unwrap_or_default().to_owned();
+        Ok((token, id))
     }
 
-    /// A read that waits for `token`; `Ok` once it answered 200.
-    async fn read_after(&self, token: &str) -> anyhow::Result<()> {
+    /// The order `id` read with `token`; `Ok` once it answered 200.
+    async fn read_after(&self, token: &str, id: &str) -> anyhow::Result<()> {
         let res = self
             .http
-            .get(format!("{}/v1/freshness?after={token}", self.dashboards))
+            .get(format!("{}/v1/orders/{id}?after={token}", self.dashboards))
             .bearer_auth(&self.key)
             .header("prefer", "wait=5")
             .send()
@@ -277,13 +280,13 @@ async fn paced(
                     tick.tick().await;
                     let merchant = format!("p{run}-{c:03}-{i:08}");
                     i += 1;
-                    let token = client.place(&merchant).await?;
+                    let (token, id) = client.place(&merchant).await?;
                     let at = Instant::now();
                     acked.lock().await.insert(merchant, at);
                     if i.is_multiple_of(RYW_SAMPLE) {
                         let client = client.clone();
                         ryw.lock().await.push(tokio::spawn(async move {
-                            client.read_after(&token).await?;
+                            client.read_after(&token, &id).await?;
                             Ok(at.elapsed())
                         }));
                     }

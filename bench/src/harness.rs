@@ -104,6 +104,63 @@ pub async fn servers(g: &StoreFlags, need_gib: f64) -> anyhow::Result<Servers> {
     })
 }
 
+/// Runs `statements` through one `clickhouse-client --multiquery --time`
+/// (fed on stdin) and returns the seconds it reports for each.
+pub async fn client_times(
+    port: u16,
+    user: &tally_ops::ChSettings,
+    statements: &[String],
+) -> anyhow::Result<Vec<f64>> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("clickhouse-client")
+        .args(["--port", &port.to_string(), "--database", &user.database])
+        .args(["--user", &user.user, "--password", &user.password])
+        .args(["--multiquery", "--time", "--format", "Null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running clickhouse-client (installed by ./scripts/setup)")?;
+    let mut input = String::new();
+    for s in statements {
+        input.push_str(s);
+        input.push_str(";\n");
+    }
+    let mut stdin = child.stdin.take().context("clickhouse-client's stdin")?;
+    stdin.write_all(input.as_bytes()).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(out.status.success(), "clickhouse-client failed: {stderr}");
+    let times: Vec<f64> = stderr
+        .lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .collect();
+    anyhow::ensure!(
+        times.len() == statements.len(),
+        "clickhouse-client reported {} times for {} statements: {stderr}",
+        times.len(),
+        statements.len()
+    );
+    Ok(times)
+}
+
+impl Servers {
+    /// ClickHouse's native port, for `clickhouse-client`: the local
+    /// server's, or `TALLY_BENCH_CLICKHOUSE_TCP_PORT` (default 9000) for
+    /// given servers.
+    pub fn native_port(&self) -> anyhow::Result<u16> {
+        Ok(match &self._dir {
+            Some(dir) => tally_stack::clickhouse_native_port(dir)
+                .context("reading the local ClickHouse's native port")?,
+            None => std::env::var("TALLY_BENCH_CLICKHOUSE_TCP_PORT")
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(9000),
+        })
+    }
+}
+
 pub struct Stat {
     pub median: f64,
     pub min: f64,
@@ -173,6 +230,7 @@ impl BenchApi {
             &[
                 tally_ops::auth::Role::OrdersWrite,
                 tally_ops::auth::Role::FinanceRead,
+                tally_ops::auth::Role::OrdersRead,
             ],
         )
         .await?;

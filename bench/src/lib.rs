@@ -12,6 +12,7 @@ mod dashboards;
 mod drain;
 mod freshness;
 pub mod harness;
+mod orders;
 mod place;
 mod rebuild;
 
@@ -105,6 +106,16 @@ pub enum BenchKind {
     },
     /// The dashboards' 90-day daily-revenue and top-merchants endpoints vs
     /// the same queries through clickhouse-client.
+    /// The order queries (by id, merchant page, customer history) against
+    /// the same statements through `clickhouse-client`.
+    Orders {
+        /// Orders in each fact table (default 3 000 000; --quick 300 000).
+        #[arg(long)]
+        orders: Option<u64>,
+        /// Requests of each kind per run (default 300; --quick 100).
+        #[arg(long)]
+        requests: Option<usize>,
+    },
     Dashboards {
         /// Merchants (× 3 currencies × --days cells; default 10 000,
         /// --quick 1 000).
@@ -151,6 +162,13 @@ pub async fn run(g: &StoreFlags, args: BenchArgs) -> anyhow::Result<()> {
             let m = merchants.unwrap_or(if q { 1_000 } else { 10_000 });
             let n = requests.unwrap_or(if q { 50 } else { 200 });
             crate::dashboards::run(g, m.max(1), days, n.max(1), runs, record)
+                .await
+                .map(drop)
+        }
+        BenchKind::Orders { orders, requests } => {
+            let n = orders.unwrap_or(if q { 300_000 } else { 3_000_000 });
+            let r = requests.unwrap_or(if q { 100 } else { 300 });
+            crate::orders::run(g, n.max(1), r.max(1), runs, record)
                 .await
                 .map(drop)
         }
@@ -209,6 +227,13 @@ async fn all(
     section("dashboards");
     let (merchants, requests) = if quick { (1_000, 50) } else { (10_000, 200) };
     rows.extend(crate::dashboards::run(g, merchants, 365, requests, runs, None).await?);
+    section("orders");
+    let (orders, requests) = if quick {
+        (300_000, 100)
+    } else {
+        (3_000_000, 300)
+    };
+    rows.extend(crate::orders::run(g, orders, requests, runs, None).await?);
     took.push(("end", started.elapsed()));
     let sections: Vec<String> = took
         .windows(2)

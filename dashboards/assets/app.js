@@ -270,6 +270,62 @@ function renderTop(top) {
   }
 }
 
+// ---------- merchant drill-down: their recent orders (needs orders:read) ----------
+
+let drill = null; // { merchant, query, cursor }
+
+function orderRow(o) {
+  const tr = document.createElement("tr");
+  cell(tr, o.placed_at.replace("T", " ").replace("Z", ""), "text");
+  cell(tr, o.order_id, "text id").title = "version " + o.version;
+  cell(tr, o.customer_id, "text");
+  cell(tr, o.status, "text");
+  cell(tr, String(o.item_count));
+  cell(tr, group(o.total) + " " + o.currency);
+  cell(tr, group(o.captured));
+  cell(tr, group(o.refunded), o.refunded_minor > 0 ? "neg" : "");
+  return tr;
+}
+
+async function loadOrders(more) {
+  const note = $("#mo-note");
+  const params = Object.assign({ limit: "25" }, drill.query, more ? { cursor: drill.cursor } : {});
+  try {
+    const page = await api("/v1/merchants/" + encodeURIComponent(drill.merchant) + "/orders", params);
+    const body = $("#mo-table tbody");
+    if (!more) body.innerHTML = "";
+    for (const o of page.orders) body.appendChild(orderRow(o));
+    drill.cursor = page.next_cursor;
+    $("#mo-more").hidden = !page.next_cursor;
+    const shown = body.children.length;
+    note.textContent = shown === 0
+      ? "No orders in this range and currency."
+      : shown + " order(s), newest first, " + drill.query.currency + ", " + drill.query.from + " – " + drill.query.to + ".";
+  } catch (e) {
+    $("#mo-more").hidden = true;
+    note.textContent = e.status === 403
+      ? "This key may not read orders: it needs the orders:read role (tally keys create --role orders:read)."
+      : "Could not load the orders: " + e.message;
+  }
+}
+
+function openMerchant(merchant) {
+  const q = lastQuery || {};
+  drill = { merchant, query: { currency: q.currency, from: q.from, to: q.to }, cursor: null };
+  for (const tr of document.querySelectorAll("#top-table tbody tr")) {
+    tr.classList.toggle("selected", tr.dataset.merchant === merchant);
+  }
+  $("#mo-merchant").textContent = merchant;
+  $("#merchant-orders").hidden = false;
+  loadOrders(false);
+}
+
+function closeMerchant() {
+  drill = null;
+  $("#merchant-orders").hidden = true;
+  for (const tr of document.querySelectorAll("#top-table tbody tr")) tr.classList.remove("selected");
+}
+
 function renderSummary(summary) {
   const body = $("#summary-table tbody");
   body.innerHTML = "";
@@ -332,6 +388,7 @@ async function load() {
     renderTop(top);
     showFreshness(top.freshness);
     lastQuery = q;
+    if (drill) openMerchant(drill.merchant);
     document.body.dataset.state = "ready";
   } catch (e) {
     if (e.status === 401 || e.status === 403) { showSignIn(e.message); return; }
@@ -371,6 +428,25 @@ window.addEventListener("DOMContentLoaded", () => {
   for (const b of document.querySelectorAll("[data-csv]")) {
     b.addEventListener("click", () => downloadCsv(b.dataset.csv));
   }
+  $("#top-table tbody").addEventListener("click", (e) => {
+    const tr = e.target.closest("tr");
+    if (tr && tr.dataset.merchant) openMerchant(tr.dataset.merchant);
+  });
+  $("#mo-more").addEventListener("click", () => loadOrders(true));
+  $("#mo-close").addEventListener("click", closeMerchant);
+  $("#mo-csv").addEventListener("click", async () => {
+    if (!drill) return;
+    try {
+      const res = await api("/v1/merchants/" + encodeURIComponent(drill.merchant) + "/orders",
+        Object.assign({ format: "csv", limit: "500" }, drill.query), "blob");
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(await res.blob());
+      a.download = "orders-" + drill.merchant + ".csv";
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+    } catch (e) { showError(e); }
+  });
   $("#signout").addEventListener("click", () => { localStorage.removeItem(KEY_STORE); showSignIn(); });
   $("#signin-form").addEventListener("submit", (e) => {
     e.preventDefault();

@@ -18,6 +18,12 @@ pub enum DashError {
     /// read side had not projected within the wait it allowed.
     #[error("not yet consistent with the token after {waited_ms} ms")]
     NotYetConsistent { waited_ms: u64, max_wait_secs: u64 },
+    /// No projected order has this id (as of `complete_up_to`).
+    #[error("order {id} not found")]
+    OrderNotFound {
+        id: String,
+        complete_up_to: Option<String>,
+    },
 }
 
 impl IntoResponse for DashError {
@@ -58,6 +64,18 @@ impl IntoResponse for DashError {
                  `Prefer: wait=<seconds>` (at most {max_wait_secs} s)"
             ))
             .retry_after(1)
+            .into_response(),
+            DashError::OrderNotFound { id, complete_up_to } => Problem::new(
+                StatusCode::NOT_FOUND,
+                "order-not-found",
+                "No such order on the read side",
+            )
+            .detail(format!(
+                "no order {id} is projected (the read side is complete up to {}); an order \
+                 placed just now is found by passing its acknowledgement's \
+                 Tally-Consistency-Token as `?after=`",
+                complete_up_to.as_deref().unwrap_or("nothing yet")
+            ))
             .into_response(),
             DashError::Data(what) => {
                 tracing::error!(%what, "unexpected data in the aggregates");

@@ -1,10 +1,11 @@
-//! The finance read side: a JSON API and a web page over the ClickHouse
-//! aggregates.
+//! The read side: the finance aggregates (a JSON API and a web page) and
+//! the order queries (`orders.rs`).
 //!
-//! Data comes only from ClickHouse, only from the `daily_revenue` aggregate
-//! (plus the watermark), through a read-only ClickHouse user. PostgreSQL is
-//! touched for one thing: checking the caller's API key for `finance:read`
-//! (cached, shared with the write API in `tally_ops::auth`). Every response
+//! Data comes only from ClickHouse's projections (`daily_revenue`, the fact
+//! tables, the watermark), through a read-only ClickHouse user. PostgreSQL
+//! is touched for one thing: checking the caller's API key for
+//! `finance:read` or `orders:read` (cached, shared with the write API in
+//! `tally_ops::auth`). Every response
 //! says how fresh the data is, in its body and in `Tally-Data-*` headers.
 //! Amounts are exact minor units per currency with a decimal string beside
 //! them; currencies are never summed together.
@@ -12,6 +13,8 @@
 pub mod consistency;
 mod error;
 pub mod openapi;
+pub mod order_query;
+pub mod orders;
 mod page;
 pub mod params;
 pub mod part_sums;
@@ -318,10 +321,12 @@ pub fn readiness(ch: clickhouse::Client, pg: PgPool) -> ReadinessCheck {
     Arc::new(move || {
         let (ch, pg) = (ch.clone(), pg.clone());
         Box::pin(async move {
-            ch.query("SELECT count() FROM daily_revenue WHERE 0")
-                .fetch_one::<u64>()
-                .await
-                .map_err(|e| format!("ClickHouse: {}", tally_ops::error_chain(&e)))?;
+            for table in ["daily_revenue", "order_facts_by_id"] {
+                ch.query(&format!("SELECT count() FROM {table} WHERE 0"))
+                    .fetch_one::<u64>()
+                    .await
+                    .map_err(|e| format!("ClickHouse: {}", tally_ops::error_chain(&e)))?;
+            }
             sqlx::query("SELECT 1")
                 .execute(&pg)
                 .await
@@ -346,10 +351,33 @@ pub fn router(
         max_span_days: config.max_span_days,
     };
     let readers = AuthState {
-        pool: pg,
+        pool: pg.clone(),
         cache: KeyCache::default(),
         role: Role::FinanceRead,
     };
+    let order_readers = AuthState {
+        pool: pg,
+        cache: KeyCache::default(),
+        role: Role::OrdersRead,
+    };
+    let orders = Router::new()
+        .route("/v1/orders/{order_id}", get(orders::get_order))
+        .route(
+            "/v1/merchants/{merchant_id}/orders",
+            get(orders::merchant_orders),
+        )
+        .route(
+            "/v1/customers/{customer_id}/orders",
+            get(orders::customer_orders),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            watermark.clone(),
+            consistency::read_after,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            order_readers,
+            auth::require_role,
+        ));
     let api = Router::new()
         .route("/v1/freshness", get(freshness))
         .route("/v1/revenue/daily", get(daily_revenue))
@@ -361,6 +389,7 @@ pub fn router(
             consistency::read_after,
         ))
         .route_layer(middleware::from_fn_with_state(readers, auth::require_role))
+        .merge(orders)
         .layer(middleware::from_fn_with_state(
             metrics.clickhouse_errors.clone(),
             count_clickhouse_failures,

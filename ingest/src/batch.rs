@@ -33,7 +33,7 @@
 //! back as [`IngestError::Poisoned`] and the worker retries its events one
 //! at a time, parking the one that fails alone ([`park`];
 //! `dead_letters.rs` says which failures count). A parked event's fact
-//! row may already be in `order_facts`: it is the order's true state, and
+//! row may already be in the fact tables: it is the order's true state, and
 //! the dead letter holds the watermark back until it is retried.
 
 use std::time::Instant;
@@ -41,7 +41,7 @@ use std::time::Instant;
 use sqlx::{PgPool, Postgres, Transaction};
 use tally_projection::seam::{self, ClaimFrom, OutboxRow, SeamState};
 use tally_projection::totals::{self, TOTALS_TABLE, add_to_totals};
-use tally_projection::{Projected, ReportingZone, insert_rows, project};
+use tally_projection::{Projected, ReportingZone, insert_facts, insert_rows, project};
 use uuid::Uuid;
 
 use crate::IngestError;
@@ -160,11 +160,9 @@ pub(crate) async fn run_batch(
     // The fact insert comes before the totals upsert, never beside it: the
     // upsert locks the batch's cells until the commit, and a worker whose
     // ClickHouse is slow must not hold other workers' cells meanwhile.
-    if !facts.is_empty() {
-        insert_rows(ch, "order_facts", &facts)
-            .await
-            .inspect_err(|e| metrics.clickhouse_failed(e))?;
-    }
+    insert_facts(ch, str::to_owned, &facts)
+        .await
+        .inspect_err(|e| metrics.clickhouse_failed(e))?;
     let t_facts = started.elapsed();
     let pending = if cells.is_empty() {
         None

@@ -1,6 +1,6 @@
 //! The ingest worker: drains the PostgreSQL outbox into the ClickHouse
-//! projections (`order_facts`, `daily_revenue`) and publishes the freshness
-//! watermark.
+//! projections (the three fact tables, `daily_revenue`) and publishes the
+//! freshness watermark.
 //!
 //! Exactly-once comes from where the state lives, not from ClickHouse:
 //! running totals are kept in PostgreSQL and changed in the same

@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_daily_revenue_by_currency.sql",
         sql: include_str!("../clickhouse/0002_daily_revenue_by_currency.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_order_facts_by_customer_and_id.sql",
+        sql: include_str!("../clickhouse/0003_order_facts_by_customer_and_id.sql"),
+    },
 ];
 
 /// When a statement runs, by whether a table exists in the target database.

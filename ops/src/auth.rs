@@ -48,17 +48,25 @@ pub enum Role {
     OrdersWrite,
     /// Read the finance dashboards and their API.
     FinanceRead,
+    /// Read orders: one by id, a merchant's, a customer's history.
+    OrdersRead,
     /// Operate the pipeline (rebuilds, dead letters).
     OpsAdmin,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::OrdersWrite, Role::FinanceRead, Role::OpsAdmin];
+    pub const ALL: [Role; 4] = [
+        Role::OrdersWrite,
+        Role::OrdersRead,
+        Role::FinanceRead,
+        Role::OpsAdmin,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Role::OrdersWrite => "orders:write",
             Role::FinanceRead => "finance:read",
+            Role::OrdersRead => "orders:read",
             Role::OpsAdmin => "ops:admin",
         }
     }
@@ -68,7 +76,8 @@ impl Role {
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown role `{s}`; expected one of orders:write, finance:read, ops:admin")
+                let all: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+                format!("unknown role `{s}`; expected one of {}", all.join(", "))
             })
     }
 }

@@ -44,3 +44,26 @@ where
         Err(_) => Err(InsertError::Timeout(table.to_owned())),
     }
 }
+
+/// Writes `rows` to every fact table ([`crate::rows::FACT_TABLES`]), at
+/// once: the same rows, each table sorted its own way. `table` names the
+/// copy to write, e.g. `|live| live.to_owned()` for the live tables.
+/// Each insert is whole-row and versioned like any other, so a retry after
+/// one of them failed rewrites what the others already hold without
+/// changing it.
+pub async fn insert_facts(
+    ch: &clickhouse::Client,
+    table: impl Fn(&str) -> String,
+    rows: &[crate::FactRow],
+) -> Result<(), InsertError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = crate::rows::FACT_TABLES
+        .iter()
+        .map(|t| table(t.live))
+        .collect();
+    futures_util::future::try_join_all(names.iter().map(|name| insert_rows(ch, name, rows)))
+        .await
+        .map(drop)
+}

@@ -14,5 +14,8 @@ pub mod seam;
 pub mod totals;
 pub mod watermark;
 
-pub use insert::{InsertError, insert_rows};
-pub use rows::{CellKey, DailyRow, FactRow, Projected, ReportingZone, WatermarkRow, project};
+pub use insert::{InsertError, insert_facts, insert_rows};
+pub use rows::{
+    CellKey, DailyRow, FACT_TABLES, FactRow, FactTable, Projected, ReportingZone, WatermarkRow,
+    project,
+};

@@ -13,7 +13,8 @@ use tally_domain::{Currency, DailyMeasures, EventEnvelope, MerchantId, ParseErro
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
-/// One row of `order_facts`: the order's state at `version`.
+/// One row of the fact tables ([`FACT_TABLES`]): the order's state at
+/// `version`.
 #[derive(Row, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct FactRow {
     #[serde(with = "clickhouse::serde::uuid")]
@@ -34,6 +35,34 @@ pub struct FactRow {
     #[serde(with = "clickhouse::serde::time::datetime")]
     pub updated_at: OffsetDateTime,
 }
+
+/// A table of order facts and the column it is sorted by first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FactTable {
+    /// The live table's name.
+    pub live: &'static str,
+    /// What it finds fast: its sorting key's first column.
+    pub key: &'static str,
+}
+
+/// The fact tables: the same rows, each sorted for one kind of question
+/// (a merchant's orders, a customer's, one order by id). Every writer of
+/// facts writes all of them ([`crate::insert_facts`]); a rebuild builds,
+/// compares and swaps each.
+pub const FACT_TABLES: [FactTable; 3] = [
+    FactTable {
+        live: "order_facts",
+        key: "merchant_id",
+    },
+    FactTable {
+        live: "order_facts_by_customer",
+        key: "customer_id",
+    },
+    FactTable {
+        live: "order_facts_by_id",
+        key: "order_id",
+    },
+];
 
 /// One row of `daily_revenue`: the absolute totals of a cell at `version`.
 #[derive(Row, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

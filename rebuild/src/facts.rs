@@ -1,4 +1,4 @@
-//! Order facts, shadow against frozen: fingerprints first, then every
+//! The fact tables, shadow against frozen, each read along its own key: fingerprints first, then every
 //! column of the rows whose fingerprints differ.
 //!
 //! Reading a million full rows from each side and joining them in polars
@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use tally_projection::rows::FactRow;
+use tally_projection::rows::{FACT_TABLES, FactRow, FactTable};
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
@@ -62,66 +62,83 @@ fn fact_frame(rows: &[FactRow], skip: &HashSet<Uuid>) -> Result<Frame, RebuildEr
     Ok(f.finish()?)
 }
 
-/// A part of `order_facts` its primary key `(merchant_id, order_id)` finds
-/// without reading the rest, so every row is read once per side.
+/// A part of a fact table its sorting key finds without reading the rest,
+/// so every row is read once per side.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum FactSlice {
-    /// Merchants `from ..= to`.
-    Merchants(String, String),
-    /// One merchant too large for a chunk, split by order id hash.
-    Bucket(String, u64, u64),
+    /// Keys `from ..= to` of the table's key column.
+    Keys(String, String),
+    /// The rows of one key too many for a chunk (or, with no key, of a
+    /// table keyed by order id itself), split by order id hash.
+    Bucket(Option<String>, u64, u64),
 }
 
+/// Slices of about `limit` orders, from the orders per key.
 fn fact_slices(counts: &BTreeMap<String, u64>, limit: u64) -> Vec<FactSlice> {
     let limit = limit.max(1);
     let mut out = Vec::new();
     let mut current: Option<(String, String, u64)> = None;
-    for (merchant, &n) in counts {
+    for (key, &n) in counts {
         if n > limit {
             if let Some((a, b, _)) = current.take() {
-                out.push(FactSlice::Merchants(a, b));
+                out.push(FactSlice::Keys(a, b));
             }
-            let k = n.div_ceil(limit);
-            out.extend((0..k).map(|i| FactSlice::Bucket(merchant.clone(), k, i)));
+            out.extend(buckets(Some(key), n, limit));
             continue;
         }
         current = match current {
-            Some((a, _, acc)) if acc + n <= limit => Some((a, merchant.clone(), acc + n)),
+            Some((a, _, acc)) if acc + n <= limit => Some((a, key.clone(), acc + n)),
             Some((a, b, _)) => {
-                out.push(FactSlice::Merchants(a, b));
-                Some((merchant.clone(), merchant.clone(), n))
+                out.push(FactSlice::Keys(a, b));
+                Some((key.clone(), key.clone(), n))
             }
-            None => Some((merchant.clone(), merchant.clone(), n)),
+            None => Some((key.clone(), key.clone(), n)),
         };
     }
     if let Some((a, b, _)) = current {
-        out.push(FactSlice::Merchants(a, b));
+        out.push(FactSlice::Keys(a, b));
     }
     out
 }
 
+/// `n` rows split by order id hash into slices of at most about `limit`.
+fn buckets(key: Option<&String>, n: u64, limit: u64) -> impl Iterator<Item = FactSlice> {
+    let k = n.div_ceil(limit.max(1)).max(1);
+    let key = key.cloned();
+    (0..k).map(move |i| FactSlice::Bucket(key.clone(), k, i))
+}
+
+/// The slice as a condition on `table`'s key column, with its parameters.
+fn slice_filter(table: FactTable, slice: &FactSlice) -> (String, Vec<String>) {
+    let key = table.key;
+    match slice {
+        FactSlice::Keys(a, b) => (
+            format!("{key} >= ? AND {key} <= ?"),
+            vec![a.clone(), b.clone()],
+        ),
+        FactSlice::Bucket(Some(v), k, i) => (
+            format!("{key} = ? AND cityHash64(toString(order_id)) % {k} = {i}"),
+            vec![v.clone()],
+        ),
+        FactSlice::Bucket(None, k, i) => (
+            format!("cityHash64(toString(order_id)) % {k} = {i}"),
+            vec![],
+        ),
+    }
+}
+
 async fn read_facts(
     ch: &clickhouse::Client,
+    t: FactTable,
     table: &str,
     fin: &str,
     slice: &FactSlice,
 ) -> Result<Vec<FactRow>, RebuildError> {
-    let q = match slice {
-        FactSlice::Merchants(a, b) => ch
-            .query(&format!(
-                "SELECT ?fields FROM {table} {fin} WHERE merchant_id >= ? AND merchant_id <= ?"
-            ))
-            .bind(a)
-            .bind(b),
-        FactSlice::Bucket(m, k, i) => ch
-            .query(&format!(
-                "SELECT ?fields FROM {table} {fin}
-                 WHERE merchant_id = ? AND cityHash64(toString(order_id)) % ? = ?"
-            ))
-            .bind(m)
-            .bind(*k)
-            .bind(*i),
-    };
+    let (filter, binds) = slice_filter(t, slice);
+    let mut q = ch.query(&format!("SELECT ?fields FROM {table} {fin} WHERE {filter}"));
+    for b in binds {
+        q = q.bind(b);
+    }
     Ok(q.fetch_all().await?)
 }
 
@@ -173,19 +190,6 @@ fn print_frame(rows: &[Print], skip: &HashSet<Uuid>) -> Result<Frame, RebuildErr
     Ok(f.finish()?)
 }
 
-fn slice_filter(slice: &FactSlice) -> (String, Vec<String>) {
-    match slice {
-        FactSlice::Merchants(a, b) => (
-            "merchant_id >= ? AND merchant_id <= ?".into(),
-            vec![a.clone(), b.clone()],
-        ),
-        FactSlice::Bucket(m, k, i) => (
-            format!("merchant_id = ? AND cityHash64(toString(order_id)) % {k} = {i}"),
-            vec![m.clone()],
-        ),
-    }
-}
-
 /// A slice's fingerprints, one per order: the newest version's, as
 /// `FINAL` would pick, but chosen here. ClickHouse 18.16 merges a `FINAL`
 /// read on one thread; sorting the fingerprints costs this process less
@@ -194,10 +198,11 @@ fn slice_filter(slice: &FactSlice) -> (String, Vec<String>) {
 /// so which of them is kept does not matter.)
 async fn read_prints(
     ch: &clickhouse::Client,
+    t: FactTable,
     table: &str,
     slice: &FactSlice,
 ) -> Result<Vec<Print>, RebuildError> {
-    let (filter, binds) = slice_filter(slice);
+    let (filter, binds) = slice_filter(t, slice);
     let mut q = ch.query(&format!(
         "SELECT {PRINT_FIELDS} FROM {table} WHERE {filter}"
     ));
@@ -217,12 +222,13 @@ fn newest_per_order(rows: &mut Vec<Print>) {
 /// The full rows of `ids` (a few, from one slice) on one side.
 async fn read_ids(
     ch: &clickhouse::Client,
+    t: FactTable,
     table: &str,
     fin: &str,
     slice: &FactSlice,
     ids: &[Uuid],
 ) -> Result<Vec<FactRow>, RebuildError> {
-    let (filter, binds) = slice_filter(slice);
+    let (filter, binds) = slice_filter(t, slice);
     // Hyphenated UUIDs are hex digits and dashes only: safe to inline.
     let list = ids
         .iter()
@@ -238,39 +244,97 @@ async fn read_ids(
     Ok(q.fetch_all().await?)
 }
 
-/// Compares shadow and frozen facts in slices of about `chunk_rows` orders.
-/// Returns the totals and how many orders were left out because events of
-/// theirs were not yet projected at the snapshot.
-pub(crate) async fn compare(
+/// What the fact tables' comparisons found.
+pub(crate) struct FactsCompared {
+    /// `order_facts`.
+    pub(crate) facts: TableDrift,
+    /// The other fact tables, by name.
+    pub(crate) copies: BTreeMap<String, TableDrift>,
+    /// Orders left out because events of theirs were not yet projected at
+    /// the snapshot.
+    pub(crate) not_compared: u64,
+}
+
+/// Compares every fact table's shadow with its frozen copy.
+pub(crate) async fn compare_all(
     ch: &clickhouse::Client,
     opts: &RunOptions,
     skip: &HashSet<Uuid>,
     sink: &mut Sink<'_>,
-) -> Result<(TableDrift, u64), RebuildError> {
-    let frozen = Copy::Frozen.of("order_facts");
-    let shadow = Copy::Shadow.of("order_facts");
+) -> Result<FactsCompared, RebuildError> {
+    let [first, rest @ ..] = FACT_TABLES;
+    let (facts, not_compared) = compare(ch, opts, first, skip, sink).await?;
+    let mut copies = BTreeMap::new();
+    for t in rest {
+        let (drift, _) = compare(ch, opts, t, skip, sink).await?;
+        copies.insert(t.live.to_owned(), drift);
+    }
+    Ok(FactsCompared {
+        facts,
+        copies,
+        not_compared,
+    })
+}
+
+/// Orders per key of `t` (the larger count of the two sides), or `None`
+/// for a table keyed by order id, where that would be every order.
+async fn key_counts(
+    ch: &clickhouse::Client,
+    t: FactTable,
+    tables: [&str; 2],
+) -> Result<(u64, Option<BTreeMap<String, u64>>), RebuildError> {
     #[derive(clickhouse::Row, serde::Deserialize)]
-    struct MerchantCount {
-        merchant_id: String,
+    struct KeyCount {
+        key: String,
         n: u64,
     }
+    if t.key == "order_id" {
+        let mut n = 0u64;
+        for table in tables {
+            let c: u64 = ch
+                .query(&format!("SELECT count() FROM {table}"))
+                .fetch_one()
+                .await?;
+            n = n.max(c);
+        }
+        return Ok((n, None));
+    }
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for table in [&shadow, &frozen] {
-        let rows: Vec<MerchantCount> = ch
+    for table in tables {
+        let rows: Vec<KeyCount> = ch
             .query(&format!(
-                "SELECT merchant_id, count() AS n FROM {table} GROUP BY merchant_id"
+                "SELECT {key} AS key, count() AS n FROM {table} GROUP BY {key}",
+                key = t.key
             ))
             .fetch_all()
             .await?;
         for r in rows {
-            let e = counts.entry(r.merchant_id).or_default();
+            let e = counts.entry(r.key).or_default();
             *e = (*e).max(r.n);
         }
     }
-    let n: u64 = counts.values().sum();
-    let slices = fact_slices(&counts, opts.chunk_rows as u64);
-    drop(counts);
-    let mut progress = Progress::start(opts.progress, "order facts", n);
+    Ok((counts.values().sum(), Some(counts)))
+}
+
+/// Compares `t`'s shadow and frozen copies in slices of about `chunk_rows`
+/// orders. Returns the totals and how many orders were left out because
+/// events of theirs were not yet projected at the snapshot.
+async fn compare(
+    ch: &clickhouse::Client,
+    opts: &RunOptions,
+    t: FactTable,
+    skip: &HashSet<Uuid>,
+    sink: &mut Sink<'_>,
+) -> Result<(TableDrift, u64), RebuildError> {
+    let frozen = Copy::Frozen.of(t.live);
+    let shadow = Copy::Shadow.of(t.live);
+    let limit = opts.chunk_rows as u64;
+    let (n, counts) = key_counts(ch, t, [&shadow, &frozen]).await?;
+    let slices: Vec<FactSlice> = match counts {
+        Some(counts) => fact_slices(&counts, limit),
+        None => buckets(None, n, limit).collect(),
+    };
+    let mut progress = Progress::start(opts.progress, t.live, n);
     let mut totals = TableDrift::default();
     let mut not_compared: HashSet<Uuid> = HashSet::new();
     let skip = Arc::new(skip.clone());
@@ -281,8 +345,8 @@ pub(crate) async fn compare(
         let (shadow, frozen) = (shadow.clone(), frozen.clone());
         AbortOnDropHandle::new(tokio::spawn(async move {
             let (expected, live) = tokio::try_join!(
-                read_prints(&ch, &shadow, &slice),
-                read_prints(&ch, &frozen, &slice)
+                read_prints(&ch, t, &shadow, &slice),
+                read_prints(&ch, t, &frozen, &slice)
             )?;
             let skipped: Vec<Uuid> = expected
                 .iter()
@@ -319,20 +383,20 @@ pub(crate) async fn compare(
         let (expected, live) = if ids.len() > IN_LIST_MAX.min(opts.chunk_rows / 2) {
             let keep: HashSet<Uuid> = ids.iter().copied().collect();
             let (mut e, mut l) = tokio::try_join!(
-                read_facts(ch, &shadow, "", &slice),
-                read_facts(ch, &frozen, "FINAL", &slice)
+                read_facts(ch, t, &shadow, "", &slice),
+                read_facts(ch, t, &frozen, "FINAL", &slice)
             )?;
             e.retain(|r| keep.contains(&r.order_id));
             l.retain(|r| keep.contains(&r.order_id));
             (e, l)
         } else {
             tokio::try_join!(
-                read_ids(ch, &shadow, "", &slice, &ids),
-                read_ids(ch, &frozen, "FINAL", &slice, &ids)
+                read_ids(ch, t, &shadow, "", &slice, &ids),
+                read_ids(ch, t, &frozen, "FINAL", &slice, &ids)
             )?
         };
         compare_chunk(
-            "order_facts",
+            t.live,
             &FACT_SPECS,
             fact_frame(&expected, &skip)?,
             fact_frame(&live, &skip)?,
@@ -385,10 +449,10 @@ mod tests {
         assert_eq!(
             fact_slices(&counts, 6),
             vec![
-                FactSlice::Merchants("a".into(), "b".into()),
-                FactSlice::Bucket("c".into(), 2, 0),
-                FactSlice::Bucket("c".into(), 2, 1),
-                FactSlice::Merchants("d".into(), "e".into()),
+                FactSlice::Keys("a".into(), "b".into()),
+                FactSlice::Bucket(Some("c".into()), 2, 0),
+                FactSlice::Bucket(Some("c".into()), 2, 1),
+                FactSlice::Keys("d".into(), "e".into()),
             ]
         );
     }

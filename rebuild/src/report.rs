@@ -23,7 +23,11 @@ pub struct RunOutcome {
     pub orders: u64,
     pub cells: u64,
     pub daily: TableDrift,
+    /// `order_facts`.
     pub facts: TableDrift,
+    /// The other fact tables (`order_facts_by_customer`, `order_facts_by_id`),
+    /// by name: the same rows sorted by another key, compared likewise.
+    pub fact_copies: std::collections::BTreeMap<String, TableDrift>,
     /// Orders with events still in the outbox (or dead-lettered) at the
     /// snapshot: their facts are not compared this time.
     pub orders_not_compared: u64,
@@ -48,7 +52,19 @@ pub struct RunOutcome {
 
 impl RunOutcome {
     pub fn has_drift(&self) -> bool {
-        self.daily.differing() > 0 || self.facts.differing() > 0 || self.ingest_totals_drift > 0
+        self.differing() > 0 || self.ingest_totals_drift > 0
+    }
+
+    /// Rows missing, extra or different, over every projection.
+    pub fn differing(&self) -> u64 {
+        self.tables().map(|(_, t)| t.differing()).sum()
+    }
+
+    /// Every projection's comparison, by table name.
+    pub fn tables(&self) -> impl Iterator<Item = (&str, &TableDrift)> {
+        [("daily_revenue", &self.daily), ("order_facts", &self.facts)]
+            .into_iter()
+            .chain(self.fact_copies.iter().map(|(n, t)| (n.as_str(), t)))
     }
 
     /// Drift with the shape of a calendar mismatch rather than of lost or
@@ -156,13 +172,13 @@ pub fn summary(o: &RunOutcome) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "{:<14} {:>12} {:>12} {:>9} {:>9} {:>10}",
+        "{:<24} {:>12} {:>12} {:>9} {:>9} {:>10}",
         "projection", "compared", "matching", "missing", "extra", "different"
     );
-    for (name, t) in [("daily_revenue", &o.daily), ("order_facts", &o.facts)] {
+    for (name, t) in o.tables() {
         let _ = writeln!(
             s,
-            "{:<14} {:>12} {:>12} {:>9} {:>9} {:>10}",
+            "{:<24} {:>12} {:>12} {:>9} {:>9} {:>10}",
             name,
             n(t.compared),
             n(t.matching),
@@ -174,11 +190,12 @@ pub fn summary(o: &RunOutcome) -> String {
     if o.has_drift() {
         let _ = writeln!(s);
         let _ = writeln!(s, "absolute drift per currency (minor units):");
-        drift_table(&mut s, "daily_revenue", &o.daily);
-        drift_table(&mut s, "order_facts", &o.facts);
+        for (name, t) in o.tables() {
+            drift_table(&mut s, name, t);
+        }
         let _ = writeln!(s);
         let _ = writeln!(s, "worst offenders:");
-        for r in o.daily.worst.iter().chain(o.facts.worst.iter()).take(10) {
+        for r in o.tables().flat_map(|(_, t)| t.worst.iter()).take(10) {
             let fields: Vec<String> = r
                 .fields
                 .iter()
@@ -193,7 +210,7 @@ pub fn summary(o: &RunOutcome) -> String {
                 .collect();
             let _ = writeln!(
                 s,
-                "  {:<13} {:<9} {}  {}",
+                "  {:<24} {:<9} {}  {}",
                 r.table,
                 r.kind.as_str(),
                 r.key,
@@ -236,7 +253,7 @@ pub fn summary(o: &RunOutcome) -> String {
 fn drift_table(s: &mut String, name: &str, t: &TableDrift) {
     for (currency, by) in &t.drift_by_currency {
         let cols: Vec<String> = by.iter().map(|(m, v)| format!("{m} {v}")).collect();
-        let _ = writeln!(s, "  {name:<14} {currency}  {}", cols.join(", "));
+        let _ = writeln!(s, "  {name:<24} {currency}  {}", cols.join(", "));
     }
 }
 

@@ -262,7 +262,7 @@ impl RebuildScheduler {
                         run_id = o.run_id,
                         orders = o.orders,
                         cells = o.cells,
-                        drift_rows = o.daily.differing() + o.facts.differing(),
+                        drift_rows = o.differing(),
                         seconds = o.seconds,
                         "scheduled rebuild swapped in"
                     ),

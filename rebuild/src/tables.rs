@@ -18,10 +18,18 @@
 
 use std::collections::BTreeSet;
 
+use tally_projection::FACT_TABLES;
+
 use crate::RebuildError;
 
-/// The projections a run regenerates, by live table name.
-pub const PROJECTIONS: [&str; 2] = ["order_facts", "daily_revenue"];
+/// The projections a run regenerates, by live table name: the fact tables
+/// and the daily cells.
+pub const PROJECTIONS: [&str; 4] = [
+    FACT_TABLES[0].live,
+    FACT_TABLES[1].live,
+    FACT_TABLES[2].live,
+    "daily_revenue",
+];
 
 /// A run's copies of a live table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,9 +185,43 @@ pub async fn rename_copy(
     Ok(())
 }
 
+/// Fills the other fact tables' `copy` from `order_facts`' (the first of
+/// [`FACT_TABLES`]): ClickHouse re-sorts the same rows by each table's key.
+pub async fn copy_facts_across(ch: &clickhouse::Client, copy: Copy) -> Result<(), RebuildError> {
+    let [first, rest @ ..] = FACT_TABLES;
+    for t in rest {
+        ch.query(&format!(
+            "INSERT INTO {} SELECT * FROM {}",
+            copy.of(t.live),
+            copy.of(first.live)
+        ))
+        .execute()
+        .await?;
+    }
+    Ok(())
+}
+
 pub async fn count(ch: &clickhouse::Client, table: &str) -> Result<u64, RebuildError> {
     Ok(ch
         .query(&format!("SELECT count() FROM {table}"))
         .fetch_one()
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fact_table_is_a_projection_once() {
+        for t in FACT_TABLES {
+            assert_eq!(
+                PROJECTIONS.iter().filter(|p| **p == t.live).count(),
+                1,
+                "{}",
+                t.live
+            );
+        }
+        assert_eq!(PROJECTIONS.len(), FACT_TABLES.len() + 1);
+    }
 }

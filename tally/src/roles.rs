@@ -62,7 +62,7 @@ pub struct DashboardsArgs {
 pub enum KeysCommand {
     /// Create an API key and print it (it is shown only once).
     Create {
-        /// Role to grant; repeat for several: orders:write, finance:read, ops:admin.
+        /// Role to grant; repeat for several: orders:write, orders:read, finance:read, ops:admin.
         #[arg(long = "role", required = true, value_parser = Role::parse)]
         roles: Vec<Role>,
         /// A label to recognise the key by.

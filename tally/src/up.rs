@@ -181,7 +181,7 @@ async fn serve(
     let banner = format!(
         "\n  Tally is up.\n\
          \x20 Write API     {api_url}   (POST /v1/orders, /livez, /readyz, /metrics)\n\
-         \x20 Dashboards    {dashboards_url}/#key={reader_key}   (a finance:read key)\n\
+         \x20 Dashboards    {dashboards_url}/#key={reader_key}   (a read-only key)\n\
          \x20 API key       {api_key}   (every role: for the tour; keep it to yourself)\n\
          \x20 PostgreSQL    {}\n\
          \x20 ClickHouse    {}\n\
@@ -254,8 +254,9 @@ async fn serve(
 enum DevKey {
     /// Every role, for the tour's `curl` commands.
     AllRoles,
-    /// `finance:read` only, for the printed dashboard link: a link travels
-    /// further than a terminal, and reading is all the page needs.
+    /// The read roles only (`finance:read`, `orders:read` for the merchant
+    /// drill-down), for the printed dashboard link: a link travels further
+    /// than a terminal, and reading is all the page needs.
     Reader,
 }
 
@@ -263,7 +264,7 @@ impl DevKey {
     fn roles(self) -> &'static [Role] {
         match self {
             DevKey::AllRoles => &Role::ALL,
-            DevKey::Reader => &[Role::FinanceRead],
+            DevKey::Reader => &[Role::FinanceRead, Role::OrdersRead],
         }
     }
 

@@ -228,7 +228,7 @@ async fn sigkilled_ingest_workers_lose_and_double_nothing() {
             r.swapped,
             r.replayed_events,
             r.ingest_paused_ms,
-            r.daily.differing() + r.facts.differing()
+            r.differing()
         );
         assert!(r.swapped);
     }

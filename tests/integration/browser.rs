@@ -370,6 +370,66 @@ async fn check_page(c: &Client, app: &TestApp) {
     assert_page_matches_api(c, app, "USD").await;
     assert_eq!(ungrouped(&text(c, "#tile-net .value").await), "USD 100.00");
 
+    // Clicking a merchant in the ranking lists its recent orders: the
+    // order API's page for that merchant, currency and range.
+    c.find(Locator::Id("currency")).await.unwrap();
+    c.execute(
+        "const s = document.getElementById('currency'); s.value = 'EUR'; \
+         s.dispatchEvent(new Event('change'));",
+        vec![],
+    )
+    .await
+    .unwrap();
+    wait_for_state(c, "ready").await;
+    let first = c
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#top-table tbody tr"))
+        .await
+        .unwrap();
+    let merchant = first.attr("data-merchant").await.unwrap().unwrap();
+    first.click().await.unwrap();
+    let value = |id: &'static str| async move {
+        c.find(Locator::Id(id))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let (from, to) = (value("from").await, value("to").await);
+    let page: Value = api(
+        app,
+        &format!("/v1/merchants/{merchant}/orders?currency=EUR&from={from}&to={to}&limit=25"),
+    )
+    .await;
+    let want: Vec<&str> = page["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["order_id"].as_str().unwrap())
+        .collect();
+    assert!(!want.is_empty(), "{merchant} has EUR orders: {page}");
+    let shown = tally_tests::eventually(Duration::from_secs(10), || async {
+        let rows = c.find_all(Locator::Css("#mo-table tbody tr")).await.ok()?;
+        let mut ids = Vec::new();
+        for tr in rows {
+            let cells = tr.find_all(Locator::Css("td")).await.ok()?;
+            ids.push(cells.get(1)?.text().await.ok()?);
+        }
+        (ids.len() == want.len()).then_some(ids)
+    })
+    .await
+    .expect("the drill-down shows the merchant's orders");
+    assert_eq!(shown, want, "{merchant}'s orders, newest first");
+    assert_eq!(text(c, "#mo-merchant").await, merchant);
+    std::fs::write(
+        artifact("dashboard-drill-down.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
     // A bad merchant filter shows the API's explanation, not a blank page.
     c.execute(
         "document.getElementById('merchants').value = 'bad!id'; \

@@ -8,6 +8,7 @@ mod dashboards;
 mod e2e;
 mod ingest;
 mod migrations;
+mod orders;
 mod read_your_writes;
 mod rebuild;
 mod stack;

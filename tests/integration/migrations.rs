@@ -101,6 +101,8 @@ async fn migrate_builds_both_stores_from_nothing_and_is_idempotent() {
             "daily_revenue",
             "ingest_watermark",
             "order_facts",
+            "order_facts_by_customer",
+            "order_facts_by_id",
             "schema_migrations"
         ]
     );
@@ -204,4 +206,48 @@ async fn migration_2_finishes_after_a_crash_behind_its_rename() {
         "{after}"
     );
     assert_eq!((n2, sum2), (n + 1, sum + 1000), "the late cell survives");
+}
+
+/// Facts projected before migration 3 reach its two new tables, and
+/// running its statements again (a crash halfway, a second starter)
+/// changes nothing readers see.
+#[tokio::test]
+async fn migration_3_copies_existing_facts_to_the_customer_and_id_tables() {
+    let ch = TestDb::fresh_clickhouse();
+    let c = at_version_1(&ch).await;
+    // 300 orders, a third of them with a second, newer version.
+    c.query(
+        "INSERT INTO order_facts SELECT \
+         toUUID(concat('00000000-0000-7000-8000-', toString(100000000000 + number % 300))), \
+         toUInt32(1 + intDiv(number, 300)), concat('m-', toString(number % 300 % 7)), \
+         concat('c-', toString(number % 300 % 50)), 'EUR', if(number < 300, 'placed', 'paid'), \
+         toDateTime('2026-01-01 00:00:00', 'UTC') + number % 300, toDate('2026-01-01'), 1, \
+         100 + number % 300, if(number < 300, 0, 100 + number % 300), 0, \
+         toDateTime('2026-01-02 00:00:00', 'UTC') FROM numbers(400)",
+    )
+    .execute()
+    .await
+    .unwrap();
+    run(&ch).await.unwrap();
+    let view = |table: &'static str| {
+        let c = c.clone();
+        async move {
+            c.query(&format!(
+                "SELECT count(), sum(captured_minor), sum(version), \
+                 groupBitXor(cityHash64(toString(order_id), status, customer_id)) FROM {table} FINAL"
+            ))
+            .fetch_one::<(u64, i64, u64, u64)>()
+            .await
+            .unwrap()
+        }
+    };
+    let facts = view("order_facts").await;
+    assert_eq!(facts.0, 300);
+    assert_eq!(view("order_facts_by_customer").await, facts);
+    assert_eq!(view("order_facts_by_id").await, facts);
+    for s in tally_migrations::clickhouse::statements(MIGRATIONS[2].sql) {
+        c.query(&s.sql).execute().await.unwrap();
+    }
+    assert_eq!(view("order_facts_by_customer").await, facts);
+    assert_eq!(view("order_facts_by_id").await, facts);
 }

@@ -51,7 +51,8 @@ async fn orders_seen(app: &TestApp, merchant: &str, token: &str) -> (u16, i64) {
 }
 
 /// 1 000 place-then-read pairs, 8 clients at a time, while other clients
-/// drive whole order lifecycles: every read includes its own order.
+/// drive whole order lifecycles: every read includes its own order, both
+/// the order by id and the day's aggregate.
 #[tokio::test]
 async fn a_client_reads_its_own_write_with_the_token_and_never_misses() {
     let app = spawn_app(Ingest::Running).await;
@@ -71,6 +72,20 @@ async fn a_client_reads_its_own_write_with_the_token_and_never_misses() {
                         .await;
                     assert_eq!(res.status(), 201);
                     let token = token_of(&res);
+                    let order: Value = res.json().await.unwrap();
+                    let id = order["order_id"].as_str().unwrap();
+                    // The order itself, by id, and in the aggregate.
+                    let by_id = read(
+                        &app,
+                        &format!("/v1/orders/{id}?after={token}"),
+                        &[("prefer", "wait=5")],
+                    )
+                    .await;
+                    let status = by_id.status().as_u16();
+                    let found: Value = by_id.json().await.unwrap();
+                    if status != 200 || found["order"]["order_id"] != id {
+                        misses.push((format!("{merchant} by id"), status, 0));
+                    }
                     let (status, orders) = orders_seen(&app, &merchant, &token).await;
                     if (status, orders) != (200, 1) {
                         misses.push((merchant, status, orders));

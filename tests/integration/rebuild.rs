@@ -99,6 +99,10 @@ async fn verify_reports_exactly_the_injected_drift_and_repair_removes_it() {
         .await
         .unwrap();
     assert_eq!(clean.facts.compared, orders as u64);
+    assert_eq!(clean.fact_copies.len(), 2, "{clean:#?}");
+    for (name, copy) in &clean.fact_copies {
+        assert_eq!(copy.compared, orders as u64, "{name}");
+    }
     assert_eq!(clean.orders, orders as u64);
     assert!(
         clean.daily.compared > 7,
@@ -150,6 +154,12 @@ async fn verify_reports_exactly_the_injected_drift_and_repair_removes_it() {
         .execute()
         .await
         .unwrap();
+    // A copy drifts on its own: an order gone from the by-id table only.
+    ch.query("ALTER TABLE order_facts_by_id DELETE WHERE order_id = toUUID(?)")
+        .bind(changed_fact.order_id.to_string())
+        .execute()
+        .await
+        .unwrap();
     wait_for_mutations(&app.db).await;
     tally_projection::insert_rows(&ch, "daily_revenue", &[changed.clone(), ghost.clone()])
         .await
@@ -178,6 +188,14 @@ async fn verify_reports_exactly_the_injected_drift_and_repair_removes_it() {
     assert_eq!((d.missing, d.extra, d.different), (1, 1, 1), "{d:#?}");
     let f = &drifted.facts;
     assert_eq!((f.missing, f.extra, f.different), (1, 1, 2), "{f:#?}");
+    let by_id = &drifted.fact_copies["order_facts_by_id"];
+    assert_eq!(
+        (by_id.missing, by_id.extra, by_id.different),
+        (1, 0, 0),
+        "{by_id:#?}"
+    );
+    let by_customer = &drifted.fact_copies["order_facts_by_customer"];
+    assert_eq!(by_customer.differing(), 0, "{by_customer:#?}");
     assert_eq!(
         d.matching + 2,
         clean.daily.matching,

@@ -14,6 +14,7 @@ use super::build::{Cells, Pass, write_cells};
 use crate::RebuildError;
 use crate::compare::{Sink, TableDrift};
 use crate::report::CsvReport;
+use crate::tables::{self, Copy};
 use crate::{daily, facts};
 
 /// What the comparison found.
@@ -24,6 +25,8 @@ pub(super) struct Compared {
     pub(super) totals_drift: i64,
     pub(super) daily: TableDrift,
     pub(super) facts: TableDrift,
+    /// The other fact tables ([`tally_projection::FACT_TABLES`]), by name.
+    pub(super) fact_copies: std::collections::BTreeMap<String, TableDrift>,
     /// Orders left out of the facts comparison (events still waiting).
     pub(super) not_compared: u64,
 }
@@ -96,15 +99,16 @@ pub(super) async fn compare(
     let facts = async {
         let t = Instant::now();
         let rows = facts_writer.finish().await?;
+        tables::copy_facts_across(ch, Copy::Shadow).await?;
         tracing::debug!(
             rows,
             waited_ms = t.elapsed().as_millis() as u64,
             "shadow facts written"
         );
-        facts::compare(ch, opts, &backlog.orders, &mut sink_facts).await
+        facts::compare_all(ch, opts, &backlog.orders, &mut sink_facts).await
     };
     let (cells_and_daily, facts) = tokio::join!(cells_then_daily, facts);
-    let ((cells, totals_drift, daily), (facts, not_compared)) = (cells_and_daily?, facts?);
+    let ((cells, totals_drift, daily), facts) = (cells_and_daily?, facts?);
     drop((sink_daily, sink_facts));
     if let Some(r) = report {
         r.into_inner().map_err(|_| poisoned())?.finish()?;
@@ -113,7 +117,8 @@ pub(super) async fn compare(
         cells,
         totals_drift,
         daily,
-        facts,
-        not_compared,
+        facts: facts.facts,
+        fact_copies: facts.copies,
+        not_compared: facts.not_compared,
     })
 }

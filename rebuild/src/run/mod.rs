@@ -217,6 +217,7 @@ async fn build_compare_swap(
         cells: found.cells as u64,
         daily: found.daily,
         facts: found.facts,
+        fact_copies: found.fact_copies,
         orders_not_compared: found.not_compared,
         ingest_totals_drift: found.totals_drift as u64,
         dead_letters,
@@ -246,9 +247,9 @@ async fn build_compare_swap(
     .bind(run_id)
     .bind(orders as i64)
     .bind(found.cells)
-    .bind((outcome.daily.differing() + outcome.facts.differing()) as i64)
+    .bind(outcome.differing() as i64)
     .bind(sqlx::types::Json(serde_json::json!({
-        "daily": &outcome.daily, "facts": &outcome.facts,
+        "daily": &outcome.daily, "facts": &outcome.facts, "fact_copies": &outcome.fact_copies,
     })))
     .execute(pool)
     .await?;

@@ -7,14 +7,15 @@ use std::time::Instant;
 use serde::Serialize;
 use sqlx::PgPool;
 use tally_domain::DailyMeasures;
-use tally_projection::insert_rows;
 use tally_projection::rows::DailyRow;
 use tally_projection::totals::{measure_arrays, totals_columns};
+use tally_projection::{FACT_TABLES, insert_rows};
 use time::Date;
 
 use super::register::{Locks, finish_interrupted, host, lock_or_skip};
 use super::swap::install;
 use super::{CELLS_TABLE, Installing, RunOptions, mark_failed};
+
 use crate::RebuildError;
 use crate::tables::{self, Copy};
 
@@ -88,12 +89,14 @@ async fn rollback_locked(
         // aggregate version); cells get a version newer than any push so
         // far, like a rebuild's.
         tables::recreate(ch, Copy::Shadow).await?;
-        tables::replace_all_partitions(
-            ch,
-            &Copy::Previous.of("order_facts"),
-            &Copy::Shadow.of("order_facts"),
-        )
-        .await?;
+        for t in FACT_TABLES {
+            tables::replace_all_partitions(
+                ch,
+                &Copy::Previous.of(t.live),
+                &Copy::Shadow.of(t.live),
+            )
+            .await?;
+        }
         let v0: i64 = sqlx::query_scalar("SELECT nextval('ingest_version_seq')")
             .fetch_one(pool)
             .await?;

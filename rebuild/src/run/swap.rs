@@ -13,7 +13,7 @@ use tally_projection::seam;
 use tally_projection::totals::{
     TOTALS_TABLE, TotalsRow, add_to_totals, each_measure, measures_differ, totals_columns,
 };
-use tally_projection::{deployment, insert_rows};
+use tally_projection::{deployment, insert_facts, insert_rows};
 
 use super::register::{Locks, trim_journal};
 use super::{CELLS_TABLE, Installing, RunOptions, RunOutcome};
@@ -110,7 +110,6 @@ async fn catch_up(
     zone: &ReportingZone,
 ) -> Result<(i64, u64), RebuildError> {
     let mut replayed = 0u64;
-    let facts_shadow = Copy::Shadow.of("order_facts");
     let cells_shadow = Copy::Shadow.of("daily_revenue");
     let mut last = after;
     loop {
@@ -125,7 +124,7 @@ async fn catch_up(
         // Events the ingest parked as overflowing are left out here by the
         // same rule, and the swap is refused while any dead letter exists.
         let Projected { facts, cells, .. } = project(&events, zone);
-        insert_rows(ch, &facts_shadow, &facts).await?;
+        insert_facts(ch, |live| Copy::Shadow.of(live), &facts).await?;
         if !cells.is_empty() {
             let mut tx = pool.begin().await?;
             let rows = add_to_totals(&mut tx, CELLS_TABLE, &cells).await?;

@@ -127,11 +127,12 @@ fn requested(
 ) -> Result<Option<(ConsistencyToken, Duration)>, DashError> {
     let mut invalid = Vec::new();
     let mut tokens = Vec::new();
-    // Decoded like every other parameter (`%2E` is a `.`).
+    // Decoded like every other parameter (`%2E` is a `.`); empty, it
+    // names no write, as an empty parameter means "not given" everywhere.
     let from_query = query
         .into_iter()
         .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))
-        .filter(|(k, _)| k == "after")
+        .filter(|(k, v)| k == "after" && !v.trim().is_empty())
         .map(|(_, v)| v);
     for raw in from_query {
         match raw.parse::<ConsistencyToken>() {

@@ -163,6 +163,11 @@ impl AppState {
         Filter::parse(&raw, today, self.max_span_days, needs).map_err(DashError::Invalid)
     }
 
+    /// The published watermark. Read *before* the data it describes: it
+    /// only grows, and is published only after what it covers is in
+    /// ClickHouse, so data read after it holds at least everything it
+    /// claims. Read concurrently, it could be published after the data
+    /// read began and claim events that read missed.
     async fn freshness(&self) -> Result<Freshness, clickhouse::error::Error> {
         let wm = tally_projection::watermark::published(&self.ch).await?;
         Ok(Freshness::at(wm, OffsetDateTime::now_utc()))
@@ -214,8 +219,8 @@ async fn daily_revenue(
     q: Result<Query<RawQuery>, QueryRejection>,
 ) -> Result<Response, DashError> {
     let f = s.filter(q, Needs::default())?;
-    let (rows, fresh) =
-        tokio::try_join!(store::daily(&s.ch, &s.reads, &s.cache, &f), s.freshness())?;
+    let fresh = s.freshness().await?;
+    let rows = store::daily(&s.ch, &s.reads, &s.cache, &f).await?;
     let rows = rows
         .into_iter()
         .map(|r| {
@@ -240,8 +245,8 @@ async fn summary(
     q: Result<Query<RawQuery>, QueryRejection>,
 ) -> Result<Response, DashError> {
     let f = s.filter(q, Needs::default())?;
-    let (rows, fresh) =
-        tokio::try_join!(store::periods(&s.ch, &s.reads, &s.cache, &f), s.freshness())?;
+    let fresh = s.freshness().await?;
+    let rows = store::periods(&s.ch, &s.reads, &s.cache, &f).await?;
     let currencies = rows
         .iter()
         .map(|r| {
@@ -271,10 +276,8 @@ async fn top_merchants(
     let Some(currency) = f.currency else {
         return Err(DashError::Data("currency missing after validation".into()));
     };
-    let (top, fresh) = tokio::try_join!(
-        store::top_merchants(&s.ch, &s.reads, &s.cache, &f),
-        s.freshness()
-    )?;
+    let fresh = s.freshness().await?;
+    let top = store::top_merchants(&s.ch, &s.reads, &s.cache, &f).await?;
     let total = top.total_net_minor;
     let rows = top
         .top

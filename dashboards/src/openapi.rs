@@ -308,7 +308,7 @@ pub fn document(max_span_days: i64) -> Value {
                     "schema": {"type": "string"}},
                 "after": {"name": "after", "in": "query", "required": false,
                     "description": "A command acknowledgement's `Tally-Consistency-Token` (or send it in that header): answer only once the read side includes that write, waiting at most `Prefer: wait=<seconds>` (default 1, at most 5), else 425",
-                    "schema": {"type": "string"}},
+                    "schema": {"type": "string", "pattern": "^1\\.[1-9a-f][0-9a-f]{0,14}$"}},
                 "format": {"name": "format", "in": "query", "required": false,
                     "description": "`csv` for a download of the same table",
                     "schema": {"type": "string", "enum": ["json", "csv"]}},

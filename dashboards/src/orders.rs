@@ -302,7 +302,8 @@ pub(crate) async fn get_order(
 ) -> Result<Response, DashError> {
     let raw = path_segment("order_id", path)?;
     let id = order_id(&raw).map_err(DashError::Invalid)?;
-    let (row, fresh) = tokio::try_join!(one(&s.ch, id), s.freshness())?;
+    let fresh = s.freshness().await?;
+    let row = one(&s.ch, id).await?;
     let Some(row) = row else {
         return Err(DashError::OrderNotFound {
             id: id.hyphenated().to_string(),
@@ -373,7 +374,8 @@ async fn list(
     kind: &str,
     id: &str,
 ) -> Result<Response, DashError> {
-    let ((rows, next), fresh) = tokio::try_join!(page(&s.ch, owner, f), s.freshness())?;
+    let fresh = s.freshness().await?;
+    let (rows, next) = page(&s.ch, owner, f).await?;
     let body = OrderPage {
         orders: rows
             .into_iter()

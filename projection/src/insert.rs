@@ -50,7 +50,8 @@ where
 /// copy to write, e.g. `|live| live.to_owned()` for the live tables.
 /// Each insert is whole-row and versioned like any other, so a retry after
 /// one of them failed rewrites what the others already hold without
-/// changing it.
+/// changing it. Every insert runs to its end before the first error is
+/// returned: one failing does not cut the others off mid-body.
 pub async fn insert_facts(
     ch: &clickhouse::Client,
     table: impl Fn(&str) -> String,
@@ -63,7 +64,9 @@ pub async fn insert_facts(
         .iter()
         .map(|t| table(t.live))
         .collect();
-    futures_util::future::try_join_all(names.iter().map(|name| insert_rows(ch, name, rows)))
+    futures_util::future::join_all(names.iter().map(|name| insert_rows(ch, name, rows)))
         .await
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()
         .map(drop)
 }

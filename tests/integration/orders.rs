@@ -550,3 +550,64 @@ async fn order_queries_refuse_bad_input_and_missing_roles_with_problems() {
     }
     app.stop().await;
 }
+
+/// Without a token a read answers at once, and its freshness is the truth:
+/// every order whose acknowledgement's token is older than the answer's
+/// `complete_up_to` is in the answer, read after read, while orders keep
+/// arriving.
+#[tokio::test]
+async fn without_a_token_an_answers_freshness_is_the_truth() {
+    let app = spawn_app(Ingest::Running).await;
+    let placed: std::sync::Arc<tokio::sync::Mutex<Vec<(String, i64)>>> = Default::default();
+    let placer = {
+        let (app, placed) = (app.handle(), placed.clone());
+        tokio::spawn(async move {
+            for i in 0..300 {
+                let res = app
+                    .post_order(&order_body("m-truth", "EUR", &[("sku", 1, 100 + i)]))
+                    .await;
+                assert_eq!(res.status(), 201);
+                let token = res.headers()["tally-consistency-token"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                let us = i64::from_str_radix(token.strip_prefix("1.").unwrap(), 16).unwrap();
+                let body: Value = res.json().await.unwrap();
+                let id = body["order_id"].as_str().unwrap().to_owned();
+                placed.lock().await.push((id, us));
+            }
+        })
+    };
+    let (mut reads, mut claims) = (0, 0usize);
+    while !placer.is_finished() || reads < 5 {
+        // Orders acknowledged before the read was sent.
+        let known = placed.lock().await.clone();
+        let (status, body) = get_json(&app, "/v1/merchants/m-truth/orders?limit=500").await;
+        assert_eq!(status, 200, "{body}");
+        reads += 1;
+        let Some(w) = body["freshness"]["complete_up_to"].as_str() else {
+            continue;
+        };
+        let w_us = i64::try_from(
+            OffsetDateTime::parse(w, &Rfc3339)
+                .unwrap()
+                .unix_timestamp_nanos()
+                / 1_000,
+        )
+        .unwrap();
+        let served: BTreeSet<String> = ids(body["orders"].as_array().unwrap())
+            .into_iter()
+            .collect();
+        for (id, us) in known.iter().filter(|(_, us)| *us < w_us) {
+            assert!(
+                served.contains(id),
+                "complete up to {w}, yet order {id} (token {us} µs) is missing"
+            );
+            claims += 1;
+        }
+    }
+    placer.await.unwrap();
+    assert!(claims > 0, "some answer claimed some order");
+    println!("{reads} reads without a token, {claims} claims of completeness checked, 0 false");
+    app.stop().await;
+}

@@ -17,7 +17,7 @@ use tally_ops::problem::InvalidParam;
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::params::{FIRST_DAY, Format, LAST_DAY};
+use crate::params::{FIRST_DAY, Format, LAST_DAY, invalid, parse_date, parse_format, parse_limit};
 
 /// Orders per page without `limit`, and the most a page may hold.
 pub const DEFAULT_PAGE: u32 = 50;
@@ -103,36 +103,6 @@ pub struct OrderFilter {
     pub format: Format,
 }
 
-fn invalid(errs: &mut Vec<InvalidParam>, name: &str, reason: impl Into<String>) {
-    errs.push(InvalidParam {
-        name: name.into(),
-        reason: reason.into(),
-    });
-}
-
-fn day(name: &str, v: &str, errs: &mut Vec<InvalidParam>) -> Option<Date> {
-    let fmt = time::macros::format_description!("[year]-[month]-[day]");
-    match Date::parse(v.trim(), fmt) {
-        Ok(d) if (FIRST_DAY..=LAST_DAY).contains(&d) => Some(d),
-        Ok(_) => {
-            invalid(
-                errs,
-                name,
-                format!("`{v}` is outside the days this API serves, {FIRST_DAY} to {LAST_DAY}"),
-            );
-            None
-        }
-        Err(_) => {
-            invalid(
-                errs,
-                name,
-                format!("`{v}` is not a date of the form YYYY-MM-DD"),
-            );
-            None
-        }
-    }
-}
-
 impl OrderFilter {
     pub fn parse(q: &RawOrderQuery) -> Result<OrderFilter, Vec<InvalidParam>> {
         let mut errs = Vec::new();
@@ -155,27 +125,17 @@ impl OrderFilter {
                 .map_err(|e| invalid(&mut errs, "currency", e.message()))
                 .ok(),
         };
-        let from = q.from.as_deref().and_then(|v| day("from", v, &mut errs));
-        let to = q.to.as_deref().and_then(|v| day("to", v, &mut errs));
+        let from = q
+            .from
+            .as_deref()
+            .and_then(|v| parse_date("from", v, &mut errs));
+        let to = q.to.as_deref().and_then(|v| parse_date("to", v, &mut errs));
         if let (Some(f), Some(t)) = (from, to)
             && f > t
         {
             invalid(&mut errs, "from", format!("{f} is after `to` ({t})"));
         }
-        let limit = match q.limit.as_deref() {
-            None => DEFAULT_PAGE,
-            Some(v) => match v.trim().parse::<u32>() {
-                Ok(n @ 1..=MAX_PAGE) => n,
-                _ => {
-                    invalid(
-                        &mut errs,
-                        "limit",
-                        format!("`{v}` is not a whole number from 1 to {MAX_PAGE}"),
-                    );
-                    DEFAULT_PAGE
-                }
-            },
-        };
+        let limit = parse_limit(q.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE, &mut errs);
         let cursor = match q.cursor.as_deref() {
             None | Some("") => None,
             Some(c) => {
@@ -191,18 +151,7 @@ impl OrderFilter {
                 parsed
             }
         };
-        let format = match q.format.as_deref().map(str::trim) {
-            None | Some("" | "json") => Format::Json,
-            Some("csv") => Format::Csv,
-            Some(other) => {
-                invalid(
-                    &mut errs,
-                    "format",
-                    format!("`{other}` is not a format; use json or csv"),
-                );
-                Format::Json
-            }
-        };
+        let format = parse_format(q.format.as_deref(), &mut errs);
         if errs.is_empty() {
             Ok(OrderFilter {
                 status,

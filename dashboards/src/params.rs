@@ -93,14 +93,14 @@ pub struct Needs {
     pub currency: bool,
 }
 
-fn invalid(errs: &mut Vec<InvalidParam>, name: &str, reason: impl Into<String>) {
+pub(crate) fn invalid(errs: &mut Vec<InvalidParam>, name: &str, reason: impl Into<String>) {
     errs.push(InvalidParam {
         name: name.into(),
         reason: reason.into(),
     });
 }
 
-fn parse_date(name: &str, v: &str, errs: &mut Vec<InvalidParam>) -> Option<Date> {
+pub(crate) fn parse_date(name: &str, v: &str, errs: &mut Vec<InvalidParam>) -> Option<Date> {
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
     match Date::parse(v.trim(), fmt) {
         Ok(d) if (FIRST_DAY..=LAST_DAY).contains(&d) => Some(d),
@@ -119,6 +119,43 @@ fn parse_date(name: &str, v: &str, errs: &mut Vec<InvalidParam>) -> Option<Date>
                 format!("`{v}` is not a date of the form YYYY-MM-DD"),
             );
             None
+        }
+    }
+}
+
+/// `limit`: a whole number from 1 to `max`, `default` when absent.
+pub(crate) fn parse_limit(
+    v: Option<&str>,
+    default: u32,
+    max: u32,
+    errs: &mut Vec<InvalidParam>,
+) -> u32 {
+    let Some(v) = v else { return default };
+    match v.trim().parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => n,
+        _ => {
+            invalid(
+                errs,
+                "limit",
+                format!("`{v}` is not a whole number from 1 to {max}"),
+            );
+            default
+        }
+    }
+}
+
+/// `format`: `json` (also when absent or empty) or `csv`.
+pub(crate) fn parse_format(v: Option<&str>, errs: &mut Vec<InvalidParam>) -> Format {
+    match v.map(str::trim) {
+        None | Some("" | "json") => Format::Json,
+        Some("csv") => Format::Csv,
+        Some(other) => {
+            invalid(
+                errs,
+                "format",
+                format!("`{other}` is not a format; use json or csv"),
+            );
+            Format::Json
         }
     }
 }
@@ -180,32 +217,8 @@ impl Filter {
                 );
             }
         }
-        let limit = match q.limit.as_deref() {
-            None => DEFAULT_TOP,
-            Some(v) => match v.trim().parse::<u32>() {
-                Ok(n @ 1..=MAX_TOP) => n,
-                _ => {
-                    invalid(
-                        &mut errs,
-                        "limit",
-                        format!("`{v}` is not a whole number from 1 to {MAX_TOP}"),
-                    );
-                    DEFAULT_TOP
-                }
-            },
-        };
-        let format = match q.format.as_deref().map(str::trim) {
-            None | Some("" | "json") => Format::Json,
-            Some("csv") => Format::Csv,
-            Some(other) => {
-                invalid(
-                    &mut errs,
-                    "format",
-                    format!("`{other}` is not a format; use json or csv"),
-                );
-                Format::Json
-            }
-        };
+        let limit = parse_limit(q.limit.as_deref(), DEFAULT_TOP, MAX_TOP, &mut errs);
+        let format = parse_format(q.format.as_deref(), &mut errs);
         if let (Some(from), Some(to)) = (from, to) {
             let span = (to - from).whole_days() + 1;
             if span < 1 {

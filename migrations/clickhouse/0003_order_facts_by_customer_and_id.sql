@@ -11,39 +11,14 @@
 -- order's customer never changes, so (customer_id, order_id) identifies an
 -- order as (merchant_id, order_id) does.
 
-CREATE TABLE IF NOT EXISTS order_facts_by_customer (
-    order_id       UUID,
-    version        UInt32,
-    merchant_id    String,
-    customer_id    String,
-    currency       FixedString(3),
-    status         String,
-    placed_at      DateTime('UTC'),
-    placed_day     Date,
-    item_count     UInt64,
-    total_minor    Int64,
-    captured_minor Int64,
-    refunded_minor Int64,
-    updated_at     DateTime('UTC')
-) ENGINE = ReplacingMergeTree(version)
+-- `AS order_facts`: the same columns, by construction; only the key differs.
+CREATE TABLE IF NOT EXISTS order_facts_by_customer AS order_facts
+ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(placed_day)
 ORDER BY (customer_id, order_id);
 
-CREATE TABLE IF NOT EXISTS order_facts_by_id (
-    order_id       UUID,
-    version        UInt32,
-    merchant_id    String,
-    customer_id    String,
-    currency       FixedString(3),
-    status         String,
-    placed_at      DateTime('UTC'),
-    placed_day     Date,
-    item_count     UInt64,
-    total_minor    Int64,
-    captured_minor Int64,
-    refunded_minor Int64,
-    updated_at     DateTime('UTC')
-) ENGINE = ReplacingMergeTree(version)
+CREATE TABLE IF NOT EXISTS order_facts_by_id AS order_facts
+ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(placed_day)
 ORDER BY order_id;
 

@@ -301,6 +301,19 @@ async fn the_dashboard_renders_the_same_totals_as_the_json_api() {
     app.stop().await;
 }
 
+/// Picks `code` in the currency list as a user would, and waits for the
+/// page to load it.
+async fn choose_currency(c: &Client, code: &str) {
+    c.execute(
+        "const s = document.getElementById('currency'); s.value = arguments[0]; \
+         s.dispatchEvent(new Event('change'));",
+        vec![json!(code)],
+    )
+    .await
+    .unwrap();
+    wait_for_state(c, "ready").await;
+}
+
 /// Everything the test looks at in the browser.
 async fn check_page(c: &Client, app: &TestApp) {
     // Without a key the page asks for one and shows no data.
@@ -354,14 +367,7 @@ async fn check_page(c: &Client, app: &TestApp) {
     assert!(moved.is_some(), "the badge still says {before:?}");
 
     // Switching currency shows that currency alone.
-    c.execute(
-        "const s = document.getElementById('currency'); s.value = 'USD'; \
-         s.dispatchEvent(new Event('change'));",
-        vec![],
-    )
-    .await
-    .unwrap();
-    wait_for_state(c, "ready").await;
+    choose_currency(c, "USD").await;
     c.wait()
         .at_most(Duration::from_secs(10))
         .for_element(Locator::Css("#tile-net .value"))
@@ -372,15 +378,7 @@ async fn check_page(c: &Client, app: &TestApp) {
 
     // Clicking a merchant in the ranking lists its recent orders: the
     // order API's page for that merchant, currency and range.
-    c.find(Locator::Id("currency")).await.unwrap();
-    c.execute(
-        "const s = document.getElementById('currency'); s.value = 'EUR'; \
-         s.dispatchEvent(new Event('change'));",
-        vec![],
-    )
-    .await
-    .unwrap();
-    wait_for_state(c, "ready").await;
+    choose_currency(c, "EUR").await;
     let first = c
         .wait()
         .at_most(Duration::from_secs(10))

@@ -104,8 +104,6 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 4)]
         rss_factor: u64,
     },
-    /// The dashboards' 90-day daily-revenue and top-merchants endpoints vs
-    /// the same queries through clickhouse-client.
     /// The order queries (by id, merchant page, customer history) against
     /// the same statements through `clickhouse-client`.
     Orders {
@@ -116,6 +114,8 @@ pub enum BenchKind {
         #[arg(long)]
         requests: Option<usize>,
     },
+    /// The dashboards' 90-day daily-revenue and top-merchants endpoints vs
+    /// the same queries through clickhouse-client.
     Dashboards {
         /// Merchants (× 3 currencies × --days cells; default 10 000,
         /// --quick 1 000).

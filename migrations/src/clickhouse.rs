@@ -15,7 +15,9 @@
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tally_ops::ChSettings;
+use tally_ops::{ChCluster, ChSettings};
+
+use crate::replicated;
 use tally_ops::stores::clickhouse_table_exists;
 
 /// One migration file, embedded at compile time.
@@ -80,6 +82,12 @@ pub enum ChMigrateError {
         name: &'static str,
         statement: usize,
         source: clickhouse::error::Error,
+    },
+    #[error("on ClickHouse node {node}: {source}")]
+    OnNode {
+        node: String,
+        #[source]
+        source: Box<ChMigrateError>,
     },
     #[error(
         "ClickHouse database {0:?} has migration {1}, which this tally does not know: a newer \
@@ -190,9 +198,77 @@ pub async fn server_info(settings: &ChSettings) -> Result<ServerInfo, ChMigrateE
 
 /// Creates the database if needed and applies pending migrations.
 pub async fn run(settings: &ChSettings) -> Result<(), ChMigrateError> {
-    let server = settings.server_client();
+    let applied = prepare(settings).await?;
+    let client = settings.client();
+    for m in MIGRATIONS {
+        if applied.contains(&m.version) {
+            continue;
+        }
+        for (i, stmt) in statements(m.sql).iter().enumerate() {
+            run_statement(&client, m, i, &stmt.sql, stmt.guard.as_ref()).await?;
+        }
+        record(&client, m).await?;
+        tracing::info!(version = m.version, name = m.name, database = %settings.database, "applied ClickHouse migration");
+    }
+    Ok(())
+}
+
+/// Applies pending migrations to every node of a replicated cluster, with
+/// replicated engines (`replicated.rs` says how and why node by node).
+pub async fn run_cluster(cluster: &ChCluster) -> Result<(), ChMigrateError> {
+    let on = |node: &ChSettings| {
+        let node = node.url.clone();
+        move |e: ChMigrateError| ChMigrateError::OnNode {
+            node,
+            source: Box::new(e),
+        }
+    };
+    let mut nodes = Vec::new();
+    for (shard, node) in cluster.nodes() {
+        let applied = prepare(node).await.map_err(on(node))?;
+        nodes.push((shard, node, applied));
+    }
+    for m in MIGRATIONS {
+        let pending: Vec<_> = nodes
+            .iter()
+            .filter(|(_, _, applied)| !applied.contains(&m.version))
+            .collect();
+        if pending.is_empty() {
+            continue;
+        }
+        for (i, stmt) in statements(m.sql).iter().enumerate() {
+            if replicated::is_data_statement(&stmt.sql) {
+                let mut done = std::collections::BTreeSet::new();
+                for (shard, node, _) in &pending {
+                    if done.insert(*shard) {
+                        run_statement(&node.client(), m, i, &stmt.sql, stmt.guard.as_ref())
+                            .await
+                            .map_err(on(node))?;
+                    }
+                }
+            } else {
+                for (_, node, _) in &pending {
+                    let sql = replicated::replicate(&stmt.sql, &node.database, None);
+                    run_statement(&node.client(), m, i, &sql, stmt.guard.as_ref())
+                        .await
+                        .map_err(on(node))?;
+                }
+            }
+        }
+        for (_, node, _) in &pending {
+            record(&node.client(), m).await.map_err(on(node))?;
+        }
+        tracing::info!(version = m.version, name = m.name, cluster = %cluster.name, nodes = pending.len(), "applied ClickHouse migration");
+    }
+    Ok(())
+}
+
+/// Creates the database and `schema_migrations` where missing, checks what
+/// was applied against the files, and returns the applied versions.
+async fn prepare(settings: &ChSettings) -> Result<Vec<u32>, ChMigrateError> {
     let db = &settings.database;
-    server
+    settings
+        .server_client()
         .query(&format!(
             "CREATE DATABASE IF NOT EXISTS {}",
             quote_ident(db)
@@ -212,7 +288,6 @@ pub async fn run(settings: &ChSettings) -> Result<(), ChMigrateError> {
         .query("SELECT version, name, checksum FROM schema_migrations ORDER BY version")
         .fetch_all()
         .await?;
-
     for a in &applied {
         match MIGRATIONS.iter().find(|m| m.version == a.version) {
             None => return Err(ChMigrateError::Unknown(db.clone(), a.version)),
@@ -227,39 +302,46 @@ pub async fn run(settings: &ChSettings) -> Result<(), ChMigrateError> {
             Some(_) => {}
         }
     }
-    for m in MIGRATIONS {
-        if applied.iter().any(|a| a.version == m.version) {
-            continue;
+    Ok(applied.iter().map(|a| a.version).collect())
+}
+
+/// Runs statement `i` of `m` (as `sql`) unless its guard says not to.
+async fn run_statement(
+    client: &clickhouse::Client,
+    m: &Migration,
+    i: usize,
+    sql: &str,
+    guard: Option<&Guard>,
+) -> Result<(), ChMigrateError> {
+    let failed = |source| ChMigrateError::Statement {
+        version: m.version,
+        name: m.name,
+        statement: i + 1,
+        source,
+    };
+    let run = match guard {
+        None => true,
+        Some(Guard::IfTableExists(t)) => {
+            clickhouse_table_exists(client, t).await.map_err(failed)?
         }
-        for (i, stmt) in statements(m.sql).iter().enumerate() {
-            let failed = |source| ChMigrateError::Statement {
-                version: m.version,
-                name: m.name,
-                statement: i + 1,
-                source,
-            };
-            let run = match &stmt.guard {
-                None => true,
-                Some(Guard::IfTableExists(t)) => {
-                    clickhouse_table_exists(&client, t).await.map_err(failed)?
-                }
-                Some(Guard::UnlessTableExists(t)) => {
-                    !clickhouse_table_exists(&client, t).await.map_err(failed)?
-                }
-            };
-            if run {
-                client.query(&stmt.sql).execute().await.map_err(failed)?;
-            }
+        Some(Guard::UnlessTableExists(t)) => {
+            !clickhouse_table_exists(client, t).await.map_err(failed)?
         }
-        client
-            .query("INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, now())")
-            .bind(m.version)
-            .bind(m.name)
-            .bind(checksum(m.sql))
-            .execute()
-            .await?;
-        tracing::info!(version = m.version, name = m.name, database = %db, "applied ClickHouse migration");
+    };
+    if run {
+        client.query(sql).execute().await.map_err(failed)?;
     }
+    Ok(())
+}
+
+async fn record(client: &clickhouse::Client, m: &Migration) -> Result<(), ChMigrateError> {
+    client
+        .query("INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, now())")
+        .bind(m.version)
+        .bind(m.name)
+        .bind(checksum(m.sql))
+        .execute()
+        .await?;
     Ok(())
 }
 

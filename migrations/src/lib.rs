@@ -9,9 +9,10 @@
 
 pub mod clickhouse;
 pub mod postgres;
+pub mod replicated;
 
 use sqlx::PgPool;
-use tally_ops::ChSettings;
+use tally_ops::{ChCluster, ChSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -39,6 +40,19 @@ const MIGRATION_LOCK: i64 = 0x7A11_0001;
 /// Every role calls it before it writes, so a binary older than the schema
 /// (it knows fewer migrations than were applied) stops here, with the fix.
 pub async fn migrate(pg: &PgPool, ch: &ChSettings) -> Result<(), MigrateError> {
+    locked(pg, clickhouse::run(ch)).await
+}
+
+/// [`migrate`] for a replicated ClickHouse: every node of `cluster`.
+pub async fn migrate_cluster(pg: &PgPool, cluster: &ChCluster) -> Result<(), MigrateError> {
+    locked(pg, clickhouse::run_cluster(cluster)).await
+}
+
+/// Runs PostgreSQL's migrations, then `clickhouse`, under the lock.
+async fn locked(
+    pg: &PgPool,
+    clickhouse: impl Future<Output = Result<(), clickhouse::ChMigrateError>>,
+) -> Result<(), MigrateError> {
     let mut conn = pg.acquire().await?;
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(MIGRATION_LOCK)
@@ -53,7 +67,7 @@ pub async fn migrate(pg: &PgPool, ch: &ChSettings) -> Result<(), MigrateError> {
             return Err(MigrateError::Newer { applied, known });
         }
         postgres::run(pg).await?;
-        clickhouse::run(ch).await?;
+        clickhouse.await?;
         Ok::<(), MigrateError>(())
     }
     .await;

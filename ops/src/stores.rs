@@ -241,6 +241,37 @@ impl ChSettings {
     }
 }
 
+/// A replicated read side: the cluster's name (its `remote_servers`
+/// entry, `TALLY_CLICKHOUSE_CLUSTER`) and the admin settings of every
+/// replica, shard by shard. The single-server mode has none of this.
+#[derive(Clone, Debug)]
+pub struct ChCluster {
+    pub name: String,
+    pub shards: Vec<Vec<ChSettings>>,
+}
+
+impl ChCluster {
+    /// Every node, shard by shard, with its shard's index (0-based).
+    pub fn nodes(&self) -> impl Iterator<Item = (usize, &ChSettings)> {
+        self.shards
+            .iter()
+            .enumerate()
+            .flat_map(|(i, replicas)| replicas.iter().map(move |r| (i, r)))
+    }
+
+    /// The same cluster with every node's database set to `database`.
+    pub fn with_database(&self, database: &str) -> Self {
+        ChCluster {
+            name: self.name.clone(),
+            shards: self
+                .shards
+                .iter()
+                .map(|r| r.iter().map(|s| s.with_database(database)).collect())
+                .collect(),
+        }
+    }
+}
+
 /// The HTTP(S) client under every ClickHouse client: rustls (no OpenSSL to
 /// install), the public web roots plus `ca_cert`'s certificates, and the
 /// `clickhouse` crate's own defaults (TCP keep-alive 60 s, idle pooled

@@ -15,6 +15,13 @@
 //! since 20.10) a dropped table's data stays on disk for 8 minutes unless
 //! dropped `SYNC`, and a run drops and recreates its copies every time, so
 //! copies are dropped `SYNC` there.
+//!
+//! On a replicated cluster (the live tables are `Replicated…`) a run's
+//! copies are replicated too, so that a replica lost mid-run costs no
+//! copy: they are created, renamed and dropped `ON CLUSTER` (the name
+//! is the server's `{cluster}` macro), each with a ZooKeeper path of its
+//! own that no earlier copy of the same name used. Partition statements
+//! run on one replica and ZooKeeper's log carries them to the others.
 
 use std::collections::BTreeSet;
 
@@ -57,26 +64,134 @@ impl Copy {
 /// table's structure.
 pub async fn recreate(ch: &clickhouse::Client, copy: Copy) -> Result<(), RebuildError> {
     let sync = drop_sync(ch).await?;
+    let place = placement(ch).await?;
     for live in PROJECTIONS {
         let name = copy.of(live);
-        ch.query(&format!("DROP TABLE IF EXISTS {name}{sync}"))
-            .execute()
-            .await?;
-        ch.query(&format!("CREATE TABLE {name} AS {live}"))
-            .execute()
-            .await?;
+        ch.query(&format!(
+            "DROP TABLE IF EXISTS {}{}{sync}",
+            place.qualified(&name),
+            place.on_cluster()
+        ))
+        .execute()
+        .await?;
+        match &place {
+            Placement::Local => {
+                ch.query(&format!("CREATE TABLE {name} AS {live}"))
+                    .execute()
+                    .await?;
+            }
+            Placement::Cluster { database, .. } => {
+                let show: String = ch
+                    .query(&format!("SHOW CREATE TABLE {live}"))
+                    .fetch_one()
+                    .await?;
+                let nonce = uuid::Uuid::new_v4().simple().to_string();
+                let path = format!("/clickhouse/tables/{{shard}}/{database}/{name}/{nonce}");
+                let engine = replicated_engine_with_path(&show, &path).ok_or_else(|| {
+                    RebuildError::Invariant(format!(
+                        "{live} is replicated, yet its definition names no ZooKeeper path: {show}"
+                    ))
+                })?;
+                ch.query(&format!(
+                    "CREATE TABLE {}{} AS {} {engine}",
+                    place.qualified(&name),
+                    place.on_cluster(),
+                    place.qualified(live)
+                ))
+                .execute()
+                .await?;
+            }
+        }
     }
     Ok(())
 }
 
 pub async fn drop_copy(ch: &clickhouse::Client, copy: Copy) -> Result<(), RebuildError> {
     let sync = drop_sync(ch).await?;
+    let place = placement(ch).await?;
     for live in PROJECTIONS {
-        ch.query(&format!("DROP TABLE IF EXISTS {}{sync}", copy.of(live)))
-            .execute()
-            .await?;
+        ch.query(&format!(
+            "DROP TABLE IF EXISTS {}{}{sync}",
+            place.qualified(&copy.of(live)),
+            place.on_cluster()
+        ))
+        .execute()
+        .await?;
     }
     Ok(())
+}
+
+/// Where a run's copies live.
+#[derive(Debug)]
+enum Placement {
+    /// Beside the live tables, on this server.
+    Local,
+    /// On every node of the cluster, replicated.
+    Cluster { name: String, database: String },
+}
+
+impl Placement {
+    /// ` ON CLUSTER name`, or nothing.
+    fn on_cluster(&self) -> String {
+        match self {
+            Placement::Local => String::new(),
+            Placement::Cluster { name, .. } => format!(" ON CLUSTER {name}"),
+        }
+    }
+
+    /// `db.table` on a cluster (each node runs the statement in its own
+    /// session), `table` here.
+    fn qualified(&self, table: &str) -> String {
+        match self {
+            Placement::Local => table.to_owned(),
+            Placement::Cluster { database, .. } => format!("{database}.{table}"),
+        }
+    }
+}
+
+async fn placement(ch: &clickhouse::Client) -> Result<Placement, RebuildError> {
+    let (database, engine): (String, String) = ch
+        .query(
+            "SELECT currentDatabase(), (SELECT any(engine) FROM system.tables \
+             WHERE database = currentDatabase() AND name = ?)",
+        )
+        .bind(PROJECTIONS[0])
+        .fetch_one()
+        .await?;
+    if !engine.starts_with("Replicated") {
+        return Ok(Placement::Local);
+    }
+    let names: Vec<String> = ch
+        .query("SELECT substitution FROM system.macros WHERE macro = 'cluster'")
+        .fetch_all()
+        .await?;
+    let name = names.into_iter().next().ok_or_else(|| {
+        RebuildError::Invariant(
+            "the live tables are replicated, but this ClickHouse server has no `cluster` macro: \
+             add <macros><cluster>NAME</cluster></macros> to every node's config, NAME being \
+             the remote_servers cluster its replicas form"
+                .into(),
+        )
+    })?;
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(RebuildError::Invariant(format!(
+            "the cluster macro {name:?} is not a plain identifier"
+        )));
+    }
+    Ok(Placement::Cluster { name, database })
+}
+
+/// The `ENGINE = …` clause of a replicated table's `SHOW CREATE TABLE`,
+/// with its ZooKeeper path (the first quoted argument) replaced by `path`.
+fn replicated_engine_with_path(show: &str, path: &str) -> Option<String> {
+    let engine = &show[show.find("ENGINE = Replicated")?..];
+    let open = engine.find('\'')?;
+    let close = open + 1 + engine[open + 1..].find('\'')?;
+    Some(format!(
+        "{}'{path}'{}",
+        &engine[..open],
+        &engine[close + 1..]
+    ))
 }
 
 /// ` SYNC` in an Atomic database (whose drops are otherwise deferred), else
@@ -173,11 +288,13 @@ pub async fn rename_copy(
     to: Copy,
 ) -> Result<(), RebuildError> {
     drop_copy(ch, to).await?;
+    let place = placement(ch).await?;
     for live in PROJECTIONS {
         ch.query(&format!(
-            "RENAME TABLE {} TO {}",
-            from.of(live),
-            to.of(live)
+            "RENAME TABLE {} TO {}{}",
+            place.qualified(&from.of(live)),
+            place.qualified(&to.of(live)),
+            place.on_cluster()
         ))
         .execute()
         .await?;
@@ -211,6 +328,24 @@ pub async fn count(ch: &clickhouse::Client, table: &str) -> Result<u64, RebuildE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_of_a_replicated_table_gets_a_path_of_its_own() {
+        let show = "CREATE TABLE db.order_facts (`x` UInt8) ENGINE = \
+                    ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/db/order_facts', \
+                    '{replica}', version) PARTITION BY x ORDER BY x SETTINGS index_granularity = 8192";
+        assert_eq!(
+            replicated_engine_with_path(show, "/p/new").as_deref(),
+            Some(
+                "ENGINE = ReplicatedReplacingMergeTree('/p/new', '{replica}', version) \
+                 PARTITION BY x ORDER BY x SETTINGS index_granularity = 8192"
+            )
+        );
+        assert_eq!(
+            replicated_engine_with_path("CREATE TABLE t (x UInt8) ENGINE = Memory", "/p"),
+            None
+        );
+    }
 
     #[test]
     fn every_fact_table_is_a_projection_once() {

@@ -132,6 +132,17 @@ impl ChildServer {
         }
     }
 
+    /// SIGKILLs the server and reaps it: a crash, for chaos tests.
+    pub async fn kill(&self) {
+        let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGKILL);
+        for _ in 0..100 {
+            if self.exited().is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The last `n` lines of the server's log, for error messages.
     pub fn log_tail(&self, n: usize) -> String {
         log_tail(&self.log, n)

@@ -71,7 +71,31 @@ pub fn https_port(data_dir: &Path) -> Option<u16> {
 }
 
 fn config_port(data_dir: &Path, tag: &str) -> Option<u16> {
-    let config = std::fs::read_to_string(data_dir.join("clickhouse/config.xml")).ok()?;
+    config_port_in(&data_dir.join("clickhouse"), tag)
+}
+
+/// The HTTPS port of the server whose files are in `dir`.
+pub(crate) fn https_port_in(dir: &Path) -> Option<u16> {
+    config_port_in(dir, "https_port")
+}
+
+/// The native port of the server whose files are in `dir` (a cluster node's).
+pub fn native_port_in(dir: &Path) -> Option<u16> {
+    config_port_in(dir, "tcp_port")
+}
+
+/// A cluster node's ports, read back from the config it was last given.
+pub(crate) fn node_ports(dir: &Path) -> Option<NodePorts> {
+    Some(NodePorts {
+        http: config_port_in(dir, "http_port")?,
+        tcp: config_port_in(dir, "tcp_port")?,
+        https: config_port_in(dir, "https_port")?,
+        interserver: config_port_in(dir, "interserver_http_port")?,
+    })
+}
+
+fn config_port_in(dir: &Path, tag: &str) -> Option<u16> {
+    let config = std::fs::read_to_string(dir.join("config.xml")).ok()?;
     let open = format!("<{tag}>");
     let start = config.find(&open)? + open.len();
     let end = start + config[start..].find(&format!("</{tag}>"))?;
@@ -85,9 +109,80 @@ pub async fn start_clickhouse(
     data_dir: &Path,
     fixed_port: Option<u16>,
 ) -> Result<(ChildServer, ChSettings, ChSettings), StackError> {
-    let (bin, subcommand) = find_server()?;
     let dir = data_dir.join("clickhouse");
-    secrets::private_dir(&dir)?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let ports = NodePorts {
+            http: match fixed_port {
+                Some(p) => p,
+                None => free_port()?,
+            },
+            tcp: free_port()?,
+            https: free_port()?,
+            interserver: 0,
+        };
+        match start_node(data_dir, &dir, ports, None).await {
+            Err(NodeStartError::ExitedEarly(e)) if attempt < 10 => {
+                // Typically: the previous server on this directory still
+                // holds its lock while it shuts down.
+                tracing::info!(attempt, error = %e, "ClickHouse exited during start-up; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other.map_err(StackError::from),
+        }
+    }
+}
+
+/// A node's ports. `interserver` (replicas fetching parts from each other)
+/// is only opened in a cluster.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NodePorts {
+    pub http: u16,
+    pub tcp: u16,
+    pub https: u16,
+    pub interserver: u16,
+}
+
+/// What a node of a replicated cluster adds to its config.
+pub(crate) struct NodeCluster<'a> {
+    pub zookeeper_port: u16,
+    pub shard: u8,
+    pub replica: u8,
+    /// Every node's native port, shard by shard: `remote_servers`.
+    pub layout: &'a [Vec<u16>],
+}
+
+pub(crate) enum NodeStartError {
+    /// The server exited while starting (worth another try).
+    ExitedEarly(StackError),
+    Other(StackError),
+}
+
+impl From<NodeStartError> for StackError {
+    fn from(e: NodeStartError) -> StackError {
+        match e {
+            NodeStartError::ExitedEarly(e) | NodeStartError::Other(e) => e,
+        }
+    }
+}
+
+impl From<StackError> for NodeStartError {
+    fn from(e: StackError) -> NodeStartError {
+        NodeStartError::Other(e)
+    }
+}
+
+/// Starts one server with its files in `dir` (its log beside it, as
+/// `<dir>.log`) on `ports`, the passwords and certificate of `data_dir`.
+pub(crate) async fn start_node(
+    data_dir: &Path,
+    dir: &Path,
+    ports: NodePorts,
+    cluster: Option<NodeCluster<'_>>,
+) -> Result<(ChildServer, ChSettings, ChSettings), NodeStartError> {
+    let (bin, subcommand) = find_server()?;
+    secrets::private_dir(dir)?;
     for sub in ["data", "data/tmp", "data/user_files", "data/format_schemas"] {
         let d = dir.join(sub);
         std::fs::create_dir_all(&d).map_err(StackError::io(format!("creating {}", d.display())))?;
@@ -95,63 +190,44 @@ pub async fn start_clickhouse(
     let admin_password = secrets::password(data_dir, "clickhouse-admin.password")?;
     let reader_password = reader_password(data_dir)?;
     let tls = crate::tls::ensure(data_dir)?;
-    let log = data_dir.join("clickhouse.log");
-
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let http_port = match fixed_port {
-            Some(p) => p,
-            None => free_port()?,
-        };
-        let tcp_port = free_port()?;
-        let https_port = free_port()?;
-        write_config(
-            &dir,
-            Ports {
-                http: http_port,
-                tcp: tcp_port,
-                https: https_port,
-            },
-            &tls,
-            &admin_password,
-            &reader_password,
-        )?;
-        let mut cmd = Command::new(&bin);
-        if let Some(s) = subcommand {
-            cmd.arg(s);
+    let log = dir.with_extension("log");
+    write_config(
+        dir,
+        ports,
+        cluster.as_ref(),
+        &tls,
+        &admin_password,
+        &reader_password,
+    )?;
+    let mut cmd = Command::new(&bin);
+    if let Some(s) = subcommand {
+        cmd.arg(s);
+    }
+    cmd.arg(format!(
+        "--config-file={}",
+        dir.join("config.xml").display()
+    ));
+    cmd.current_dir(dir);
+    let child = spawn(cmd, &log, Signal::SIGTERM)?;
+    let server = ChildServer::new("clickhouse", child, log.clone(), Signal::SIGTERM);
+    match wait_ready(&server, ports.http).await {
+        Ok(()) => {
+            let url = format!("http://127.0.0.1:{}", ports.http);
+            let admin = ChSettings {
+                password: admin_password.clone(),
+                ..ChSettings::new(&url, "tally")
+            };
+            let reader = ChSettings {
+                user: READER_USER.into(),
+                password: reader_password.clone(),
+                ..admin.clone()
+            };
+            Ok((server, admin, reader))
         }
-        cmd.arg(format!(
-            "--config-file={}",
-            dir.join("config.xml").display()
-        ));
-        cmd.current_dir(&dir);
-        let child = spawn(cmd, &log, Signal::SIGTERM)?;
-        let server = ChildServer::new("clickhouse", child, log.clone(), Signal::SIGTERM);
-        match wait_ready(&server, http_port).await {
-            Ok(()) => {
-                let url = format!("http://127.0.0.1:{http_port}");
-                let admin = ChSettings {
-                    password: admin_password.clone(),
-                    ..ChSettings::new(&url, "tally")
-                };
-                let reader = ChSettings {
-                    user: READER_USER.into(),
-                    password: reader_password.clone(),
-                    ..admin.clone()
-                };
-                return Ok((server, admin, reader));
-            }
-            Err(e) if attempt < 10 && server.exited().is_some() => {
-                // Typically: the previous server on this directory still
-                // holds its lock while it shuts down.
-                tracing::info!(attempt, error = %e, "ClickHouse exited during start-up; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => {
-                server.stop().await;
-                return Err(e);
-            }
+        Err(e) if server.exited().is_some() => Err(NodeStartError::ExitedEarly(e)),
+        Err(e) => {
+            server.stop().await;
+            Err(NodeStartError::Other(e))
         }
     }
 }
@@ -176,25 +252,24 @@ fn sha256_hex(password: &str) -> String {
     hex::encode(sha2::Sha256::digest(password.as_bytes()))
 }
 
-struct Ports {
-    http: u16,
-    tcp: u16,
-    https: u16,
-}
-
 fn write_config(
     dir: &Path,
-    ports: Ports,
+    ports: NodePorts,
+    cluster: Option<&NodeCluster<'_>>,
     tls: &crate::tls::TlsFiles,
     admin_password: &str,
     reader_password: &str,
 ) -> Result<(), StackError> {
     let d = dir.display();
-    let Ports {
+    let NodePorts {
         http: http_port,
         tcp: tcp_port,
         https: https_port,
+        interserver,
     } = ports;
+    let cluster = cluster
+        .map(|c| cluster_config(c, interserver, admin_password))
+        .unwrap_or_default();
     let (cert, key) = (tls.cert.display(), tls.key.display());
     let (admin_sha, reader_sha) = (sha256_hex(admin_password), sha256_hex(reader_password));
     let config = format!(
@@ -238,7 +313,7 @@ fn write_config(
     <timezone>UTC</timezone>
     <mlock_executable>false</mlock_executable>
     <builtin_dictionaries_reload_interval>3600</builtin_dictionaries_reload_interval>
-</yandex>
+{cluster}</yandex>
 "#
     );
     let users = format!(
@@ -289,6 +364,48 @@ fn write_config(
         write_private(&dir.join(name), text.as_bytes())?;
     }
     Ok(())
+}
+
+/// A cluster node's part of config.xml: ZooKeeper, its macros, the
+/// cluster's nodes, and the interserver port replicas fetch parts through
+/// (advertised as 127.0.0.1, not the host name, which may not resolve).
+/// `remote_servers` carries the admin password in clear, as ClickHouse
+/// needs it for `Distributed` and `ON CLUSTER` queries; the file is the
+/// owner's only, like the password files.
+fn cluster_config(c: &NodeCluster<'_>, interserver: u16, admin_password: &str) -> String {
+    let mut shards = String::new();
+    for replicas in c.layout {
+        shards.push_str("            <shard>\n                <internal_replication>true</internal_replication>\n");
+        for port in replicas {
+            shards.push_str(&format!(
+                "                <replica><host>127.0.0.1</host><port>{port}</port><user>default</user><password>{admin_password}</password></replica>\n"
+            ));
+        }
+        shards.push_str("            </shard>\n");
+    }
+    format!(
+        r#"    <interserver_http_port>{interserver}</interserver_http_port>
+    <interserver_http_host>127.0.0.1</interserver_http_host>
+    <zookeeper>
+        <node><host>127.0.0.1</host><port>{zk}</port></node>
+        <session_timeout_ms>10000</session_timeout_ms>
+    </zookeeper>
+    <macros>
+        <shard>{shard}</shard>
+        <replica>s{shard}r{replica}</replica>
+        <cluster>{name}</cluster>
+    </macros>
+    <remote_servers>
+        <{name}>
+{shards}        </{name}>
+    </remote_servers>
+    <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
+"#,
+        zk = c.zookeeper_port,
+        shard = c.shard,
+        replica = c.replica,
+        name = crate::cluster::CLUSTER_NAME,
+    )
 }
 
 /// Polls `GET /ping` until the server answers `Ok.`.

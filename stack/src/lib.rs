@@ -14,10 +14,12 @@
 mod chdb_harness;
 mod child;
 mod clickhouse_server;
+pub mod cluster;
 mod lock;
 mod postgres_server;
 pub mod secrets;
 pub mod tls;
+mod zookeeper;
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +32,7 @@ pub use clickhouse_server::{
     READER_USER, https_port as clickhouse_https_port, native_port as clickhouse_native_port,
     start_clickhouse,
 };
+pub use cluster::{CLUSTER_NAME, ClusterNode, ClusterShape, LocalCluster};
 pub use lock::DataDirLock;
 pub use postgres_server::find_bin_dir as find_postgres_bin_dir;
 pub use postgres_server::start_on as start_postgres;
@@ -78,6 +81,8 @@ pub struct StackConfig {
     /// `false` turns off fsync for test servers: a killed process still
     /// loses nothing, only a crashed machine would.
     pub durable: bool,
+    /// A replicated ClickHouse of this shape instead of one server.
+    pub clickhouse_cluster: Option<ClusterShape>,
 }
 
 impl StackConfig {
@@ -86,6 +91,7 @@ impl StackConfig {
             data_dir: data_dir.into(),
             pg_max_connections: 200,
             durable: true,
+            clickhouse_cluster: None,
         }
     }
 }
@@ -107,8 +113,11 @@ pub struct LocalStack {
     pub tls: tls::TlsFiles,
     /// `https://localhost:<port>`, ClickHouse's HTTPS interface.
     pub clickhouse_https: String,
+    /// The replicated ClickHouse, when one was asked for: then
+    /// `clickhouse` and `clickhouse_reader` are its first node's.
+    pub cluster: Option<LocalCluster>,
     postgres: ChildServer,
-    clickhouse_server: ChildServer,
+    clickhouse_server: Option<ChildServer>,
 }
 
 impl LocalStack {
@@ -122,48 +131,94 @@ impl LocalStack {
         )))?;
         let (pg, ch) = tokio::join!(
             postgres_server::start(&data_dir, config.pg_max_connections, config.durable),
-            clickhouse_server::start(&data_dir),
+            start_read_side(&data_dir, config.clickhouse_cluster),
         );
-        let started = match (pg, &ch) {
-            (Ok(pg), _) => pg,
-            (Err(e), Ok((ch, _, _))) => {
+        let started = match (pg, ch) {
+            (Ok(pg), Ok(ch)) => (pg, ch),
+            (Err(e), Ok(ch)) => {
                 ch.stop().await;
+                return Err(e);
+            }
+            (Ok(pg), Err(e)) => {
+                pg.server.stop().await;
                 return Err(e);
             }
             (Err(e), Err(_)) => return Err(e),
         };
-        let (clickhouse_server, clickhouse, clickhouse_reader) = match ch {
-            Ok(ch) => ch,
-            Err(e) => {
-                started.server.stop().await;
-                return Err(e);
+        let (pg, read_side) = started;
+        let tls = tls::ensure(&data_dir)?;
+        let https_dir = match &read_side {
+            ReadSide::Single(..) => data_dir.join("clickhouse"),
+            ReadSide::Cluster(c) => c.nodes[0].dir().to_owned(),
+        };
+        let https = clickhouse_server::https_port_in(&https_dir)
+            .ok_or_else(|| StackError::Setup("ClickHouse's config has no https_port".into()))?;
+        let (clickhouse_server, clickhouse, clickhouse_reader, cluster) = match read_side {
+            ReadSide::Single(server, admin, reader) => (Some(server), admin, reader, None),
+            ReadSide::Cluster(c) => {
+                let (admin, reader) = (c.nodes[0].admin.clone(), c.nodes[0].reader.clone());
+                (None, admin, reader, Some(c))
             }
         };
-        let tls = tls::ensure(&data_dir)?;
-        let https = clickhouse_server::https_port(&data_dir)
-            .ok_or_else(|| StackError::Setup("ClickHouse's config has no https_port".into()))?;
         Ok(LocalStack {
             tls,
             clickhouse_https: format!("https://localhost:{https}"),
-            postgres_url: started.app_url,
-            postgres_admin_url: started.admin_url,
-            postgres: started.server,
+            postgres_url: pg.app_url,
+            postgres_admin_url: pg.admin_url,
+            postgres: pg.server,
             clickhouse,
             clickhouse_reader,
             clickhouse_server,
+            cluster,
         })
     }
 
     /// Stops both servers gracefully (PostgreSQL fast shutdown, ClickHouse
     /// SIGTERM), escalating to SIGKILL after a timeout.
     pub async fn stop(self) {
-        tokio::join!(self.postgres.stop(), self.clickhouse_server.stop());
+        let read_side = async {
+            if let Some(server) = &self.clickhouse_server {
+                server.stop().await;
+            }
+            if let Some(cluster) = self.cluster {
+                cluster.stop().await;
+            }
+        };
+        tokio::join!(self.postgres.stop(), read_side);
     }
 
     /// PostgreSQL URL of another database on the same server.
     pub fn postgres_url_for(&self, database: &str) -> String {
         replace_database(&self.postgres_url, database)
     }
+}
+
+/// One ClickHouse server, or a cluster of them.
+enum ReadSide {
+    Single(ChildServer, ChSettings, ChSettings),
+    Cluster(LocalCluster),
+}
+
+impl ReadSide {
+    async fn stop(self) {
+        match self {
+            ReadSide::Single(server, ..) => server.stop().await,
+            ReadSide::Cluster(c) => c.stop().await,
+        }
+    }
+}
+
+async fn start_read_side(
+    data_dir: &Path,
+    cluster: Option<ClusterShape>,
+) -> Result<ReadSide, StackError> {
+    Ok(match cluster {
+        None => {
+            let (server, admin, reader) = clickhouse_server::start(data_dir).await?;
+            ReadSide::Single(server, admin, reader)
+        }
+        Some(shape) => ReadSide::Cluster(LocalCluster::start(data_dir, shape).await?),
+    })
 }
 
 /// Deletes a stopped stack's data directory, and its PostgreSQL cluster

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use tally_ops::auth::{Role, create_key, key_has_role};
-use tally_ops::{ChSettings, PgSettings};
-use tally_stack::{DataDirLock, LocalStack, StackConfig, StackFile};
+use tally_ops::{ChCluster, ChSettings, PgSettings};
+use tally_stack::{ClusterShape, DataDirLock, LocalStack, StackConfig, StackFile};
 
 use crate::config::{ApiFlags, DashboardsFlags, Global, ScheduleFlags};
 use crate::roles::shutdown_on_signal;
@@ -23,6 +23,12 @@ pub struct UpArgs {
     pub dashboards: DashboardsFlags,
     #[command(flatten)]
     pub schedule: ScheduleFlags,
+    /// Start a replicated ClickHouse instead of one server: `1x2` is one
+    /// shard of two replicas, with a ZooKeeper (`./scripts/setup
+    /// --cluster` installs it). Local servers only; the services use the
+    /// first replica.
+    #[arg(long, value_name = "SHARDSxREPLICAS")]
+    pub clickhouse_cluster: Option<ClusterShape>,
 }
 
 pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
@@ -34,27 +40,56 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
         &g.stores.clickhouse_url,
     ) {
         (None, None) => {
-            eprintln!(
-                "starting local PostgreSQL and ClickHouse in {} …",
-                data_dir.display()
-            );
-            let stack = LocalStack::start(&StackConfig::new(&data_dir)).await?;
+            if let Some(shape) = args.clickhouse_cluster
+                && shape.shards > 1
+            {
+                anyhow::bail!(
+                    "--clickhouse-cluster {shape}: a sharded read side is not supported yet; \
+                     use one shard of 2 to 4 replicas (e.g. 1x2)"
+                );
+            }
+            match args.clickhouse_cluster {
+                None => eprintln!(
+                    "starting local PostgreSQL and ClickHouse in {} …",
+                    data_dir.display()
+                ),
+                Some(shape) => eprintln!(
+                    "starting local PostgreSQL, ZooKeeper and a {shape} ClickHouse cluster in {} …",
+                    data_dir.display()
+                ),
+            }
+            let stack = LocalStack::start(&StackConfig {
+                clickhouse_cluster: args.clickhouse_cluster,
+                ..StackConfig::new(&data_dir)
+            })
+            .await?;
             let pg = g.stores.pg_at(stack.postgres_url.clone(), "tally-up");
             let (ch, reader) = (stack.clickhouse.clone(), stack.clickhouse_reader.clone());
             (Some(stack), pg, ch, reader)
         }
+        (Some(_), Some(_)) if args.clickhouse_cluster.is_some() => anyhow::bail!(
+            "--clickhouse-cluster starts local servers; with DATABASE_URL and CLICKHOUSE_URL set, \
+             unset it (your own cluster: see README, \"Running it for real\")"
+        ),
         (Some(_), Some(_)) => (None, g.pg("tally-up")?, g.ch()?, g.ch_reader()?),
         _ => anyhow::bail!(
             "set both DATABASE_URL and CLICKHOUSE_URL to use your own servers, or neither to let tally start local ones"
         ),
     };
+    let cluster = stack
+        .as_ref()
+        .and_then(|s| s.cluster.as_ref())
+        .map(|c| ChCluster {
+            name: tally_stack::CLUSTER_NAME.into(),
+            shards: vec![c.admins()],
+        });
     let result = serve(
         g,
         &args,
         &data_dir,
         stack.is_some(),
         &pg_settings,
-        &ch,
+        (&ch, cluster.as_ref()),
         &ch_reader,
     )
     .await;
@@ -72,16 +107,18 @@ async fn serve(
     data_dir: &std::path::Path,
     embedded: bool,
     pg_settings: &PgSettings,
-    ch: &ChSettings,
+    (ch, cluster): (&ChSettings, Option<&ChCluster>),
     ch_reader: &ChSettings,
 ) -> anyhow::Result<()> {
     let pool = pg_settings
         .connect()
         .await
         .context("connecting to PostgreSQL")?;
-    tally_migrations::migrate(&pool, ch)
-        .await
-        .context("applying migrations")?;
+    match cluster {
+        None => tally_migrations::migrate(&pool, ch).await,
+        Some(c) => tally_migrations::migrate_cluster(&pool, c).await,
+    }
+    .context("applying migrations")?;
     let zone = &g.reporting_zone(&pool, "tally up").await?;
     let previous = StackFile::read(data_dir).ok();
     let api_key = dev_key(
@@ -184,11 +221,19 @@ async fn serve(
          \x20 Dashboards    {dashboards_url}/#key={reader_key}   (a read-only key)\n\
          \x20 API key       {api_key}   (every role: for the tour; keep it to yourself)\n\
          \x20 PostgreSQL    {}\n\
-         \x20 ClickHouse    {}\n\
+         \x20 ClickHouse    {}{}\n\
          \x20 Written to    {} (with the passwords; readable by you only)\n\
          \x20 Press Ctrl-C to stop.\n",
         redact(&pg_settings.url),
         redact(&ch.to_url()),
+        cluster.map_or_else(String::new, |c| {
+            let replicas: Vec<&str> = c.nodes().map(|(_, n)| n.url.as_str()).collect();
+            format!(
+                "\n  Cluster       `{}`, one shard: {} (the services use the first)",
+                c.name,
+                replicas.join(", ")
+            )
+        }),
         StackFile::path(data_dir).display()
     );
     // Not `println!`: a closed stdout (piped to `head`, say) must not stop

@@ -7,6 +7,7 @@
 //! ClickHouse database, so tests run in parallel without sharing state.
 //! [`spawn_app`] boots the real services on port 0.
 
+pub mod cluster;
 pub mod load;
 pub mod proxy;
 

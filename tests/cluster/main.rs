@@ -1,0 +1,259 @@
+//! The read side on a replicated ClickHouse (`1x2`: one shard, two
+//! replicas, one ZooKeeper), all real servers started by `tally-stack`:
+//! migrations make every table replicated on every node; a replica or
+//! ZooKeeper SIGKILLed under load loses and doubles nothing, and afterwards
+//! every projection on every replica equals the write store exactly.
+
+use std::time::Duration;
+
+use tally_tests::cluster::{self, ClusterDb, table_counts};
+use tally_tests::{Ingest, assert_projections_exact, ingest_drained, load, spawn_app_on};
+
+#[tokio::test]
+async fn migrations_make_every_table_replicated_on_every_node_and_record_it_on_each() {
+    let guard = cluster::take().await;
+    let db = ClusterDb::new(&guard).await;
+    // A second and third starter at once: the PostgreSQL lock makes them
+    // take turns, and they find nothing left to do.
+    let pg = db.replicas[0].pg.clone();
+    let (a, b) = tokio::join!(
+        tally_migrations::migrate_cluster(&pg, &db.cluster),
+        tally_migrations::migrate_cluster(&pg, &db.cluster),
+    );
+    a.expect("second starter");
+    b.expect("third starter");
+    for r in &db.replicas {
+        let engines: Vec<(String, String)> = r
+            .ch
+            .client()
+            .query("SELECT name, engine FROM system.tables WHERE database = currentDatabase() ORDER BY name")
+            .fetch_all()
+            .await
+            .expect("tables");
+        let names: Vec<&str> = engines.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "daily_revenue",
+                "ingest_watermark",
+                "order_facts",
+                "order_facts_by_customer",
+                "order_facts_by_id",
+                "schema_migrations"
+            ],
+            "{}",
+            r.ch.url
+        );
+        for (name, engine) in &engines {
+            if name == "schema_migrations" {
+                // Each node's own record of what it applied.
+                assert_eq!(engine, "MergeTree");
+            } else {
+                assert!(
+                    engine.starts_with("Replicated"),
+                    "{name} on {} is {engine}",
+                    r.ch.url
+                );
+            }
+        }
+        let versions: Vec<u32> =
+            r.ch.client()
+                .query("SELECT version FROM schema_migrations ORDER BY version")
+                .fetch_all()
+                .await
+                .expect("versions");
+        assert_eq!(
+            versions,
+            (1..=tally_migrations::clickhouse::MIGRATIONS.len() as u32).collect::<Vec<_>>(),
+            "each migration recorded once on {}",
+            r.ch.url
+        );
+        assert!(
+            tally_migrations::clickhouse::is_up_to_date(&r.ch)
+                .await
+                .unwrap()
+        );
+    }
+    // Replication works: a row written on one node is read on the other.
+    db.replicas[0]
+        .ch
+        .client()
+        .query("INSERT INTO ingest_watermark VALUES ('probe', 42, now())")
+        .execute()
+        .await
+        .expect("insert on the first replica");
+    let seen = tally_tests::eventually(Duration::from_secs(30), || async {
+        let n: u64 = db.replicas[1]
+            .ch
+            .client()
+            .query("SELECT count() FROM ingest_watermark WHERE stream = 'probe'")
+            .fetch_one()
+            .await
+            .ok()?;
+        (n == 1).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "the second replica never saw the row");
+}
+
+/// Steady load through the real services, whose ClickHouse is the first
+/// replica; the second is SIGKILLed mid-load and restarted while the load
+/// goes on. It catches up from its peer, and both replicas then hold
+/// exactly what the write store says.
+#[tokio::test]
+async fn a_replica_killed_under_load_catches_up_and_every_replica_is_exact() {
+    let mut guard = cluster::take().await;
+    let db = ClusterDb::new(&guard).await;
+    let app = spawn_app_on(db.replicas[0].clone(), Ingest::Running).await;
+
+    let first = load::drive(&app, 150, 8, 1).await;
+    guard.kill_node(1).await;
+    let during = load::drive(&app, 150, 8, 2).await;
+    let dash = app.dash("/v1/revenue/daily?currency=EUR&days=30").await;
+    assert_eq!(
+        dash.status(),
+        200,
+        "the dashboards read the live replica while the other is down"
+    );
+    assert!(
+        ingest_drained(&app.db.pg, Duration::from_secs(60)).await,
+        "the ingest keeps projecting through the live replica"
+    );
+    guard.restart_node(1).await.expect("restart the replica");
+    let after = load::drive(&app, 100, 8, 3).await;
+    assert!(ingest_drained(&app.db.pg, Duration::from_secs(60)).await);
+    assert!(
+        db.replicated(Duration::from_secs(120)).await,
+        "the restarted replica did not catch up: {:?} vs {:?}",
+        table_counts(&db.replicas[0].ch).await,
+        table_counts(&db.replicas[1].ch).await
+    );
+    let mut compared = Vec::new();
+    for r in &db.replicas {
+        compared.push(assert_projections_exact(r).await);
+    }
+    let orders = first.orders + during.orders + after.orders;
+    println!(
+        "replica kill: 1 SIGKILL, {orders} orders ({} commands) placed, {} during the outage; \
+         exact on {} replicas: {:?}",
+        first.commands + during.commands + after.commands,
+        during.orders,
+        db.replicas.len(),
+        compared
+            .iter()
+            .map(|c| (c.orders, c.cells))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(compared[0].orders as u64, orders);
+    app.stop().await;
+}
+
+/// ZooKeeper SIGKILLed under load: replicated tables turn read-only, the
+/// ingest's inserts fail and it backs off with the events kept in the
+/// outbox; once ZooKeeper is back it projects them, once each.
+#[tokio::test]
+async fn zookeeper_killed_under_load_delays_the_ingest_and_loses_nothing() {
+    let mut guard = cluster::take().await;
+    let db = ClusterDb::new(&guard).await;
+    let app = spawn_app_on(db.replicas[0].clone(), Ingest::Running).await;
+
+    let first = load::drive(&app, 100, 8, 11).await;
+    assert!(ingest_drained(&app.db.pg, Duration::from_secs(60)).await);
+    guard.kill_zookeeper().await;
+    let during = load::drive(&app, 150, 8, 12).await;
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&app.db.pg)
+        .await
+        .expect("outbox");
+    guard.restart_zookeeper().await.expect("restart ZooKeeper");
+    let after = load::drive(&app, 100, 8, 13).await;
+    assert!(
+        ingest_drained(&app.db.pg, Duration::from_secs(120)).await,
+        "the ingest did not resume after ZooKeeper came back"
+    );
+    assert!(db.replicated(Duration::from_secs(120)).await);
+    let mut compared = Vec::new();
+    for r in &db.replicas {
+        compared.push(assert_projections_exact(r).await);
+    }
+    let orders = first.orders + during.orders + after.orders;
+    println!(
+        "ZooKeeper kill: 1 SIGKILL, {orders} orders placed, {} while it was down \
+         ({waiting} events waited in the outbox); exact on {} replicas",
+        during.orders,
+        db.replicas.len()
+    );
+    assert_eq!(compared[1].orders as u64, orders);
+    app.stop().await;
+}
+
+/// A rebuild on the cluster: its copies are replicated tables on every
+/// node, its swap reaches both replicas through ZooKeeper's log, and a
+/// rollback brings the previous tables back on both.
+#[tokio::test]
+async fn a_rebuild_swaps_and_rolls_back_on_every_replica() {
+    use tally_rebuild::run::{Mode, RunOptions, rollback, run};
+    let guard = cluster::take().await;
+    let db = ClusterDb::new(&guard).await;
+    let app = spawn_app_on(db.replicas[0].clone(), Ingest::Running).await;
+    load::drive(&app, 120, 8, 21).await;
+    assert!(ingest_drained(&app.db.pg, Duration::from_secs(60)).await);
+
+    // A ghost cell on the first replica: drift the rebuild removes.
+    let ch = db.replicas[0].ch.client();
+    let mut ghost: tally_projection::DailyRow = ch
+        .query("SELECT ?fields FROM daily_revenue FINAL LIMIT 1")
+        .fetch_one()
+        .await
+        .expect("a cell");
+    ghost.merchant_id = "m-ghost".into();
+    tally_projection::insert_rows(&ch, "daily_revenue", std::slice::from_ref(&ghost))
+        .await
+        .expect("ghost");
+    let opts = RunOptions::default();
+    let rebuilt = run(&app.db.pg, &ch, Mode::Rebuild, &opts)
+        .await
+        .expect("rebuild on the cluster");
+    assert_eq!(rebuilt.daily.extra, 1, "{rebuilt:#?}");
+    load::drive(&app, 60, 8, 22).await; // events after the swap
+    assert!(ingest_drained(&app.db.pg, Duration::from_secs(60)).await);
+    assert!(db.replicated(Duration::from_secs(120)).await);
+    for r in &db.replicas {
+        assert_projections_exact(r).await;
+        let copies: Vec<(String, String)> = r
+            .ch
+            .client()
+            .query("SELECT name, engine FROM system.tables WHERE database = currentDatabase() AND name LIKE '%_previous' ORDER BY name")
+            .fetch_all()
+            .await
+            .expect("copies");
+        assert_eq!(
+            copies.len(),
+            4,
+            "the previous tables on {}: {copies:?}",
+            r.ch.url
+        );
+        assert!(
+            copies.iter().all(|(_, e)| e.starts_with("Replicated")),
+            "{copies:?}"
+        );
+    }
+
+    // The rollback brings the ghost back, on both replicas.
+    rollback(&app.db.pg, &ch, &opts).await.expect("rollback");
+    assert!(db.replicated(Duration::from_secs(120)).await);
+    for r in &db.replicas {
+        let ghosts: u64 =
+            r.ch.client()
+                .query("SELECT count() FROM daily_revenue WHERE merchant_id = 'm-ghost'")
+                .fetch_one()
+                .await
+                .expect("ghosts");
+        assert_eq!(ghosts, 1, "the ghost is back on {}", r.ch.url);
+    }
+    println!(
+        "rebuild on 1x2: swapped run {} (1 drifting cell removed), rolled back; both replicas agree",
+        rebuilt.run_id
+    );
+    app.stop().await;
+}

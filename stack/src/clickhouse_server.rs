@@ -149,6 +149,8 @@ pub(crate) struct NodeCluster<'a> {
     pub zookeeper_port: u16,
     pub shard: u8,
     pub replica: u8,
+    /// The `remote_servers` name (and `{cluster}` macro).
+    pub name: &'a str,
     /// Every node's native port, shard by shard: `remote_servers`.
     pub layout: &'a [Vec<u16>],
 }
@@ -404,7 +406,7 @@ fn cluster_config(c: &NodeCluster<'_>, interserver: u16, admin_password: &str) -
         zk = c.zookeeper_port,
         shard = c.shard,
         replica = c.replica,
-        name = crate::cluster::CLUSTER_NAME,
+        name = c.name,
     )
 }
 

@@ -166,6 +166,7 @@ impl LocalCluster {
                     zookeeper_port,
                     shard: *shard,
                     replica: *replica,
+                    name: CLUSTER_NAME,
                     layout: &layout,
                 }),
             )
@@ -227,6 +228,7 @@ impl LocalCluster {
                 zookeeper_port: self.zookeeper_port,
                 shard: node.shard,
                 replica: node.replica,
+                name: CLUSTER_NAME,
                 layout: &layout,
             }),
         )

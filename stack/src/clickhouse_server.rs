@@ -446,13 +446,20 @@ pub(crate) async fn wait_ready_named(
 }
 
 fn ping(port: u16) -> std::io::Result<bool> {
+    let answer = ask_loopback(port, b"GET /ping HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    Ok(answer.ends_with("Ok.\n"))
+}
+
+/// Sends `request` to a loopback port and reads the answer to its end:
+/// how the stack asks its servers whether they are up.
+pub(crate) fn ask_loopback(port: u16, request: &[u8]) -> std::io::Result<String> {
     let mut s = std::net::TcpStream::connect_timeout(
         &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_millis(500),
     )?;
     s.set_read_timeout(Some(Duration::from_secs(1)))?;
-    s.write_all(b"GET /ping HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    s.write_all(request)?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
-    Ok(buf.ends_with("Ok.\n"))
+    Ok(buf)
 }

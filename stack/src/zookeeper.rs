@@ -8,7 +8,6 @@
 //! started directly (not `zkServer.sh`, which daemonises and would escape
 //! the parent-death signal) with a small heap.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::child::{ChildServer, spawn};
+use crate::clickhouse_server::ask_loopback;
 use crate::secrets::{self, write_private};
 use crate::{StackError, free_port};
 
@@ -123,13 +123,5 @@ pub async fn start_zookeeper(
 
 /// ZooKeeper's four-letter health word: `ruok` → `imok`.
 fn ruok(port: u16) -> std::io::Result<bool> {
-    let mut s = std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(500),
-    )?;
-    s.set_read_timeout(Some(Duration::from_secs(1)))?;
-    s.write_all(b"ruok")?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    Ok(buf == "imok")
+    Ok(ask_loopback(port, b"ruok")? == "imok")
 }

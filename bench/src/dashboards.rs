@@ -158,7 +158,7 @@ pub async fn run(
     .await?;
     let port = s.native_port()?;
     let pool = s.pg.connect().await.context("connecting to PostgreSQL")?;
-    tally_migrations::migrate(&pool, &s.ch).await?;
+    s.migrate(&pool).await?;
     let admin = s.ch.client();
     eprintln!("seeding {merchants} merchants × 3 currencies × {days} days of daily aggregates …");
     seed(&admin, merchants, days).await?;
@@ -172,9 +172,9 @@ pub async fn run(
         ..Default::default()
     };
     let reader = s.ch_reader.client();
-    let app = tally_dashboards::Application::build(
+    let app = tally_dashboards::Application::build_on_replicas(
         &config,
-        reader.clone(),
+        s.readers(),
         pool.clone(),
         &metrics,
         Arc::new(registry),

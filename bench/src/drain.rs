@@ -206,12 +206,22 @@ async fn reset(pool: &PgPool, ch: &ChSettings) -> anyhow::Result<()> {
     sqlx::query("TRUNCATE outbox, ingest_daily_totals, ingest_pending_pushes, ingest_dead_letters")
         .execute(pool)
         .await?;
+    // Partition by partition, not TRUNCATE: that is what replicated
+    // tables replicate on every version.
     let facts = tally_projection::FACT_TABLES.map(|t| t.live);
     for t in facts.iter().chain(&["daily_revenue", "ingest_watermark"]) {
-        ch.client()
-            .query(&format!("TRUNCATE TABLE {t}"))
-            .execute()
+        let ids: Vec<String> = ch
+            .client()
+            .query("SELECT DISTINCT partition_id FROM system.parts WHERE database = currentDatabase() AND table = ? AND active")
+            .bind(*t)
+            .fetch_all()
             .await?;
+        for id in ids {
+            ch.client()
+                .query(&format!("ALTER TABLE {t} DROP PARTITION ID '{id}'"))
+                .execute()
+                .await?;
+        }
     }
     Ok(())
 }
@@ -235,7 +245,7 @@ pub async fn drain(
 ) -> anyhow::Result<Vec<Summary>> {
     let s = servers(g, 1.0 + 1.5 * n as f64 / 1e6).await?;
     let pool = s.pg.connect().await.context("connecting to PostgreSQL")?;
-    tally_migrations::migrate(&pool, &s.ch).await?;
+    s.migrate(&pool).await?;
     eprintln!("generating {n} events …");
     let events = synthetic_events(n, 1, backlog);
     let expected = events.iter().fold((0, 0, 0), |acc, e| {
@@ -270,8 +280,12 @@ pub async fn drain(
                     claim_from: tally_ingest::ClaimFrom::alternating(i),
                     ..Default::default()
                 };
-                let mut w =
-                    tally_ingest::Worker::new(pool.clone(), s.ch.client(), config, metrics.clone());
+                let mut w = tally_ingest::Worker::on_replicas(
+                    pool.clone(),
+                    s.writers(),
+                    config,
+                    metrics.clone(),
+                );
                 tokio::spawn(async move { w.drain().await })
             })
             .collect();

@@ -16,9 +16,12 @@ use uuid::Uuid;
 /// A fresh embedded stack in a temporary directory (or the given servers).
 pub struct Servers {
     pub pg: PgSettings,
+    /// The one server, or the cluster's first replica.
     pub ch: ChSettings,
     /// The read-only user, as the dashboards connect.
     pub ch_reader: ChSettings,
+    /// `--clickhouse-cluster`: every replica, as admin and as the reader.
+    pub cluster: Option<(tally_ops::ChCluster, Vec<ChSettings>)>,
     pub _stack: Option<tally_stack::LocalStack>,
     pub _dir: Option<PathBuf>,
 }
@@ -42,6 +45,46 @@ pub fn ensure_free_space(dir: &std::path::Path, need_gib: f64) -> anyhow::Result
 /// `--wipe-database`, set once when `tally-bench` starts: every benchmark
 /// reaches its stores through [`servers`], which checks it.
 pub static WIPE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// `--clickhouse-cluster`, set once when `tally-bench` starts.
+pub static CLUSTER: std::sync::OnceLock<Option<tally_stack::ClusterShape>> =
+    std::sync::OnceLock::new();
+
+impl Servers {
+    /// Applies the migrations: on the one server, or on every replica.
+    pub async fn migrate(&self, pool: &PgPool) -> anyhow::Result<()> {
+        match &self.cluster {
+            Some((cluster, _)) => tally_migrations::migrate_cluster(pool, cluster).await?,
+            None => tally_migrations::migrate(pool, &self.ch).await?,
+        }
+        Ok(())
+    }
+
+    /// The replicas the ingest writes to, one at a time.
+    pub fn writers(&self) -> std::sync::Arc<tally_ops::Replicas> {
+        match &self.cluster {
+            Some((c, _)) => tally_ops::Replicas::new(&c.shards.concat()),
+            None => tally_ops::Replicas::new(std::slice::from_ref(&self.ch)),
+        }
+    }
+
+    /// The replicas the dashboards read, one at a time.
+    pub fn readers(&self) -> std::sync::Arc<tally_ops::Replicas> {
+        match &self.cluster {
+            Some((_, readers)) => tally_ops::Replicas::new(readers),
+            None => tally_ops::Replicas::new(std::slice::from_ref(&self.ch_reader)),
+        }
+    }
+}
+
+/// The read side the run is on, for the record: ` on a 1x2 ClickHouse
+/// cluster`, or nothing.
+pub fn read_side() -> String {
+    match CLUSTER.get().copied().flatten() {
+        Some(shape) => format!(", on a {shape} ClickHouse cluster (ZooKeeper, loopback)"),
+        None => String::new(),
+    }
+}
 
 /// Refuses to touch stores the benchmark did not create unless the
 /// operator named each database it would wipe.
@@ -82,23 +125,48 @@ pub async fn servers(g: &StoreFlags, need_gib: f64) -> anyhow::Result<Servers> {
             pg,
             ch,
             ch_reader: g.ch_reader()?,
+            cluster: match g.ch_cluster()? {
+                Some(c) => Some((c, g.ch_reader_replicas()?)),
+                None => None,
+            },
             _stack: None,
             _dir: None,
         });
     }
     ensure_free_space(&std::env::temp_dir(), need_gib)?;
     let dir = std::env::temp_dir().join(format!("tally-bench-{}", std::process::id()));
-    eprintln!("starting PostgreSQL and ClickHouse in {} …", dir.display());
-    let stack = tally_stack::LocalStack::start(&tally_stack::StackConfig::new(&dir)).await?;
+    let shape = CLUSTER.get().copied().flatten();
+    match shape {
+        None => eprintln!("starting PostgreSQL and ClickHouse in {} …", dir.display()),
+        Some(s) => eprintln!(
+            "starting PostgreSQL, ZooKeeper and a {s} ClickHouse cluster in {} …",
+            dir.display()
+        ),
+    }
+    let stack = tally_stack::LocalStack::start(&tally_stack::StackConfig {
+        clickhouse_cluster: shape,
+        ..tally_stack::StackConfig::new(&dir)
+    })
+    .await?;
     let pg = PgSettings {
         max_connections: 8,
         ..PgSettings::new(&stack.postgres_url, "tally-bench")
     };
     let ch = stack.clickhouse.clone();
+    let cluster = stack.cluster.as_ref().map(|c| {
+        (
+            tally_ops::ChCluster {
+                name: tally_stack::CLUSTER_NAME.into(),
+                shards: vec![c.admins()],
+            },
+            c.readers(),
+        )
+    });
     Ok(Servers {
         pg,
         ch,
         ch_reader: stack.clickhouse_reader.clone(),
+        cluster,
         _stack: Some(stack),
         _dir: Some(dir),
     })
@@ -223,7 +291,7 @@ impl BenchApi {
             ..s.pg.clone()
         };
         let pool = pg.connect().await.context("connecting to PostgreSQL")?;
-        tally_migrations::migrate(&pool, &s.ch).await?;
+        s.migrate(&pool).await?;
         let (key_id, key) = tally_ops::auth::create_key(
             &pool,
             "bench",
@@ -305,9 +373,10 @@ pub fn record_result(
     let mut doc = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
     writeln!(
         doc,
-        "\n## `tally-bench {bench}` — {}, {}\n",
+        "\n## `tally-bench {bench}` — {}, {}{}\n",
         OffsetDateTime::now_utc().date(),
-        machine()
+        machine(),
+        read_side()
     )?;
     writeln!(doc, "{how}\n")?;
     doc.push_str(table);

@@ -48,6 +48,11 @@ pub struct BenchArgs {
     /// one, and the ClickHouse one if its name differs), or they refuse.
     #[arg(long = "wipe-database", value_name = "NAME", global = true)]
     pub wipe: Vec<String>,
+    /// Run on a local replicated ClickHouse of this shape (`1x2`: one shard,
+    /// two replicas, with ZooKeeper) instead of one server: the ingest and
+    /// the dashboards use it as `tally` does (one replica at a time).
+    #[arg(long, value_name = "SHARDSxREPLICAS", global = true)]
+    pub clickhouse_cluster: Option<tally_stack::ClusterShape>,
 }
 
 #[derive(Subcommand, Clone, Debug)]
@@ -131,6 +136,14 @@ pub enum BenchKind {
 
 pub async fn run(g: &StoreFlags, args: BenchArgs) -> anyhow::Result<()> {
     let _ = WIPE.set(args.wipe.clone());
+    if let Some(shape) = args.clickhouse_cluster
+        && shape.shards > 1
+    {
+        anyhow::bail!(
+            "--clickhouse-cluster {shape}: sharded read sides are not supported yet; use one shard (1x2)"
+        );
+    }
+    let _ = harness::CLUSTER.set(args.clickhouse_cluster);
     let record = (!args.no_record).then_some(args.record.clone());
     let runs = args.runs.max(1);
     let q = args.quick;

@@ -159,7 +159,7 @@ pub async fn run(
     let s = servers(g, 1.0 + (orders * 3) as f64 * 150.0 / (1u64 << 30) as f64).await?;
     let port = s.native_port()?;
     let pool = s.pg.connect().await.context("connecting to PostgreSQL")?;
-    tally_migrations::migrate(&pool, &s.ch).await?;
+    s.migrate(&pool).await?;
     eprintln!(
         "seeding {orders} orders of {MERCHANTS} merchants and {} customers …",
         orders / 10

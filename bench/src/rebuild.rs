@@ -150,7 +150,7 @@ pub async fn run(
             .connect()
             .await
             .context("connecting to PostgreSQL")?;
-    tally_migrations::migrate(&pool, &s.ch).await?;
+    s.migrate(&pool).await?;
     let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(&pool)
         .await?;

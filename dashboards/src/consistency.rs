@@ -19,6 +19,7 @@ use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tally_ops::Replicas;
 use tally_ops::problem::InvalidParam;
 use tally_projection::watermark::{ConsistencyToken, published_micros};
 use tokio::sync::{Notify, watch};
@@ -36,16 +37,16 @@ pub const MAX_WAIT: Duration = Duration::from_secs(5);
 /// The published watermark as this process last saw it, and the readers
 /// waiting for it to move.
 pub struct WatermarkWatch {
-    ch: clickhouse::Client,
+    replicas: Arc<Replicas>,
     seen: watch::Sender<i64>,
     waiters: AtomicUsize,
     someone_waits: Notify,
 }
 
 impl WatermarkWatch {
-    pub fn new(ch: clickhouse::Client) -> Arc<Self> {
+    pub fn new(replicas: Arc<Replicas>) -> Arc<Self> {
         Arc::new(WatermarkWatch {
-            ch,
+            replicas,
             seen: watch::Sender::new(0),
             waiters: AtomicUsize::new(0),
             someone_waits: Notify::new(),
@@ -54,7 +55,7 @@ impl WatermarkWatch {
 
     /// Reads the watermark and tells the waiters if it moved.
     async fn observe(&self) -> Result<i64, clickhouse::error::Error> {
-        let us = published_micros(&self.ch).await?;
+        let us = published_micros(&self.replicas.current().client).await?;
         self.seen.send_if_modified(|seen| {
             let moved = us > *seen;
             if moved {

@@ -35,11 +35,11 @@ use axum::routing::get;
 use axum::{Json, Router, middleware};
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
-use tally_ops::Shutdown;
 use tally_ops::auth::{self, AuthState, KeyCache, Role};
 use tally_ops::http::{HttpMetrics, ReadinessCheck, ops_routes, serve};
 use tally_ops::problem::InvalidParam;
 use tally_ops::telemetry::{ClickHouseErrors, count_clickhouse_failures};
+use tally_ops::{Replicas, Shutdown};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
@@ -141,13 +141,25 @@ impl Metrics {
 
 #[derive(Clone)]
 struct AppState {
+    /// The replica this request reads: set by [`AppState::pinned`], which
+    /// every handler calls first, so that everything one answer is made of
+    /// (freshness, parts, rows) comes from one replica.
     ch: clickhouse::Client,
+    replicas: Arc<Replicas>,
     reads: store::ReadStats,
     cache: Arc<PartSums>,
     max_span_days: i64,
 }
 
 impl AppState {
+    /// This state with the current replica pinned for one request.
+    fn pinned(self) -> AppState {
+        AppState {
+            ch: self.replicas.current().client,
+            ..self
+        }
+    }
+
     fn filter(
         &self,
         q: Result<Query<RawQuery>, QueryRejection>,
@@ -218,6 +230,7 @@ async fn daily_revenue(
     State(s): State<AppState>,
     q: Result<Query<RawQuery>, QueryRejection>,
 ) -> Result<Response, DashError> {
+    let s = s.pinned();
     let f = s.filter(q, Needs::default())?;
     let fresh = s.freshness().await?;
     let rows = store::daily(&s.ch, &s.reads, &s.cache, &f).await?;
@@ -244,6 +257,7 @@ async fn summary(
     State(s): State<AppState>,
     q: Result<Query<RawQuery>, QueryRejection>,
 ) -> Result<Response, DashError> {
+    let s = s.pinned();
     let f = s.filter(q, Needs::default())?;
     let fresh = s.freshness().await?;
     let rows = store::periods(&s.ch, &s.reads, &s.cache, &f).await?;
@@ -272,6 +286,7 @@ async fn top_merchants(
     State(s): State<AppState>,
     q: Result<Query<RawQuery>, QueryRejection>,
 ) -> Result<Response, DashError> {
+    let s = s.pinned();
     let f = s.filter(q, Needs { currency: true })?;
     let Some(currency) = f.currency else {
         return Err(DashError::Data("currency missing after validation".into()));
@@ -314,21 +329,28 @@ async fn top_merchants(
 
 /// `GET /v1/freshness`: the badge's poll.
 async fn freshness(State(s): State<AppState>) -> Result<Response, DashError> {
+    let s = s.pinned();
     let fresh = s.freshness().await?;
     Ok((freshness_headers(&fresh), Json(fresh)).into_response())
 }
 
 /// Ready when ClickHouse answers and has our tables, and the key store
 /// answers.
-pub fn readiness(ch: clickhouse::Client, pg: PgPool) -> ReadinessCheck {
+pub fn readiness(replicas: Arc<Replicas>, pg: PgPool) -> ReadinessCheck {
     Arc::new(move || {
-        let (ch, pg) = (ch.clone(), pg.clone());
+        let (replicas, pg) = (replicas.clone(), pg.clone());
         Box::pin(async move {
-            for table in ["daily_revenue", "order_facts_by_id"] {
-                ch.query(&format!("SELECT count() FROM {table} WHERE 0"))
-                    .fetch_one::<u64>()
-                    .await
-                    .map_err(|e| format!("ClickHouse: {}", tally_ops::error_chain(&e)))?;
+            // The current replica, or the next if it cannot be reached.
+            for attempt in 0..replicas.len() {
+                let replica = replicas.current();
+                match tables_answer(&replica.client).await {
+                    Ok(()) => break,
+                    Err(e)
+                        if tally_ops::stores::unreachable(&e)
+                            && attempt + 1 < replicas.len()
+                            && replicas.failed(replica.index) => {}
+                    Err(e) => return Err(format!("ClickHouse: {}", tally_ops::error_chain(&e))),
+                }
             }
             sqlx::query("SELECT 1")
                 .execute(&pg)
@@ -339,16 +361,26 @@ pub fn readiness(ch: clickhouse::Client, pg: PgPool) -> ReadinessCheck {
     })
 }
 
+async fn tables_answer(ch: &clickhouse::Client) -> Result<(), clickhouse::error::Error> {
+    for table in ["daily_revenue", "order_facts_by_id"] {
+        ch.query(&format!("SELECT count() FROM {table} WHERE 0"))
+            .fetch_one::<u64>()
+            .await?;
+    }
+    Ok(())
+}
+
 pub fn router(
     config: &DashboardsConfig,
-    ch: clickhouse::Client,
+    replicas: Arc<Replicas>,
     pg: PgPool,
     cache: Arc<PartSums>,
     watermark: Arc<consistency::WatermarkWatch>,
     metrics: &Metrics,
 ) -> Router {
     let state = AppState {
-        ch,
+        ch: replicas.current().client,
+        replicas: replicas.clone(),
         reads: metrics.reads.clone(),
         cache,
         max_span_days: config.max_span_days,
@@ -397,6 +429,7 @@ pub fn router(
             metrics.clickhouse_errors.clone(),
             count_clickhouse_failures,
         ))
+        .layer(middleware::from_fn_with_state(replicas, fail_over))
         .with_state(state);
     let doc = Arc::new(openapi::document(config.max_span_days));
     let public = page::routes().route(
@@ -415,10 +448,44 @@ pub fn router(
     .layer(tower_http::compression::CompressionLayer::new())
 }
 
+/// Middleware: a read that could not reach its replica is answered again
+/// from the next one (once per other replica), so a replica's death costs
+/// the requests in flight a retry, not an error. Reads have no body, so
+/// the request is rebuilt from its head.
+async fn fail_over(
+    State(replicas): State<Arc<Replicas>>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    if replicas.len() < 2 || req.method() != axum::http::Method::GET {
+        return next.run(req).await;
+    }
+    let (head, _) = req.into_parts();
+    let mut res = Response::default();
+    for _ in 0..replicas.len() {
+        let pinned = replicas.current().index;
+        res = next
+            .clone()
+            .run(axum::extract::Request::from_parts(
+                head.clone(),
+                axum::body::Body::empty(),
+            ))
+            .await;
+        let unreachable = res
+            .extensions()
+            .get::<tally_ops::telemetry::ClickHouseFailure>()
+            .is_some_and(|f| matches!(f.0, "network" | "timeout"));
+        if !unreachable || !replicas.failed(pinned) {
+            break;
+        }
+    }
+    res
+}
+
 pub struct Application {
     listener: TcpListener,
     router: Router,
-    ch: clickhouse::Client,
+    replicas: Arc<Replicas>,
     cache: Arc<PartSums>,
     watermark: Arc<consistency::WatermarkWatch>,
     config: DashboardsConfig,
@@ -434,22 +501,34 @@ impl Application {
         metrics: &Metrics,
         registry: Arc<Registry>,
     ) -> std::io::Result<Self> {
+        Self::build_on_replicas(config, Replicas::single(ch), pg, metrics, registry).await
+    }
+
+    /// [`Application::build`] reading one replica of `replicas` at a time
+    /// and moving on when it cannot be reached.
+    pub async fn build_on_replicas(
+        config: &DashboardsConfig,
+        replicas: Arc<Replicas>,
+        pg: PgPool,
+        metrics: &Metrics,
+        registry: Arc<Registry>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
         let cache = Arc::new(PartSums::new(config.cache_rows, metrics.cache.clone()));
-        let watermark = consistency::WatermarkWatch::new(ch.clone());
+        let watermark = consistency::WatermarkWatch::new(replicas.clone());
         let router = router(
             config,
-            ch.clone(),
+            replicas.clone(),
             pg.clone(),
             cache.clone(),
             watermark.clone(),
             metrics,
         )
-        .merge(ops_routes(registry, readiness(ch.clone(), pg)));
+        .merge(ops_routes(registry, readiness(replicas.clone(), pg)));
         Ok(Application {
             listener,
             router,
-            ch,
+            replicas,
             cache,
             watermark,
             config: config.clone(),
@@ -472,7 +551,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> std::io::Result<()> {
         let stop = shutdown.child_token();
         let warm = (self.config.cache_rows > 0).then(|| {
-            let (cache, ch, stop) = (self.cache.clone(), self.ch.clone(), stop.clone());
+            let (cache, ch, stop) = (self.cache.clone(), self.replicas.clone(), stop.clone());
             let (span, every) = (self.config.max_span_days, self.config.cache_refresh);
             tokio::spawn(async move { cache.keep_warm(ch, span, every, stop).await })
         });

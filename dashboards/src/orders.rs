@@ -300,6 +300,7 @@ pub(crate) async fn get_order(
     State(s): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, DashError> {
+    let s = s.pinned();
     let raw = path_segment("order_id", path)?;
     let id = order_id(&raw).map_err(DashError::Invalid)?;
     let fresh = s.freshness().await?;
@@ -374,6 +375,7 @@ async fn list(
     kind: &str,
     id: &str,
 ) -> Result<Response, DashError> {
+    let s = &s.clone().pinned();
     let fresh = s.freshness().await?;
     let (rows, next) = page(&s.ch, owner, f).await?;
     let body = OrderPage {

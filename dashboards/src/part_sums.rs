@@ -550,7 +550,7 @@ impl PartSums {
     /// may ask for (the last `max_span_days`).
     pub async fn keep_warm(
         &self,
-        ch: clickhouse::Client,
+        replicas: std::sync::Arc<tally_ops::Replicas>,
         max_span_days: i64,
         every: Duration,
         shutdown: Shutdown,
@@ -565,7 +565,9 @@ impl PartSums {
             }
             let since = time::OffsetDateTime::now_utc().date()
                 - time::Duration::days(max_span_days.saturating_sub(1));
-            match self.refresh(&ch, since).await {
+            // Parts are named alike on every replica: sums taken from one
+            // serve reads of another.
+            match self.refresh(&replicas.current().client, since).await {
                 Ok(r) => {
                     if failing {
                         tracing::info!("part sums refreshing again");

@@ -18,12 +18,13 @@ pub mod dead_letters;
 pub mod metrics;
 pub mod watermark;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tally_ops::Shutdown;
+use tally_ops::{Replicas, Shutdown};
 use tally_projection::totals::{self, TotalsError};
 use time::OffsetDateTime;
 
@@ -101,6 +102,26 @@ pub enum IngestError {
     Zone(String),
 }
 
+impl IngestError {
+    /// Whether the replica failed in a way another may not: it could not
+    /// be reached, did not answer in time, or has lost ZooKeeper (its
+    /// replicated tables are read-only). A refused query would be refused
+    /// everywhere, and the worker stays put.
+    pub fn is_replica_trouble(&self) -> bool {
+        use tally_projection::InsertError as I;
+        let replica_trouble = |e: &clickhouse::error::Error| {
+            tally_ops::stores::unreachable(e)
+                || matches!(e, clickhouse::error::Error::BadResponse(m) if m.contains("readonly mode"))
+        };
+        match self {
+            IngestError::Insert(I::Timeout(_)) => true,
+            IngestError::Insert(I::Failed { source, .. }) => replica_trouble(source),
+            IngestError::ClickHouseQuery(e) => replica_trouble(e),
+            _ => false,
+        }
+    }
+}
+
 impl From<TotalsError> for IngestError {
     fn from(e: TotalsError) -> Self {
         match e {
@@ -113,7 +134,11 @@ impl From<TotalsError> for IngestError {
 /// One ingest worker.
 pub struct Worker {
     pool: PgPool,
+    /// The replica this cycle writes to, taken from `replicas` at the start
+    /// of each cycle.
     ch: clickhouse::Client,
+    pinned: usize,
+    replicas: Arc<Replicas>,
     config: IngestConfig,
     metrics: Metrics,
     published_watermark_us: i64,
@@ -154,9 +179,25 @@ impl Worker {
         config: IngestConfig,
         metrics: Metrics,
     ) -> Self {
+        Self::on_replicas(pool, Replicas::single(ch), config, metrics)
+    }
+
+    /// A worker writing to one replica of `replicas` at a time: a cycle
+    /// that fails on a ClickHouse error moves it to the next, where the
+    /// same events are pushed again (absolute, versioned rows: a push that
+    /// reached the failed replica too changes nothing).
+    pub fn on_replicas(
+        pool: PgPool,
+        replicas: Arc<Replicas>,
+        config: IngestConfig,
+        metrics: Metrics,
+    ) -> Self {
+        let first = replicas.current();
         Worker {
             pool,
-            ch,
+            ch: first.client,
+            pinned: first.index,
+            replicas,
             config,
             metrics,
             published_watermark_us: i64::MIN,
@@ -211,6 +252,10 @@ impl Worker {
                     }
                 }
                 Err(e) => {
+                    if e.is_replica_trouble() && self.replicas.failed(self.pinned) {
+                        // Another replica may take the push at once.
+                        backoff = Duration::ZERO;
+                    }
                     backoff =
                         (backoff * 2).clamp(Duration::from_millis(100), self.config.max_backoff);
                     let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
@@ -348,6 +393,11 @@ impl Worker {
 
     /// One batch plus housekeeping. `Ok(true)` if the batch was full.
     async fn cycle(&mut self) -> Result<bool, IngestError> {
+        let replica = self.replicas.current();
+        if replica.index != self.pinned {
+            self.ch = replica.client;
+            self.pinned = replica.index;
+        }
         // Only records older than the grace are recovered: looking a few
         // times per grace period is enough, not before every batch.
         if self

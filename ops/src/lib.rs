@@ -17,7 +17,7 @@ pub mod telemetry;
 
 pub use problem::Problem;
 pub use shutdown::Shutdown;
-pub use stores::{ChCluster, ChSettings, PgSettings};
+pub use stores::{ChCluster, ChSettings, PgSettings, Pinned, Replicas};
 
 /// An error with its causes, `outer: inner: root`: what a log line or a
 /// readiness answer needs when the top level alone says only "network

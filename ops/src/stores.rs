@@ -272,6 +272,107 @@ impl ChCluster {
     }
 }
 
+/// The replicas of one shard and the one this process uses now. Every
+/// unit of work takes the current one once ([`Replicas::current`]) and
+/// does all of its reading or writing there: the dashboards' parts lookup
+/// and the query it plans must meet the same replica. A replica that
+/// cannot be reached is reported with [`Replicas::failed`], which moves
+/// the whole process on to the next; there is no health polling: a
+/// replica is tried again when the others fail in turn.
+pub struct Replicas {
+    nodes: Vec<(String, clickhouse::Client)>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+/// One replica, as taken for a unit of work.
+#[derive(Clone)]
+pub struct Pinned {
+    pub index: usize,
+    pub url: String,
+    pub client: clickhouse::Client,
+}
+
+impl Replicas {
+    /// One client per replica; the first is used first.
+    pub fn new(replicas: &[ChSettings]) -> std::sync::Arc<Replicas> {
+        Self::from_clients(
+            replicas
+                .iter()
+                .map(|r| (r.url.clone(), r.client()))
+                .collect(),
+        )
+    }
+
+    /// A single server (no failover), for callers holding a client.
+    pub fn single(client: clickhouse::Client) -> std::sync::Arc<Replicas> {
+        Self::from_clients(vec![(String::new(), client)])
+    }
+
+    fn from_clients(nodes: Vec<(String, clickhouse::Client)>) -> std::sync::Arc<Replicas> {
+        assert!(!nodes.is_empty(), "Replicas needs at least one replica");
+        std::sync::Arc::new(Replicas {
+            nodes,
+            current: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The replica to use now.
+    pub fn current(&self) -> Pinned {
+        let index = self.current.load(std::sync::atomic::Ordering::SeqCst) % self.nodes.len();
+        let (url, client) = &self.nodes[index];
+        Pinned {
+            index,
+            url: url.clone(),
+            client: client.clone(),
+        }
+    }
+
+    /// Replica `index` could not be reached: unless another caller has
+    /// moved on already, the next one becomes current. Returns whether
+    /// there is another replica to try.
+    pub fn failed(&self, index: usize) -> bool {
+        let n = self.nodes.len();
+        if n < 2 {
+            return false;
+        }
+        let next = (index + 1) % n;
+        if self
+            .current
+            .compare_exchange(
+                index,
+                next,
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+            )
+            .is_ok()
+        {
+            tracing::warn!(
+                from = %self.nodes[index].0,
+                to = %self.nodes[next].0,
+                "ClickHouse replica unreachable; moving to the next"
+            );
+        }
+        true
+    }
+}
+
+/// Whether `e` says the server could not be reached or did not answer in
+/// time (another replica may), rather than that it refused the query.
+pub fn unreachable(e: &clickhouse::error::Error) -> bool {
+    matches!(
+        e,
+        clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut
+    )
+}
+
 /// The HTTP(S) client under every ClickHouse client: rustls (no OpenSSL to
 /// install), the public web roots plus `ca_cert`'s certificates, and the
 /// `clickhouse` crate's own defaults (TCP keep-alive 60 s, idle pooled

@@ -165,8 +165,24 @@ impl Global {
         Ok(self.stores.ch()?)
     }
 
-    pub fn ch_reader(&self) -> anyhow::Result<ChSettings> {
-        Ok(self.stores.ch_reader()?)
+    /// Applies pending migrations to PostgreSQL and to the read side: one
+    /// ClickHouse server, or every replica of TALLY_CLICKHOUSE_CLUSTER.
+    pub async fn migrate(&self, pool: &sqlx::PgPool) -> anyhow::Result<()> {
+        match self.stores.ch_cluster()? {
+            Some(cluster) => tally_migrations::migrate_cluster(pool, &cluster).await?,
+            None => tally_migrations::migrate(pool, &self.ch()?).await?,
+        }
+        Ok(())
+    }
+
+    /// The replicas the ingest writes to (one, without a cluster).
+    pub fn ch_replicas(&self) -> anyhow::Result<std::sync::Arc<tally_ops::Replicas>> {
+        Ok(tally_ops::Replicas::new(&self.stores.ch_replicas()?))
+    }
+
+    /// The replicas the dashboards read, as the read-only user.
+    pub fn ch_reader_replicas(&self) -> anyhow::Result<std::sync::Arc<tally_ops::Replicas>> {
+        Ok(tally_ops::Replicas::new(&self.stores.ch_reader_replicas()?))
     }
 }
 

@@ -120,9 +120,15 @@ async fn stores(g: &Global, app: &str) -> anyhow::Result<Stores> {
         .await
         .context("connecting to PostgreSQL")?;
     let ch = ch_for_cli(g)?;
-    tally_migrations::migrate(&pool, &ch)
-        .await
-        .context("migrating")?;
+    if g.stores.clickhouse_url.is_some() {
+        g.migrate(&pool).await
+    } else {
+        // A running `tally up` migrated its own servers (every replica).
+        tally_migrations::migrate(&pool, &ch)
+            .await
+            .map_err(anyhow::Error::from)
+    }
+    .context("migrating")?;
     Ok(Stores {
         pool,
         ch: ch.client(),

@@ -91,7 +91,7 @@ pub async fn migrate(g: &Global) -> anyhow::Result<()> {
         .await
         .context("connecting to PostgreSQL")?;
     let ch = g.ch()?;
-    tally_migrations::migrate(&pool, &ch).await?;
+    g.migrate(&pool).await?;
     let zone = g.reporting_zone(&pool, "tally migrate").await?;
     println!(
         "migrations applied: PostgreSQL at version {} (this build knows up to {}), \
@@ -124,9 +124,7 @@ pub fn shutdown_on_signal() -> Shutdown {
 
 pub async fn api(g: &Global, args: ApiArgs) -> anyhow::Result<()> {
     let pool = g.pg("tally-api")?.pool()?;
-    tally_migrations::migrate(&pool, &g.ch()?)
-        .await
-        .context("migrating")?;
+    g.migrate(&pool).await.context("migrating")?;
     let m = telemetry::for_role(Service::Api, pool.clone());
     let metrics = m.api.context("the api role's metrics")?;
     let config = args.api.config();
@@ -246,10 +244,8 @@ pub fn pg_for_cli(g: &Global, app: &str) -> anyhow::Result<tally_ops::PgSettings
 
 async fn run_ingest(g: &Global, args: IngestArgs) -> anyhow::Result<()> {
     let pool = g.pg("tally-ingest")?.pool()?;
-    let ch = g.ch()?;
-    tally_migrations::migrate(&pool, &ch)
-        .await
-        .context("migrating")?;
+    g.migrate(&pool).await.context("migrating")?;
+    let replicas = g.ch_replicas()?;
     let m = telemetry::for_role(Service::Ingest, pool.clone());
     let metrics = m.ingest.context("the ingest role's metrics")?;
     let registry = m.registry;
@@ -268,7 +264,7 @@ async fn run_ingest(g: &Global, args: IngestArgs) -> anyhow::Result<()> {
             )
         })?;
     let ops_task = tokio::spawn(tally_ops::http::serve(listener, ops, shutdown.clone()));
-    let worker = tally_ingest::Worker::new(pool, ch.client(), config, metrics);
+    let worker = tally_ingest::Worker::on_replicas(pool, replicas, config, metrics);
     let result = worker.run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = ops_task.await;
@@ -277,15 +273,15 @@ async fn run_ingest(g: &Global, args: IngestArgs) -> anyhow::Result<()> {
 }
 
 pub async fn dashboards(g: &Global, args: DashboardsArgs) -> anyhow::Result<()> {
-    let ch = g.ch_reader()?;
+    let replicas = g.ch_reader_replicas()?;
     // PostgreSQL holds the API keys; the dashboards read nothing else there.
     let pool = g.pg("tally-dashboards")?.pool()?;
     let config = args.dashboards.config();
     let m = telemetry::for_role(Service::Dashboards, pool.clone());
     let metrics = m.dashboards.context("the dashboards role's metrics")?;
-    let app = tally_dashboards::Application::build(
+    let app = tally_dashboards::Application::build_on_replicas(
         &config,
-        ch.client(),
+        replicas,
         pool,
         &metrics,
         Arc::new(m.registry),

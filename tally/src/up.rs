@@ -35,10 +35,8 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
     let _lock = DataDirLock::acquire(&g.data_dir)?;
     let data_dir = std::fs::canonicalize(&g.data_dir)?;
 
-    let (stack, pg_settings, ch, ch_reader) = match (
-        &g.stores.database_url,
-        &g.stores.clickhouse_url,
-    ) {
+    let (stack, pg_settings, ch, readers) = match (&g.stores.database_url, &g.stores.clickhouse_url)
+    {
         (None, None) => {
             if let Some(shape) = args.clickhouse_cluster
                 && shape.shards > 1
@@ -64,25 +62,35 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
             })
             .await?;
             let pg = g.stores.pg_at(stack.postgres_url.clone(), "tally-up");
-            let (ch, reader) = (stack.clickhouse.clone(), stack.clickhouse_reader.clone());
-            (Some(stack), pg, ch, reader)
+            let readers = match &stack.cluster {
+                Some(c) => c.readers(),
+                None => vec![stack.clickhouse_reader.clone()],
+            };
+            let ch = stack.clickhouse.clone();
+            (Some(stack), pg, ch, readers)
         }
         (Some(_), Some(_)) if args.clickhouse_cluster.is_some() => anyhow::bail!(
             "--clickhouse-cluster starts local servers; with DATABASE_URL and CLICKHOUSE_URL set, \
              unset it (your own cluster: see README, \"Running it for real\")"
         ),
-        (Some(_), Some(_)) => (None, g.pg("tally-up")?, g.ch()?, g.ch_reader()?),
+        (Some(_), Some(_)) => (
+            None,
+            g.pg("tally-up")?,
+            g.ch()?,
+            g.stores.ch_reader_replicas()?,
+        ),
         _ => anyhow::bail!(
             "set both DATABASE_URL and CLICKHOUSE_URL to use your own servers, or neither to let tally start local ones"
         ),
     };
-    let cluster = stack
-        .as_ref()
-        .and_then(|s| s.cluster.as_ref())
-        .map(|c| ChCluster {
+    let cluster = match stack.as_ref().and_then(|s| s.cluster.as_ref()) {
+        Some(c) => Some(ChCluster {
             name: tally_stack::CLUSTER_NAME.into(),
             shards: vec![c.admins()],
-        });
+        }),
+        None if stack.is_none() => g.stores.ch_cluster()?,
+        None => None,
+    };
     let result = serve(
         g,
         &args,
@@ -90,7 +98,7 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
         stack.is_some(),
         &pg_settings,
         (&ch, cluster.as_ref()),
-        &ch_reader,
+        &readers,
     )
     .await;
     if let Some(stack) = stack {
@@ -108,7 +116,7 @@ async fn serve(
     embedded: bool,
     pg_settings: &PgSettings,
     (ch, cluster): (&ChSettings, Option<&ChCluster>),
-    ch_reader: &ChSettings,
+    readers: &[ChSettings],
 ) -> anyhow::Result<()> {
     let pool = pg_settings
         .connect()
@@ -159,9 +167,9 @@ async fn serve(
         )
     })?;
     let dash_config = args.dashboards.config();
-    let dashboards = tally_dashboards::Application::build(
+    let dashboards = tally_dashboards::Application::build_on_replicas(
         &dash_config,
-        ch_reader.client(),
+        tally_ops::Replicas::new(readers),
         pool.clone(),
         &dash_metrics,
         registry.clone(),
@@ -201,9 +209,13 @@ async fn serve(
     .write(data_dir)?;
 
     let shutdown = shutdown_on_signal();
-    let worker = tally_ingest::Worker::new(
+    let writers = match cluster {
+        Some(c) => c.shards.concat(),
+        None => vec![ch.clone()],
+    };
+    let worker = tally_ingest::Worker::on_replicas(
         pool.clone(),
-        ch.client(),
+        tally_ops::Replicas::new(&writers),
         tally_ingest::IngestConfig {
             reporting_zone: zone.clone(),
             ..Default::default()

@@ -409,6 +409,19 @@ pub async fn spawn_app(ingest: Ingest) -> TestApp {
 
 /// [`spawn_app`] on databases the test prepared (a server of its own).
 pub async fn spawn_app_on(db: TestDb, ingest: Ingest) -> TestApp {
+    let (writers, readers) = (vec![db.ch.clone()], vec![db.ch_reader.clone()]);
+    spawn_app_on_replicas(db, &writers, &readers, ingest).await
+}
+
+/// [`spawn_app_on`] with the ingest writing to `writers` and the
+/// dashboards reading `readers`, one replica at a time, as `tally` runs
+/// them against a cluster.
+pub async fn spawn_app_on_replicas(
+    db: TestDb,
+    writers: &[ChSettings],
+    readers: &[ChSettings],
+    ingest: Ingest,
+) -> TestApp {
     let mut registry = Registry::default();
     let api_metrics = tally_write_api::metrics::Metrics::register(&mut registry);
     let ingest_metrics = tally_ingest::Metrics::register(&mut registry);
@@ -433,9 +446,9 @@ pub async fn spawn_app_on(db: TestDb, ingest: Ingest) -> TestApp {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
     };
-    let dashboards = tally_dashboards::Application::build(
+    let dashboards = tally_dashboards::Application::build_on_replicas(
         &dash_config,
-        db.ch_reader.client(),
+        tally_ops::Replicas::new(readers),
         db.pg.clone(),
         &dash_metrics,
         registry.clone(),
@@ -460,9 +473,9 @@ pub async fn spawn_app_on(db: TestDb, ingest: Ingest) -> TestApp {
         }),
     ];
     if ingest == Ingest::Running {
-        let worker = tally_ingest::Worker::new(
+        let worker = tally_ingest::Worker::on_replicas(
             db.pg.clone(),
-            db.ch.client(),
+            tally_ops::Replicas::new(writers),
             Default::default(),
             ingest_metrics,
         );

@@ -281,3 +281,40 @@ async fn all(
         &table,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        stores: tally_ops::flags::StoreFlags,
+        #[command(flatten)]
+        bench: super::BenchArgs,
+    }
+
+    /// The local cluster shape and the stores' cluster name are two flags
+    /// (one id for both made clap panic on reading either).
+    #[test]
+    fn a_cluster_shape_and_a_cluster_name_parse_side_by_side() {
+        let cli = Cli::try_parse_from([
+            "tally-bench",
+            "drain",
+            "--quick",
+            "--clickhouse-cluster",
+            "1x2",
+            "--clickhouse-cluster-name",
+            "prod",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.bench
+                .clickhouse_cluster
+                .map(|s| s.to_string())
+                .as_deref(),
+            Some("1x2")
+        );
+        assert_eq!(cli.stores.clickhouse_cluster_name.as_deref(), Some("prod"));
+    }
+}

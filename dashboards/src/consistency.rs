@@ -21,7 +21,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tally_ops::Replicas;
 use tally_ops::problem::InvalidParam;
-use tally_projection::watermark::{ConsistencyToken, published_micros};
+use tally_projection::watermark::{ConsistencyToken, published_micros, replica_caught_up};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -53,9 +53,20 @@ impl WatermarkWatch {
         })
     }
 
+    /// The newest watermark observed (microseconds; 0: none yet), which the
+    /// replica it was read from held the rows of.
+    pub fn last_seen(&self) -> i64 {
+        *self.seen.borrow()
+    }
+
     /// Reads the watermark and tells the waiters if it moved.
     async fn observe(&self) -> Result<i64, clickhouse::error::Error> {
-        let us = published_micros(&self.replicas.current().client).await?;
+        let ch = self.replicas.current().client;
+        let us = published_micros(&ch).await?;
+        if self.replicas.len() > 1 && !replica_caught_up(&ch).await? {
+            // This replica lacks rows the watermark covers: not yet.
+            return Ok(*self.seen.borrow());
+        }
         self.seen.send_if_modified(|seen| {
             let moved = us > *seen;
             if moved {

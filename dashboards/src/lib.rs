@@ -146,6 +146,7 @@ struct AppState {
     /// (freshness, parts, rows) comes from one replica.
     ch: clickhouse::Client,
     replicas: Arc<Replicas>,
+    watermark: Arc<consistency::WatermarkWatch>,
     reads: store::ReadStats,
     cache: Arc<PartSums>,
     max_span_days: i64,
@@ -180,8 +181,30 @@ impl AppState {
     /// ClickHouse, so data read after it holds at least everything it
     /// claims. Read concurrently, it could be published after the data
     /// read began and claim events that read missed.
+    ///
+    /// On a replica (one of several) the watermark counts only once the
+    /// replica holds the rows it covers (`replica_caught_up`): a few short
+    /// waits for replication, then the last watermark vouched for.
     async fn freshness(&self) -> Result<Freshness, clickhouse::error::Error> {
-        let wm = tally_projection::watermark::published(&self.ch).await?;
+        use tally_projection::watermark::{published, replica_caught_up};
+        let mut wm = published(&self.ch).await?;
+        if self.replicas.len() > 1 {
+            let mut waits = 0;
+            while !replica_caught_up(&self.ch).await? {
+                waits += 1;
+                if waits > 5 {
+                    let us = self.watermark.last_seen();
+                    wm = (us > 0)
+                        .then(|| {
+                            OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).ok()
+                        })
+                        .flatten();
+                    break;
+                }
+                tokio::time::sleep(consistency::POLL).await;
+                wm = published(&self.ch).await?;
+            }
+        }
         Ok(Freshness::at(wm, OffsetDateTime::now_utc()))
     }
 }
@@ -381,6 +404,7 @@ pub fn router(
     let state = AppState {
         ch: replicas.current().client,
         replicas: replicas.clone(),
+        watermark: watermark.clone(),
         reads: metrics.reads.clone(),
         cache,
         max_span_days: config.max_span_days,

@@ -35,7 +35,7 @@ pub struct StoreFlags {
     /// CLICKHOUSE_URL's servers form; then CLICKHOUSE_URL (and
     /// CLICKHOUSE_READER_URL) list one URL per replica, comma-separated.
     #[arg(long, env = "TALLY_CLICKHOUSE_CLUSTER", global = true)]
-    pub clickhouse_cluster: Option<String>,
+    pub clickhouse_cluster_name: Option<String>,
     /// PostgreSQL connections per pool.
     #[arg(
         long,
@@ -113,7 +113,7 @@ impl StoreFlags {
     /// The replicated cluster, when TALLY_CLICKHOUSE_CLUSTER names one:
     /// its name and CLICKHOUSE_URL's replicas (one shard).
     pub fn ch_cluster(&self) -> Result<Option<ChCluster>, FlagError> {
-        match &self.clickhouse_cluster {
+        match &self.clickhouse_cluster_name {
             None => Ok(None),
             Some(name) => Ok(Some(ChCluster {
                 name: name.clone(),
@@ -133,7 +133,7 @@ impl StoreFlags {
                 "{var} is empty: name a ClickHouse server"
             )));
         }
-        match &self.clickhouse_cluster {
+        match &self.clickhouse_cluster_name {
             None if list.len() > 1 => {
                 return Err(FlagError(format!(
                     "{var} names {} servers: set TALLY_CLICKHOUSE_CLUSTER to the replicated \
@@ -182,7 +182,7 @@ mod tests {
     fn flags(urls: &str, cluster: Option<&str>) -> StoreFlags {
         StoreFlags {
             clickhouse_url: Some(urls.into()),
-            clickhouse_cluster: cluster.map(Into::into),
+            clickhouse_cluster_name: cluster.map(Into::into),
             ..StoreFlags::default()
         }
     }

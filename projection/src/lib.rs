@@ -16,6 +16,6 @@ pub mod watermark;
 
 pub use insert::{InsertError, insert_facts, insert_rows};
 pub use rows::{
-    CellKey, DailyRow, FACT_TABLES, FactRow, FactTable, Projected, ReportingZone, WatermarkRow,
-    project,
+    CellKey, DailyRow, FACT_TABLES, FactRow, FactTable, PROJECTED_TABLES, Projected, ReportingZone,
+    WatermarkRow, project,
 };

@@ -64,6 +64,15 @@ pub const FACT_TABLES: [FactTable; 3] = [
     },
 ];
 
+/// Every table the ingest projects into: the fact tables and the daily
+/// cells (what the watermark vouches for).
+pub const PROJECTED_TABLES: [&str; 4] = [
+    FACT_TABLES[0].live,
+    FACT_TABLES[1].live,
+    FACT_TABLES[2].live,
+    "daily_revenue",
+];
+
 /// One row of `daily_revenue`: the absolute totals of a cell at `version`.
 #[derive(Row, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct DailyRow {

@@ -29,6 +29,28 @@ pub async fn published_micros(ch: &clickhouse::Client) -> Result<i64, clickhouse
         .await
 }
 
+/// Whether this replica has fetched every insert its peers logged for the
+/// tables the watermark vouches for (always, where the tables are not
+/// replicated). Each table replicates on its own: a replica the ingest
+/// does not write to may hold the newest watermark before the rows it
+/// covers, so a reader there trusts a watermark only if, read *after* it,
+/// this says yes. In `system.replicas`, a replica has pulled the whole
+/// replication log when `log_pointer` is past `log_max_index` (both 0:
+/// no entry yet), and fetched what it pulled when no insert is queued.
+pub async fn replica_caught_up(ch: &clickhouse::Client) -> Result<bool, clickhouse::error::Error> {
+    let behind: u64 = ch
+        .query(
+            "SELECT count() FROM system.replicas
+             WHERE database = currentDatabase() AND table IN ?
+               AND (inserts_in_queue > 0
+                    OR (log_pointer <= log_max_index AND NOT (log_pointer = 0 AND log_max_index = 0)))",
+        )
+        .bind(crate::rows::PROJECTED_TABLES)
+        .fetch_one()
+        .await?;
+    Ok(behind == 0)
+}
+
 /// What a command's acknowledgement gives its client to read its own write:
 /// the instant its outbox row was written (`outbox.created_at`, to the
 /// microsecond). The read side is complete up to it once the published

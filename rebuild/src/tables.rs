@@ -31,12 +31,7 @@ use crate::RebuildError;
 
 /// The projections a run regenerates, by live table name: the fact tables
 /// and the daily cells.
-pub const PROJECTIONS: [&str; 4] = [
-    FACT_TABLES[0].live,
-    FACT_TABLES[1].live,
-    FACT_TABLES[2].live,
-    "daily_revenue",
-];
+pub const PROJECTIONS: [&str; 4] = tally_projection::PROJECTED_TABLES;
 
 /// A run's copies of a live table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -120,6 +120,38 @@ mod tests {
 
     use clap::CommandFactory;
 
+    /// `tally up`'s local cluster shape and the stores' cluster name are
+    /// two flags: one id for both made clap panic when `up` read its own.
+    #[test]
+    fn the_local_cluster_shape_and_the_cluster_name_are_different_flags() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from([
+            "tally",
+            "up",
+            "--clickhouse-cluster",
+            "1x2",
+            "--clickhouse-cluster-name",
+            "prod",
+        ])
+        .expect("parses");
+        let super::Command::Up(up) = cli.command else {
+            panic!("not `up`");
+        };
+        assert_eq!(
+            up.clickhouse_cluster.map(|s| s.to_string()).as_deref(),
+            Some("1x2")
+        );
+        assert_eq!(
+            cli.global.stores.clickhouse_cluster_name.as_deref(),
+            Some("prod")
+        );
+        let e = super::Cli::try_parse_from(["tally", "up", "--clickhouse-cluster", "3x3"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("SHARDSxREPLICAS"), "{e}");
+    }
+
     /// Every environment variable of every subcommand, with its default.
     fn env_flags() -> BTreeMap<String, Option<String>> {
         fn walk(cmd: &clap::Command, out: &mut BTreeMap<String, Option<String>>) {

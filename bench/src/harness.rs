@@ -218,6 +218,12 @@ impl Servers {
     /// server's, or `TALLY_BENCH_CLICKHOUSE_TCP_PORT` (default 9000) for
     /// given servers.
     pub fn native_port(&self) -> anyhow::Result<u16> {
+        // On a cluster: the first replica's, the one the services use.
+        if let Some(cluster) = self._stack.as_ref().and_then(|s| s.cluster.as_ref()) {
+            return cluster.nodes[0]
+                .native_port()
+                .context("reading the first replica's native port");
+        }
         Ok(match &self._dir {
             Some(dir) => tally_stack::clickhouse_native_port(dir)
                 .context("reading the local ClickHouse's native port")?,

@@ -12,7 +12,7 @@
 //! [`MAX_WAIT`]), then answers `425` with `Retry-After`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -38,6 +38,10 @@ pub const MAX_WAIT: Duration = Duration::from_secs(5);
 /// waiting for it to move.
 pub struct WatermarkWatch {
     replicas: Arc<Replicas>,
+    /// Per replica, the newest watermark it was seen to hold the rows of:
+    /// rows do not leave a replica, so a watermark at or below it needs no
+    /// second look at `system.replicas` (which reads ZooKeeper).
+    vouched: Vec<AtomicI64>,
     seen: watch::Sender<i64>,
     waiters: AtomicUsize,
     someone_waits: Notify,
@@ -46,6 +50,7 @@ pub struct WatermarkWatch {
 impl WatermarkWatch {
     pub fn new(replicas: Arc<Replicas>) -> Arc<Self> {
         Arc::new(WatermarkWatch {
+            vouched: (0..replicas.len()).map(|_| AtomicI64::new(0)).collect(),
             replicas,
             seen: watch::Sender::new(0),
             waiters: AtomicUsize::new(0),
@@ -59,11 +64,33 @@ impl WatermarkWatch {
         *self.seen.borrow()
     }
 
+    /// Whether replica `index` (reached through `ch`) holds every row the
+    /// watermark `us` covers; always on a single server. Checked after the
+    /// watermark was read (`replica_caught_up`), and remembered.
+    pub async fn vouches(
+        &self,
+        index: usize,
+        ch: &clickhouse::Client,
+        us: i64,
+    ) -> Result<bool, clickhouse::error::Error> {
+        let Some(vouched) = self.vouched.get(index).filter(|_| self.replicas.len() > 1) else {
+            return Ok(true);
+        };
+        if us <= vouched.load(Ordering::SeqCst) {
+            return Ok(true);
+        }
+        if replica_caught_up(ch).await? {
+            vouched.fetch_max(us, Ordering::SeqCst);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// Reads the watermark and tells the waiters if it moved.
     async fn observe(&self) -> Result<i64, clickhouse::error::Error> {
-        let ch = self.replicas.current().client;
-        let us = published_micros(&ch).await?;
-        if self.replicas.len() > 1 && !replica_caught_up(&ch).await? {
+        let replica = self.replicas.current();
+        let us = published_micros(&replica.client).await?;
+        if !self.vouches(replica.index, &replica.client, us).await? {
             // This replica lacks rows the watermark covers: not yet.
             return Ok(*self.seen.borrow());
         }

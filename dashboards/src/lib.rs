@@ -145,6 +145,8 @@ struct AppState {
     /// every handler calls first, so that everything one answer is made of
     /// (freshness, parts, rows) comes from one replica.
     ch: clickhouse::Client,
+    /// Which replica `ch` is.
+    pinned: usize,
     replicas: Arc<Replicas>,
     watermark: Arc<consistency::WatermarkWatch>,
     reads: store::ReadStats,
@@ -155,8 +157,10 @@ struct AppState {
 impl AppState {
     /// This state with the current replica pinned for one request.
     fn pinned(self) -> AppState {
+        let replica = self.replicas.current();
         AppState {
-            ch: self.replicas.current().client,
+            ch: replica.client,
+            pinned: replica.index,
             ..self
         }
     }
@@ -186,25 +190,21 @@ impl AppState {
     /// replica holds the rows it covers (`replica_caught_up`): a few short
     /// waits for replication, then the last watermark vouched for.
     async fn freshness(&self) -> Result<Freshness, clickhouse::error::Error> {
-        use tally_projection::watermark::{published, replica_caught_up};
-        let mut wm = published(&self.ch).await?;
-        if self.replicas.len() > 1 {
-            let mut waits = 0;
-            while !replica_caught_up(&self.ch).await? {
-                waits += 1;
-                if waits > 5 {
-                    let us = self.watermark.last_seen();
-                    wm = (us > 0)
-                        .then(|| {
-                            OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).ok()
-                        })
-                        .flatten();
-                    break;
-                }
-                tokio::time::sleep(consistency::POLL).await;
-                wm = published(&self.ch).await?;
+        use tally_projection::watermark::published_micros;
+        let mut us = published_micros(&self.ch).await?;
+        let mut waits = 0;
+        while !self.watermark.vouches(self.pinned, &self.ch, us).await? {
+            waits += 1;
+            if waits > 5 {
+                us = self.watermark.last_seen();
+                break;
             }
+            tokio::time::sleep(consistency::POLL).await;
+            us = published_micros(&self.ch).await?;
         }
+        let wm = (us > 0)
+            .then(|| OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).ok())
+            .flatten();
         Ok(Freshness::at(wm, OffsetDateTime::now_utc()))
     }
 }
@@ -403,6 +403,7 @@ pub fn router(
 ) -> Router {
     let state = AppState {
         ch: replicas.current().client,
+        pinned: replicas.current().index,
         replicas: replicas.clone(),
         watermark: watermark.clone(),
         reads: metrics.reads.clone(),

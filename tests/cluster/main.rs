@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tally_tests::cluster::{self, ClusterDb, table_counts};
+use tally_tests::cluster::{self, ClusterDb};
 use tally_tests::{Ingest, assert_projections_exact, ingest_drained, load, spawn_app_on};
 
 #[tokio::test]
@@ -124,16 +124,7 @@ async fn a_replica_killed_under_load_catches_up_and_every_replica_is_exact() {
     guard.restart_node(1).await.expect("restart the replica");
     let after = load::drive(&app, 100, 8, 3).await;
     assert!(ingest_drained(&app.db.pg, Duration::from_secs(60)).await);
-    assert!(
-        db.replicated(Duration::from_secs(120)).await,
-        "the restarted replica did not catch up: {:?} vs {:?}",
-        table_counts(&db.replicas[0].ch).await,
-        table_counts(&db.replicas[1].ch).await
-    );
-    let mut compared = Vec::new();
-    for r in &db.replicas {
-        compared.push(assert_projections_exact(r).await);
-    }
+    let compared = db.assert_every_replica_exact().await;
     let orders = first.orders + during.orders + after.orders;
     println!(
         "replica kill: 1 SIGKILL, {orders} orders ({} commands) placed, {} during the outage; \
@@ -173,11 +164,7 @@ async fn zookeeper_killed_under_load_delays_the_ingest_and_loses_nothing() {
         ingest_drained(&app.db.pg, Duration::from_secs(120)).await,
         "the ingest did not resume after ZooKeeper came back"
     );
-    assert!(db.replicated(Duration::from_secs(120)).await);
-    let mut compared = Vec::new();
-    for r in &db.replicas {
-        compared.push(assert_projections_exact(r).await);
-    }
+    let compared = db.assert_every_replica_exact().await;
     let orders = first.orders + during.orders + after.orders;
     println!(
         "ZooKeeper kill: 1 SIGKILL, {orders} orders placed, {} while it was down \
@@ -219,9 +206,8 @@ async fn a_rebuild_swaps_and_rolls_back_on_every_replica() {
     assert_eq!(rebuilt.daily.extra, 1, "{rebuilt:#?}");
     load::drive(&app, 60, 8, 22).await; // events after the swap
     assert!(ingest_drained(&app.db.pg, Duration::from_secs(60)).await);
-    assert!(db.replicated(Duration::from_secs(120)).await);
+    db.assert_every_replica_exact().await;
     for r in &db.replicas {
-        assert_projections_exact(r).await;
         let copies: Vec<(String, String)> = r
             .ch
             .client()
@@ -313,15 +299,7 @@ async fn the_replica_in_use_killed_under_load_fails_over_and_loses_nothing() {
     guard.restart_node(0).await.expect("restart the replica");
     let after = load::drive(&app, 80, 8, 33).await;
     assert!(ingest_drained(&app.db.pg, Duration::from_secs(60)).await);
-    assert!(
-        db.replicated(Duration::from_secs(120)).await,
-        "the restarted replica did not catch up: {:?} vs {:?}",
-        table_counts(&db.replicas[0].ch).await,
-        table_counts(&db.replicas[1].ch).await
-    );
-    for r in &db.replicas {
-        assert_projections_exact(r).await;
-    }
+    db.assert_every_replica_exact().await;
     let orders = first.orders + during.orders + after.orders;
     println!(
         "failover: 1 SIGKILL of the replica in use, {orders} orders placed, {} while it was down; \

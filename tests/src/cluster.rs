@@ -113,6 +113,26 @@ impl ClusterDb {
     }
 }
 
+impl ClusterDb {
+    /// Waits for the replicas to agree, then compares every projection on
+    /// each of them exactly with the write store.
+    pub async fn assert_every_replica_exact(&self) -> Vec<crate::Compared> {
+        let timeout = Duration::from_secs(120);
+        if !self.replicated(timeout).await {
+            let mut counts = Vec::new();
+            for r in &self.replicas {
+                counts.push((r.ch.url.clone(), table_counts(&r.ch).await));
+            }
+            panic!("the replicas did not agree within {timeout:?}: {counts:?}");
+        }
+        let mut compared = Vec::new();
+        for r in &self.replicas {
+            compared.push(crate::assert_projections_exact(r).await);
+        }
+        compared
+    }
+}
+
 /// Rows per projection table of `ch`'s database (unmerged duplicates
 /// included: replicas agree part for part).
 pub async fn table_counts(ch: &ChSettings) -> Result<Vec<(String, u64)>, clickhouse::error::Error> {

@@ -62,13 +62,17 @@ pub async fn recreate(ch: &clickhouse::Client, copy: Copy) -> Result<(), Rebuild
     let place = placement(ch).await?;
     for live in PROJECTIONS {
         let name = copy.of(live);
-        ch.query(&format!(
-            "DROP TABLE IF EXISTS {}{}{sync}",
-            place.qualified(&name),
-            place.on_cluster()
-        ))
-        .execute()
-        .await?;
+        place
+            .ddl(
+                ch,
+                &format!(
+                    "DROP TABLE IF EXISTS {}{}{sync}",
+                    place.qualified(&name),
+                    place.on_cluster()
+                ),
+            )
+            .execute()
+            .await?;
         match &place {
             Placement::Local => {
                 ch.query(&format!("CREATE TABLE {name} AS {live}"))
@@ -87,14 +91,18 @@ pub async fn recreate(ch: &clickhouse::Client, copy: Copy) -> Result<(), Rebuild
                         "{live} is replicated, yet its definition names no ZooKeeper path: {show}"
                     ))
                 })?;
-                ch.query(&format!(
-                    "CREATE TABLE {}{} AS {} {engine}",
-                    place.qualified(&name),
-                    place.on_cluster(),
-                    place.qualified(live)
-                ))
-                .execute()
-                .await?;
+                place
+                    .ddl(
+                        ch,
+                        &format!(
+                            "CREATE TABLE {}{} AS {} {engine}",
+                            place.qualified(&name),
+                            place.on_cluster(),
+                            place.qualified(live)
+                        ),
+                    )
+                    .execute()
+                    .await?;
             }
         }
     }
@@ -105,13 +113,17 @@ pub async fn drop_copy(ch: &clickhouse::Client, copy: Copy) -> Result<(), Rebuil
     let sync = drop_sync(ch).await?;
     let place = placement(ch).await?;
     for live in PROJECTIONS {
-        ch.query(&format!(
-            "DROP TABLE IF EXISTS {}{}{sync}",
-            place.qualified(&copy.of(live)),
-            place.on_cluster()
-        ))
-        .execute()
-        .await?;
+        place
+            .ddl(
+                ch,
+                &format!(
+                    "DROP TABLE IF EXISTS {}{}{sync}",
+                    place.qualified(&copy.of(live)),
+                    place.on_cluster()
+                ),
+            )
+            .execute()
+            .await?;
     }
     Ok(())
 }
@@ -125,7 +137,25 @@ enum Placement {
     Cluster { name: String, database: String },
 }
 
+/// How long an `ON CLUSTER` statement waits for every replica before the
+/// run fails, instead of ClickHouse's 180 s. The statement stays queued for
+/// a replica that did not answer and runs when it returns; the next run
+/// starts from dropping and recreating its copies anyway.
+pub const CLUSTER_DDL_TIMEOUT_SECS: u32 = 30;
+
 impl Placement {
+    /// `sql` as a statement, with the cluster's wait bounded.
+    fn ddl(&self, ch: &clickhouse::Client, sql: &str) -> clickhouse::query::Query {
+        let q = ch.query(sql);
+        match self {
+            Placement::Local => q,
+            Placement::Cluster { .. } => q.with_setting(
+                "distributed_ddl_task_timeout",
+                CLUSTER_DDL_TIMEOUT_SECS.to_string(),
+            ),
+        }
+    }
+
     /// ` ON CLUSTER name`, or nothing.
     fn on_cluster(&self) -> String {
         match self {
@@ -171,6 +201,23 @@ async fn placement(ch: &clickhouse::Client) -> Result<Placement, RebuildError> {
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(RebuildError::Invariant(format!(
             "the cluster macro {name:?} is not a plain identifier"
+        )));
+    }
+    // Copies are made on every replica: with one down, say so now rather
+    // than after each statement's wait.
+    let down: Vec<(String, u8, u8)> = ch
+        .query(
+            "SELECT table, total_replicas, active_replicas FROM system.replicas \
+             WHERE database = currentDatabase() AND table IN ? AND active_replicas < total_replicas",
+        )
+        .bind(PROJECTIONS)
+        .fetch_all()
+        .await?;
+    if let Some((table, total, active)) = down.first() {
+        return Err(RebuildError::Refused(format!(
+            "only {active} of {total} replicas of {table} are active: a run makes its copies on \
+             every replica, so it needs them all. Start the missing replica (or wait until \
+             ZooKeeper sees it again), then run again"
         )));
     }
     Ok(Placement::Cluster { name, database })
@@ -285,14 +332,18 @@ pub async fn rename_copy(
     drop_copy(ch, to).await?;
     let place = placement(ch).await?;
     for live in PROJECTIONS {
-        ch.query(&format!(
-            "RENAME TABLE {} TO {}{}",
-            place.qualified(&from.of(live)),
-            place.qualified(&to.of(live)),
-            place.on_cluster()
-        ))
-        .execute()
-        .await?;
+        place
+            .ddl(
+                ch,
+                &format!(
+                    "RENAME TABLE {} TO {}{}",
+                    place.qualified(&from.of(live)),
+                    place.qualified(&to.of(live)),
+                    place.on_cluster()
+                ),
+            )
+            .execute()
+            .await?;
     }
     Ok(())
 }

@@ -16,10 +16,10 @@ use futures_util::future::join_all;
 
 use tally_ops::ChSettings;
 
+use crate::StackError;
 use crate::child::ChildServer;
 use crate::clickhouse_server::{self, NodeCluster, NodePorts};
 use crate::zookeeper::{self, start_zookeeper};
-use crate::{StackError, free_port};
 
 /// The `remote_servers` name every node knows the cluster by.
 pub const CLUSTER_NAME: &str = "tally";
@@ -99,6 +99,101 @@ impl ClusterNode {
     }
 }
 
+/// Every node's directory and ports, shard by shard: the ports each kept
+/// in its config (a restart keeps its address), or, with `fresh` or where
+/// a node has none, new ones, all distinct.
+fn node_specs(
+    root: &Path,
+    shape: ClusterShape,
+    fresh: bool,
+) -> Result<Vec<(u8, u8, PathBuf, NodePorts)>, StackError> {
+    let mut spare = crate::free_ports(4 * shape.nodes())?.into_iter();
+    let mut next = || {
+        spare
+            .next()
+            .ok_or_else(|| StackError::Setup("ran out of ports".into()))
+    };
+    let mut specs = Vec::new();
+    for shard in 1..=shape.shards {
+        for replica in 1..=shape.replicas {
+            let dir = root.join(format!("s{shard}r{replica}"));
+            let ports = match clickhouse_server::node_ports(&dir).filter(|_| !fresh) {
+                Some(p) => p,
+                None => NodePorts {
+                    http: next()?,
+                    tcp: next()?,
+                    https: next()?,
+                    interserver: next()?,
+                },
+            };
+            specs.push((shard, replica, dir, ports));
+        }
+    }
+    Ok(specs)
+}
+
+/// Starts every node (each one's config names all of them); on a failure
+/// stops those that started and says whether a node exited early.
+async fn start_nodes(
+    data_dir: &Path,
+    specs: Vec<(u8, u8, PathBuf, NodePorts)>,
+    zookeeper_port: u16,
+) -> Result<Vec<ClusterNode>, (StackError, bool)> {
+    let shards = specs.iter().map(|s| s.0).max().unwrap_or(0);
+    let layout: Vec<Vec<u16>> = (1..=shards)
+        .map(|s| {
+            specs
+                .iter()
+                .filter(|(shard, ..)| *shard == s)
+                .map(|(_, _, _, p)| p.tcp)
+                .collect()
+        })
+        .collect();
+    let started = join_all(specs.iter().map(|(shard, replica, dir, ports)| {
+        clickhouse_server::start_node(
+            data_dir,
+            dir,
+            *ports,
+            Some(NodeCluster {
+                zookeeper_port,
+                shard: *shard,
+                replica: *replica,
+                name: CLUSTER_NAME,
+                layout: &layout,
+            }),
+        )
+    }))
+    .await;
+    let mut nodes = Vec::new();
+    let mut failure: Option<(StackError, bool)> = None;
+    for ((shard, replica, dir, _), result) in specs.into_iter().zip(started) {
+        match result {
+            Ok((server, admin, reader)) => nodes.push(ClusterNode {
+                shard,
+                replica,
+                admin,
+                reader,
+                dir,
+                server: Some(server),
+            }),
+            Err(e) => {
+                let early = matches!(e, clickhouse_server::NodeStartError::ExitedEarly(_));
+                let early = early || failure.as_ref().is_some_and(|f| f.1);
+                failure = Some((failure.map_or_else(|| StackError::from(e), |f| f.0), early));
+            }
+        }
+    }
+    match failure {
+        None => Ok(nodes),
+        Some(f) => {
+            let servers: Vec<ChildServer> =
+                nodes.iter_mut().filter_map(|n| n.server.take()).collect();
+            join_all(servers.iter().map(ChildServer::stop)).await;
+            Err(f)
+        }
+    }
+}
+
 /// A running local cluster. Dropping it does not stop the servers; call
 /// [`LocalCluster::stop`] (or let the process exit).
 pub struct LocalCluster {
@@ -122,75 +217,35 @@ impl LocalCluster {
         let (zk, zookeeper_port) =
             start_zookeeper(&zookeeper_dir, zookeeper::client_port(&zookeeper_dir)).await?;
 
-        // Every node's ports first: each node's config lists all of them.
-        let mut specs = Vec::new();
-        for shard in 1..=shape.shards {
-            for replica in 1..=shape.replicas {
-                let dir = root.join(format!("s{shard}r{replica}"));
-                let ports = match clickhouse_server::node_ports(&dir) {
-                    Some(p) => p,
-                    None => NodePorts {
-                        http: free_port()?,
-                        tcp: free_port()?,
-                        https: free_port()?,
-                        interserver: free_port()?,
-                    },
-                };
-                specs.push((shard, replica, dir, ports));
+        let mut fresh_ports = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let specs = node_specs(&root, shape, fresh_ports)?;
+            match start_nodes(data_dir, specs, zookeeper_port).await {
+                Ok(nodes) => {
+                    return Ok(LocalCluster {
+                        shape,
+                        nodes,
+                        zookeeper: Some(zk),
+                        zookeeper_dir,
+                        zookeeper_port,
+                        data_dir: data_dir.to_owned(),
+                    });
+                }
+                // Typically a port taken by another process between our
+                // choosing it and the server binding it: choose anew.
+                Err((e, true)) if attempt < 4 => {
+                    tracing::info!(attempt, error = %e, "a ClickHouse node exited during start-up; retrying on fresh ports");
+                    fresh_ports = true;
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err((e, _)) => {
+                    zk.stop().await;
+                    return Err(e);
+                }
             }
         }
-        let layout: Vec<Vec<u16>> = (1..=shape.shards)
-            .map(|s| {
-                specs
-                    .iter()
-                    .filter(|(shard, ..)| *shard == s)
-                    .map(|(_, _, _, p)| p.tcp)
-                    .collect()
-            })
-            .collect();
-
-        let mut cluster = LocalCluster {
-            shape,
-            nodes: Vec::new(),
-            zookeeper: Some(zk),
-            zookeeper_dir,
-            zookeeper_port,
-            data_dir: data_dir.to_owned(),
-        };
-        let started = join_all(specs.iter().map(|(shard, replica, dir, ports)| {
-            clickhouse_server::start_node(
-                data_dir,
-                dir,
-                *ports,
-                Some(NodeCluster {
-                    zookeeper_port,
-                    shard: *shard,
-                    replica: *replica,
-                    name: CLUSTER_NAME,
-                    layout: &layout,
-                }),
-            )
-        }))
-        .await;
-        let mut failure = None;
-        for ((shard, replica, dir, _), result) in specs.into_iter().zip(started) {
-            match result {
-                Ok((server, admin, reader)) => cluster.nodes.push(ClusterNode {
-                    shard,
-                    replica,
-                    admin,
-                    reader,
-                    dir,
-                    server: Some(server),
-                }),
-                Err(e) => failure = failure.or(Some(StackError::from(e))),
-            }
-        }
-        if let Some(e) = failure {
-            cluster.stop().await;
-            return Err(e);
-        }
-        Ok(cluster)
     }
 
     /// Admin settings of every node, shard by shard.

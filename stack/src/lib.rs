@@ -303,6 +303,20 @@ pub fn free_port() -> Result<u16, StackError> {
         .port())
 }
 
+/// `n` distinct free loopback ports: all are held open while they are
+/// chosen, so none is handed out twice.
+pub fn free_ports(n: usize) -> Result<Vec<u16>, StackError> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StackError::io("finding free ports"))?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()
+        .map_err(StackError::io("finding free ports"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -410,3 +410,73 @@ async fn a_replica_that_lacks_rows_the_watermark_covers_does_not_vouch_for_them(
     );
     app.stop().await;
 }
+
+/// A replica SIGKILLed while a rebuild runs under load: the run ends
+/// (swapped, or failed within the bounded `ON CLUSTER` wait), a run
+/// started while the replica is known to be down is refused at once with
+/// the fix, and once it is back the next run completes; every replica then
+/// equals the write store exactly.
+#[tokio::test]
+async fn a_replica_lost_during_a_rebuild_is_waited_for_and_the_next_run_completes() {
+    use tally_rebuild::RebuildError;
+    use tally_rebuild::run::{Mode, RunOptions, run};
+    let mut guard = cluster::take().await;
+    let db = ClusterDb::new(&guard).await;
+    let app = spawn_app_on(db.replicas[0].clone(), Ingest::Running).await;
+    load::drive(&app, 150, 8, 51).await;
+    assert!(ingest_drained(&app.db.pg, Duration::from_secs(60)).await);
+    let ch = db.replicas[0].ch.client();
+    let opts = RunOptions::default();
+
+    let started = std::time::Instant::now();
+    let rebuild = {
+        let (pg, ch, opts) = (app.db.pg.clone(), ch.clone(), opts.clone());
+        tokio::spawn(async move { run(&pg, &ch, Mode::Rebuild, &opts).await })
+    };
+    let during = load::drive(&app, 40, 4, 52).await;
+    guard.kill_node(1).await;
+    let first = rebuild.await.expect("rebuild task");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(
+            u64::from(tally_rebuild::tables::CLUSTER_DDL_TIMEOUT_SECS) * 6 + 30
+        ),
+        "the run hung: {took:?}"
+    );
+
+    // Once ZooKeeper has noticed the replica is gone, a run is refused at once.
+    let refused = tally_tests::eventually(Duration::from_secs(60), || async {
+        match run(&app.db.pg, &ch, Mode::Rebuild, &opts).await {
+            Err(RebuildError::Refused(why)) => Some(why),
+            _ => None,
+        }
+    })
+    .await
+    .expect("a run while a replica is down is refused");
+    assert!(refused.contains("replicas"), "{refused}");
+
+    guard.restart_node(1).await.expect("restart the replica");
+    let next = tally_tests::eventually(Duration::from_secs(90), || async {
+        run(&app.db.pg, &ch, Mode::Rebuild, &opts).await.ok()
+    })
+    .await
+    .expect("the next run completes once every replica is back");
+    assert!(ingest_drained(&app.db.pg, Duration::from_secs(60)).await);
+    let compared = db.assert_every_replica_exact().await;
+    println!(
+        "replica lost mid-rebuild: the running rebuild ended in {took:?} ({}), {} orders placed \
+         meanwhile; a run with the replica down was refused (\"{refused}\"); the next run {} \
+         swapped; exact on both replicas: {:?}",
+        match &first {
+            Ok(o) => format!("run {} finished", o.run_id),
+            Err(e) => format!("failed: {e}"),
+        },
+        during.orders,
+        next.run_id,
+        compared
+            .iter()
+            .map(|c| (c.orders, c.cells))
+            .collect::<Vec<_>>()
+    );
+    app.stop().await;
+}

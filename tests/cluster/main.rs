@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tally_tests::cluster::{self, ClusterDb};
-use tally_tests::{Ingest, assert_projections_exact, ingest_drained, load, spawn_app_on};
+use tally_tests::{Ingest, ingest_drained, load, spawn_app_on};
 
 #[tokio::test]
 async fn migrations_make_every_table_replicated_on_every_node_and_record_it_on_each() {
@@ -250,7 +250,8 @@ async fn a_rebuild_swaps_and_rolls_back_on_every_replica() {
 /// load, with readers polling: the ingest moves to the other replica and
 /// keeps projecting, the dashboards answer from it (a read in flight is
 /// retried there, not failed), and once the killed replica is back and
-/// caught up both replicas equal the write store exactly.
+/// caught up (rows only it had acknowledged come back with it) both
+/// replicas equal the write store exactly.
 #[tokio::test]
 async fn the_replica_in_use_killed_under_load_fails_over_and_loses_nothing() {
     let mut guard = cluster::take().await;
@@ -290,9 +291,21 @@ async fn the_replica_in_use_killed_under_load_fails_over_and_loses_nothing() {
         ingest_drained(&app.db.pg, Duration::from_secs(60)).await,
         "the ingest did not move to the live replica"
     );
-    // Everything placed so far is readable from the live replica.
-    let exact_on_live = assert_projections_exact(&db.replicas[1]).await;
-    assert_eq!(exact_on_live.orders as u64, first.orders + during.orders);
+    // Not yet everything is on the live replica: replication is
+    // asynchronous, and batches the killed replica acknowledged before its
+    // peer fetched them come back with it (the comparison after the
+    // restart holds every replica to every row). Counted, for the record.
+    let placed: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&app.db.pg)
+        .await
+        .expect("orders");
+    let on_live: u64 = db.replicas[1]
+        .ch
+        .client()
+        .query("SELECT uniqExact(order_id) FROM order_facts")
+        .fetch_one()
+        .await
+        .expect("facts on the live replica");
     stop.store(true, Ordering::SeqCst);
     let (reads_ok, reads_failed) = poller.await.expect("poller");
 
@@ -304,7 +317,8 @@ async fn the_replica_in_use_killed_under_load_fails_over_and_loses_nothing() {
     println!(
         "failover: 1 SIGKILL of the replica in use, {orders} orders placed, {} while it was down; \
          dashboard reads during the outage: {reads_ok} answered 200, failed: {reads_failed:?}; \
-         exact on both replicas afterwards",
+         during the outage the live replica held {on_live} of {placed} orders (the rest were \
+         acknowledged by the killed one only); exact on both replicas afterwards",
         during.orders
     );
     assert!(reads_ok > 0);

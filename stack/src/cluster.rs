@@ -2,12 +2,15 @@
 //! replicas` ClickHouse servers, each with its own ports, data directory
 //! and `{shard}`/`{replica}` macros, all in one `remote_servers` cluster
 //! named [`CLUSTER_NAME`]. For `tally up --clickhouse-cluster` and the
-//! cluster tests; production points `CLICKHOUSE_URL` at its own replicas.
+//! cluster tests; production names its own replicas in `CLICKHOUSE_URL`
+//! with `TALLY_CLICKHOUSE_CLUSTER`.
 //!
 //! Every node's ports are chosen before any node starts (each node's
-//! `remote_servers` names all the others) and kept in its config, so a node
-//! killed by a chaos test restarts at the same address and its replicas
-//! find it again.
+//! `remote_servers` names all the others), all at once and held open while
+//! chosen so that none is handed out twice, and kept in the node's config:
+//! a node killed by a chaos test restarts at the same address and its
+//! replicas find it again. A node that cannot bind (another process took
+//! a port meanwhile) makes the start try again on fresh ports.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

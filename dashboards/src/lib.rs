@@ -202,9 +202,7 @@ impl AppState {
             tokio::time::sleep(consistency::POLL).await;
             us = published_micros(&self.ch).await?;
         }
-        let wm = (us > 0)
-            .then(|| OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).ok())
-            .flatten();
+        let wm = tally_projection::watermark::instant(us);
         Ok(Freshness::at(wm, OffsetDateTime::now_utc()))
     }
 }

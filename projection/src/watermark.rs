@@ -10,15 +10,16 @@ use time::OffsetDateTime;
 pub async fn published(
     ch: &clickhouse::Client,
 ) -> Result<Option<OffsetDateTime>, clickhouse::error::Error> {
-    let us: i64 = ch
-        .query("SELECT max(watermark_us) FROM ingest_watermark")
-        .fetch_one()
-        .await?;
-    Ok(if us <= 0 {
+    Ok(instant(published_micros(ch).await?))
+}
+
+/// A watermark in microseconds as an instant (`None`: never published).
+pub fn instant(us: i64) -> Option<OffsetDateTime> {
+    if us <= 0 {
         None
     } else {
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).ok()
-    })
+    }
 }
 
 /// The published watermark in microseconds since the epoch (0: never

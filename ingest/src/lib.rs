@@ -186,6 +186,13 @@ impl Worker {
     /// that fails on a ClickHouse error moves it to the next, where the
     /// same events are pushed again (absolute, versioned rows: a push that
     /// reached the failed replica too changes nothing).
+    ///
+    /// Replication is asynchronous: rows a replica acknowledged and then
+    /// lost with it before its peers fetched them are missing elsewhere
+    /// until it returns (the outbox has let them go), and for good if its
+    /// disk is lost: `tally verify` finds them and a rebuild restores them
+    /// from the write store. While ZooKeeper is down the replicated tables
+    /// are read-only, pushes fail, and the events wait in the outbox.
     pub fn on_replicas(
         pool: PgPool,
         replicas: Arc<Replicas>,

@@ -100,6 +100,10 @@ impl ChildServer {
         self.child.lock().map_or(0, |c| c.id())
     }
 
+    fn nix_pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.pid()).unwrap_or(i32::MAX))
+    }
+
     /// `Some(status)` once the process has exited.
     pub fn exited(&self) -> Option<String> {
         let mut c = self.child.lock().ok()?;
@@ -112,7 +116,7 @@ impl ChildServer {
 
     /// Asks for a clean shutdown and waits up to 30 s, then kills.
     pub async fn stop(&self) {
-        let pid = Pid::from_raw(self.pid() as i32);
+        let pid = self.nix_pid();
         if self.exited().is_some() {
             return;
         }
@@ -134,7 +138,7 @@ impl ChildServer {
 
     /// SIGKILLs the server and reaps it: a crash, for chaos tests.
     pub async fn kill(&self) {
-        let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGKILL);
+        let _ = kill(self.nix_pid(), Signal::SIGKILL);
         for _ in 0..100 {
             if self.exited().is_some() {
                 return;

@@ -142,16 +142,7 @@ async fn start_nodes(
     specs: Vec<(u8, u8, PathBuf, NodePorts)>,
     zookeeper_port: u16,
 ) -> Result<Vec<ClusterNode>, (StackError, bool)> {
-    let shards = specs.iter().map(|s| s.0).max().unwrap_or(0);
-    let layout: Vec<Vec<u16>> = (1..=shards)
-        .map(|s| {
-            specs
-                .iter()
-                .filter(|(shard, ..)| *shard == s)
-                .map(|(_, _, _, p)| p.tcp)
-                .collect()
-        })
-        .collect();
+    let layout = layout(specs.iter().map(|(shard, _, _, p)| (*shard, p.tcp)));
     let started = join_all(specs.iter().map(|(shard, replica, dir, ports)| {
         clickhouse_server::start_node(
             data_dir,
@@ -270,7 +261,11 @@ impl LocalCluster {
 
     /// Starts node `i` again at the same ports, with the same data.
     pub async fn restart_node(&mut self, i: usize) -> Result<(), StackError> {
-        let layout = self.layout();
+        let layout = layout(
+            self.nodes
+                .iter()
+                .filter_map(|n| clickhouse_server::node_ports(&n.dir).map(|p| (n.shard, p.tcp))),
+        );
         let node = &self.nodes[i];
         let ports = clickhouse_server::node_ports(&node.dir).ok_or_else(|| {
             StackError::Setup(format!(
@@ -333,18 +328,20 @@ impl LocalCluster {
             zk.stop().await;
         }
     }
+}
 
-    fn layout(&self) -> Vec<Vec<u16>> {
-        (1..=self.shape.shards)
-            .map(|s| {
-                self.nodes
-                    .iter()
-                    .filter(|n| n.shard == s)
-                    .filter_map(|n| clickhouse_server::node_ports(&n.dir).map(|p| p.tcp))
-                    .collect()
-            })
-            .collect()
+/// Every node's native port, shard by shard (shards numbered from 1): the
+/// `remote_servers` list each node's config carries.
+fn layout(nodes: impl Iterator<Item = (u8, u16)>) -> Vec<Vec<u16>> {
+    let mut shards: Vec<Vec<u16>> = Vec::new();
+    for (shard, tcp) in nodes {
+        let i = usize::from(shard.max(1)) - 1;
+        if shards.len() <= i {
+            shards.resize(i + 1, Vec::new());
+        }
+        shards[i].push(tcp);
     }
+    shards
 }
 
 #[cfg(test)]

@@ -87,6 +87,24 @@ impl ClusterDb {
         ClusterDb { cluster, replicas }
     }
 
+    /// Waits for the replicas to agree, then compares every projection on
+    /// each of them exactly with the write store.
+    pub async fn assert_every_replica_exact(&self) -> Vec<crate::Compared> {
+        let timeout = Duration::from_secs(120);
+        if !self.replicated(timeout).await {
+            let mut counts = Vec::new();
+            for r in &self.replicas {
+                counts.push((r.ch.url.clone(), table_counts(&r.ch).await));
+            }
+            panic!("the replicas did not agree within {timeout:?}: {counts:?}");
+        }
+        let mut compared = Vec::new();
+        for r in &self.replicas {
+            compared.push(crate::assert_projections_exact(r).await);
+        }
+        compared
+    }
+
     /// Waits until every replica has every part the others have (the
     /// replication queue is empty and all hold the same rows per table).
     pub async fn replicated(&self, timeout: Duration) -> bool {
@@ -110,26 +128,6 @@ impl ClusterDb {
         })
         .await
         .is_some()
-    }
-}
-
-impl ClusterDb {
-    /// Waits for the replicas to agree, then compares every projection on
-    /// each of them exactly with the write store.
-    pub async fn assert_every_replica_exact(&self) -> Vec<crate::Compared> {
-        let timeout = Duration::from_secs(120);
-        if !self.replicated(timeout).await {
-            let mut counts = Vec::new();
-            for r in &self.replicas {
-                counts.push((r.ch.url.clone(), table_counts(&r.ch).await));
-            }
-            panic!("the replicas did not agree within {timeout:?}: {counts:?}");
-        }
-        let mut compared = Vec::new();
-        for r in &self.replicas {
-            compared.push(crate::assert_projections_exact(r).await);
-        }
-        compared
     }
 }
 
